@@ -1,0 +1,27 @@
+//! The crate's error type.
+
+use crate::gpu::GpuError;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error the crate returns. Variants name the file, tensor or limit involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A GPU-side failure (no adapter, validation, out of memory, device lost, ...).
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// A caller passed arguments that do not fit together (shapes, lengths, ids).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An I/O error with the path it concerns.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,452 @@
+//! Device acquisition: the engine's own adapter, or a host application's `Device` / `Queue`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::error::GpuError;
+use super::kernel::KernelCache;
+
+/// Options for creating a [`GpuContext`].
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Never use subgroup operations or f16, even when the device has them (the portable
+    /// fallback path every kernel carries; used by tests and by backends such as OpenGL).
+    pub force_fallback: bool,
+}
+
+/// What the engine may use on this device, decided once when the context is built.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// Subgroup operations are granted and enabled.
+    pub subgroups: bool,
+    /// Smallest subgroup size the adapter reports.
+    pub subgroup_min_size: u32,
+    /// Largest subgroup size the adapter reports.
+    pub subgroup_max_size: u32,
+    /// SHADER_F16 is granted and enabled.
+    pub shader_f16: bool,
+    /// TIMESTAMP_QUERY is granted.
+    pub timestamps: bool,
+    /// `max_storage_buffer_binding_size` in bytes.
+    pub max_binding_size: u64,
+    /// `max_buffer_size` in bytes.
+    pub max_buffer_size: u64,
+    /// `max_storage_buffers_per_shader_stage`.
+    pub max_storage_buffers: u32,
+    /// `max_compute_workgroups_per_dimension`.
+    pub max_workgroups_per_dim: u32,
+    /// `max_compute_workgroup_storage_size` in bytes.
+    pub max_workgroup_storage: u32,
+    /// `min_uniform_buffer_offset_alignment`.
+    pub uniform_align: u32,
+}
+
+/// A wgpu device and queue plus everything the engine caches per device
+/// (pipelines, bind layouts, bind groups, parameter arenas).
+///
+/// Cheap to clone; all clones share the same device and caches.
+#[derive(Clone)]
+pub struct GpuContext {
+    pub(crate) inner: Arc<ContextInner>,
+}
+
+pub(crate) struct ContextInner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) adapter_info: Option<wgpu::AdapterInfo>,
+    pub(crate) caps: Capabilities,
+    pub(crate) kernels: KernelCache,
+    pub(crate) arenas: Mutex<Vec<super::recorder::ParamArena>>,
+    pub(crate) bind_groups: Mutex<HashMap<super::recorder::BindKey, wgpu::BindGroup>>,
+    pub(crate) lost: Arc<Mutex<Option<String>>>,
+    pub(crate) uncaptured: Arc<Mutex<Option<String>>>,
+    pub(crate) is_lost: Arc<AtomicBool>,
+    pub(crate) counters: super::recorder::Counters,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.adapter_name())
+            .field("caps", &self.inner.caps)
+            .finish()
+    }
+}
+
+/// Features the engine can use when present.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+}
+
+impl GpuContext {
+    /// Picks an adapter (honouring `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`), requests the adapter's
+    /// own limits and the optional features SHADER_F16, SUBGROUP and TIMESTAMP_QUERY where present.
+    pub fn new() -> Result<Self, GpuError> {
+        Self::with_options(GpuOptions::default())
+    }
+
+    /// Like [`GpuContext::new`] with explicit options.
+    pub fn with_options(options: GpuOptions) -> Result<Self, GpuError> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// Async form of [`GpuContext::with_options`].
+    pub async fn new_async(options: GpuOptions) -> Result<Self, GpuError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(name) if !name.is_empty() => {
+                let wanted = name.to_lowercase();
+                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| {
+                        GpuError::NoAdapter(format!(
+                            "WGPU_ADAPTER_NAME={name} matches none of {names:?}"
+                        ))
+                    })?
+            }
+            _ => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| GpuError::NoAdapter(e.to_string()))?,
+        };
+        let info = adapter.get_info();
+        let features = adapter.features() & wanted_features();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("gemma-wgpu"),
+                required_features: features,
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        log::info!(
+            "gemma-wgpu: adapter {} ({:?}, {:?}), features {:?}",
+            info.name,
+            info.backend,
+            info.device_type,
+            features
+        );
+        Ok(Self::build(device, queue, Some(info), options))
+    }
+
+    /// Wraps a device that a host application already owns (e.g. an egui/eframe or Bevy renderer).
+    /// The engine adapts to whatever features and limits that device was created with.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::from_device_with_options(device, queue, GpuOptions::default())
+    }
+
+    /// Like [`GpuContext::from_device`] with explicit options.
+    pub fn from_device_with_options(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: GpuOptions,
+    ) -> Self {
+        Self::build(device, queue, None, options)
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: Option<wgpu::AdapterInfo>,
+        options: GpuOptions,
+    ) -> Self {
+        let features = device.features();
+        let limits = device.limits();
+        let (sg_min, sg_max) = adapter_info
+            .as_ref()
+            .map(|i| (i.subgroup_min_size, i.subgroup_max_size))
+            .unwrap_or((4, 128));
+        let caps = Capabilities {
+            subgroups: !options.force_fallback && features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: sg_min.max(1),
+            subgroup_max_size: sg_max.max(sg_min.max(1)),
+            shader_f16: !options.force_fallback && features.contains(wgpu::Features::SHADER_F16),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            uniform_align: limits.min_uniform_buffer_offset_alignment.max(16),
+        };
+        let lost = Arc::new(Mutex::new(None));
+        let is_lost = Arc::new(AtomicBool::new(false));
+        let uncaptured = Arc::new(Mutex::new(None));
+        // Only install device-wide callbacks on a device the engine owns: a host application's
+        // own handlers must stay in place. Errors are still caught through error scopes.
+        let own_device = adapter_info.is_some();
+        if own_device {
+            let lost = lost.clone();
+            let is_lost = is_lost.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                is_lost.store(true, Ordering::SeqCst);
+                if let Ok(mut l) = lost.lock() {
+                    *l = Some(format!("{reason:?}: {msg}"));
+                }
+            });
+        }
+        if own_device {
+            let uncaptured = uncaptured.clone();
+            device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
+                log::error!("gemma-wgpu: uncaptured GPU error: {err}");
+                if let Ok(mut u) = uncaptured.lock() {
+                    u.get_or_insert_with(|| err.to_string());
+                }
+            }));
+        }
+        GpuContext {
+            inner: Arc::new(ContextInner {
+                device,
+                queue,
+                adapter_info,
+                caps,
+                kernels: KernelCache::default(),
+                arenas: Mutex::new(Vec::new()),
+                bind_groups: Mutex::new(HashMap::new()),
+                lost,
+                uncaptured,
+                is_lost,
+                counters: Default::default(),
+            }),
+        }
+    }
+
+    /// A context on the same device whose kernels never use subgroups or f16 (the portable
+    /// fallback path), with its own pipeline cache.
+    pub fn fallback(&self) -> GpuContext {
+        let mut caps = self.inner.caps.clone();
+        caps.subgroups = false;
+        caps.shader_f16 = false;
+        GpuContext {
+            inner: Arc::new(ContextInner {
+                device: self.inner.device.clone(),
+                queue: self.inner.queue.clone(),
+                adapter_info: self.inner.adapter_info.clone(),
+                caps,
+                kernels: KernelCache::default(),
+                arenas: Mutex::new(Vec::new()),
+                bind_groups: Mutex::new(HashMap::new()),
+                lost: self.inner.lost.clone(),
+                uncaptured: self.inner.uncaptured.clone(),
+                is_lost: self.inner.is_lost.clone(),
+                counters: Default::default(),
+            }),
+        }
+    }
+
+    /// True when kernels take the subgroup fast path on this context.
+    pub fn uses_subgroups(&self) -> bool {
+        self.inner.caps.subgroups
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// What the engine uses on this device.
+    pub fn caps(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    /// Adapter name, or "host device" for a context built with [`GpuContext::from_device`].
+    pub fn adapter_name(&self) -> String {
+        self.inner
+            .adapter_info
+            .as_ref()
+            .map(|i| i.name.clone())
+            .unwrap_or_else(|| "host device".to_string())
+    }
+
+    /// Adapter info when the engine created the device itself.
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.inner.adapter_info.as_ref()
+    }
+
+    /// Returns an error if the device was lost or an uncaptured error was reported.
+    pub fn check_health(&self) -> Result<(), GpuError> {
+        if self.inner.is_lost.load(Ordering::SeqCst) {
+            let msg = self
+                .inner
+                .lost
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            return Err(GpuError::DeviceLost(msg));
+        }
+        if let Some(msg) = self.inner.uncaptured.lock().ok().and_then(|mut u| u.take()) {
+            return Err(GpuError::Validation {
+                context: "uncaptured".into(),
+                message: msg,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and returns the first error.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let oom = self
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let val_err = pollster::block_on(val.pop());
+        let oom_err = pollster::block_on(oom.pop());
+        if let Some(e) = oom_err {
+            return Err(GpuError::from_wgpu(what, e));
+        }
+        if let Some(e) = val_err {
+            return Err(GpuError::from_wgpu(what, e));
+        }
+        self.check_health()?;
+        Ok(out)
+    }
+
+    /// Creates a storage buffer of `size` bytes (zeroed), usable as a kernel input or output and
+    /// as a copy source/destination.
+    pub fn create_storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer, GpuError> {
+        let size = size.max(4).next_multiple_of(4);
+        if size > self.inner.caps.max_buffer_size {
+            return Err(GpuError::LimitExceeded {
+                what: label.to_string(),
+                needed: size,
+                limit: self.inner.caps.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        self.scoped(label, || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Creates a storage buffer holding `data` (padded to 4 bytes).
+    pub fn create_storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer, GpuError> {
+        let buf = self.create_storage(label, data.len() as u64)?;
+        self.write(&buf, 0, data);
+        Ok(buf)
+    }
+
+    /// Queues a write of `data` at `offset` (padded to 4 bytes); it executes before the next submit.
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len().is_multiple_of(4) {
+            self.inner.queue.write_buffer(buffer, offset, data);
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(data.len().next_multiple_of(4), 0);
+            self.inner.queue.write_buffer(buffer, offset, &padded);
+        }
+    }
+
+    /// Copies `size` bytes at `offset` of `buffer` back to the host (blocking; for tests,
+    /// debugging and explicit logits requests, never in the decode loop).
+    pub fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let padded = size.next_multiple_of(4).max(4);
+        let staging = self.scoped("readback staging", || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: padded,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut enc = self
+            .inner
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
+        self.scoped("readback copy", || {
+            self.inner.queue.submit(Some(enc.finish()));
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| GpuError::BufferMap(e.to_string()))?
+            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
+        let out = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::BufferMap(e.to_string()))?;
+            view[..size as usize].to_vec()
+        };
+        staging.unmap();
+        self.check_health()?;
+        Ok(out)
+    }
+
+    /// Reads `len` f32 values starting at element `offset`.
+    pub fn read_f32(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        let bytes = self.read_bytes(buffer, (offset * 4) as u64, (len * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Reads `len` u32 values starting at element `offset`.
+    pub fn read_u32(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<u32>, GpuError> {
+        let bytes = self.read_bytes(buffer, (offset * 4) as u64, (len * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait_idle(&self) -> Result<(), GpuError> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        self.check_health()
+    }
+}

@@ -1,0 +1,21 @@
+//! The GPU runtime: device acquisition, buffers and tensors, kernels with their pipeline cache,
+//! command batching, and the ops (one per kernel family).
+//!
+//! Model code never touches wgpu directly: it calls the ops in [`ops`] with [`GpuTensor`]s and
+//! [`Matrix`] weights, recording into a [`Recorder`] that submits once.
+
+mod context;
+mod error;
+mod kernel;
+mod matrix;
+pub mod ops;
+mod recorder;
+pub mod reference;
+mod tensor;
+
+pub use context::{Capabilities, GpuContext, GpuOptions};
+pub use error::GpuError;
+pub use kernel::{Access, Kernel, KernelSpec, WGSL_SOURCES, preprocess, wgsl_source};
+pub use matrix::{HostMatrix, Matrix, MatrixWindow, ScaleDType, WeightFormat};
+pub use recorder::{BufSlice, Counters, MAX_PARAM_BYTES, Recorder};
+pub use tensor::{DType, GpuTensor};

@@ -1,0 +1,416 @@
+//! Command batching: many dispatches encoded into one command encoder and submitted once, with
+//! small per-dispatch parameters written into a shared uniform arena (dynamic offsets), and
+//! bind groups cached so that steady-state recording allocates no GPU objects.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::context::GpuContext;
+use super::error::GpuError;
+use super::kernel::Kernel;
+
+/// A view of a buffer passed to a kernel binding.
+#[derive(Debug, Clone, Copy)]
+pub struct BufSlice<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset (a multiple of the device's storage offset alignment).
+    pub offset: u64,
+    /// Byte size; `None` binds to the end of the buffer.
+    pub size: Option<u64>,
+}
+
+impl<'a> From<&'a wgpu::Buffer> for BufSlice<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        BufSlice {
+            buffer,
+            offset: 0,
+            size: None,
+        }
+    }
+}
+
+impl<'a> BufSlice<'a> {
+    /// A window of `size` bytes at `offset`.
+    pub fn window(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Self {
+        BufSlice {
+            buffer,
+            offset,
+            size: Some(size),
+        }
+    }
+}
+
+/// Size of the parameter arena in bytes; an arena holds `ARENA_BYTES / uniform_align` dispatches.
+const ARENA_BYTES: u64 = 1 << 20;
+/// Largest parameter struct a kernel may use.
+pub const MAX_PARAM_BYTES: usize = 256;
+/// Bind groups kept per device before the cache is cleared.
+const BIND_CACHE_LIMIT: usize = 8192;
+
+pub(crate) struct ParamArena {
+    buffer: wgpu::Buffer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BindKey {
+    kernel: u64,
+    arena: wgpu::Buffer,
+    buffers: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+enum Command {
+    Dispatch {
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        offset: u32,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        src_offset: u64,
+        dst: wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    },
+}
+
+/// Counters of GPU work, per context.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Dispatches recorded.
+    pub dispatches: AtomicU64,
+    /// Queue submits.
+    pub submits: AtomicU64,
+}
+
+impl Counters {
+    /// (dispatches, submits) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (
+            self.dispatches.load(Ordering::Relaxed),
+            self.submits.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Records dispatches and copies, then submits them all in one command buffer.
+pub struct Recorder {
+    ctx: GpuContext,
+    arena: Option<ParamArena>,
+    params: Vec<u8>,
+    commands: Vec<Command>,
+    slot: u32,
+    slots: u32,
+}
+
+impl GpuContext {
+    /// Starts recording a batch of GPU work.
+    pub fn recorder(&self) -> Recorder {
+        let slot = self.caps().uniform_align;
+        Recorder {
+            ctx: self.clone(),
+            arena: None,
+            params: Vec::new(),
+            commands: Vec::new(),
+            slot,
+            slots: (ARENA_BYTES / slot as u64) as u32,
+        }
+    }
+
+    /// Dispatch and submit counters of this device (all recorders).
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    fn take_arena(&self) -> Result<ParamArena, GpuError> {
+        if let Some(a) = self.inner.arenas.lock().ok().and_then(|mut v| v.pop()) {
+            return Ok(a);
+        }
+        let buffer = self.scoped("parameter arena", || {
+            self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("param-arena"),
+                size: ARENA_BYTES,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(ParamArena { buffer })
+    }
+}
+
+impl Recorder {
+    /// The context this recorder belongs to.
+    pub fn ctx(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Number of commands recorded and not yet submitted.
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Records one dispatch of `kernel` with the uniform `params` and storage `buffers`
+    /// (in binding order 1..), over `groups` workgroups.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        buffers: &[BufSlice<'_>],
+        groups: [u32; 3],
+    ) -> Result<(), GpuError> {
+        let bytes = bytemuck::bytes_of(params);
+        if bytes.len() > MAX_PARAM_BYTES || buffers.len() != kernel.storage.len() {
+            return Err(GpuError::Kernel {
+                kernel: kernel.name.clone(),
+                message: format!(
+                    "{} buffers given for {} bindings, params {} bytes",
+                    buffers.len(),
+                    kernel.storage.len(),
+                    bytes.len()
+                ),
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.ctx.caps().max_workgroups_per_dim;
+        if groups.iter().any(|&g| g > max) {
+            return Err(GpuError::LimitExceeded {
+                what: format!("dispatch of {}", kernel.name),
+                needed: groups.iter().copied().max().unwrap_or(0) as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        let max_bind = self.ctx.caps().max_binding_size;
+        for b in buffers {
+            let size = b.size.unwrap_or(b.buffer.size() - b.offset);
+            if size > max_bind {
+                return Err(GpuError::LimitExceeded {
+                    what: format!("a binding of {}", kernel.name),
+                    needed: size,
+                    limit: max_bind,
+                    limit_name: "max_storage_buffer_binding_size",
+                });
+            }
+        }
+        if self.arena.is_none() {
+            self.arena = Some(self.ctx.take_arena()?);
+        }
+        let index = (self.params.len() as u64 / self.slot as u64) as u32;
+        if index >= self.slots {
+            // The arena is full: submit what is recorded and continue with a fresh batch.
+            self.submit()?;
+            return self.dispatch(kernel, params, buffers, groups);
+        }
+        let offset = index * self.slot;
+        self.params.extend_from_slice(bytes);
+        self.params.resize((offset + self.slot) as usize, 0);
+        let arena = self
+            .arena
+            .as_ref()
+            .map(|a| a.buffer.clone())
+            .ok_or_else(|| GpuError::Kernel {
+                kernel: kernel.name.clone(),
+                message: "no parameter arena".into(),
+            })?;
+        let bind_group = self.bind_group(kernel, &arena, buffers)?;
+        self.commands.push(Command::Dispatch {
+            pipeline: kernel.pipeline.clone(),
+            bind_group,
+            offset,
+            groups,
+        });
+        self.ctx
+            .inner
+            .counters
+            .dispatches
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records a dispatch of `n` workgroups laid out on a 2-D grid when `n` exceeds the
+    /// per-dimension limit; kernels compute `wid.x + wid.y * num_workgroups.x`.
+    pub fn dispatch_linear<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        buffers: &[BufSlice<'_>],
+        n: u32,
+    ) -> Result<(), GpuError> {
+        let max = self.ctx.caps().max_workgroups_per_dim.max(1);
+        let groups = if n <= max {
+            [n, 1, 1]
+        } else {
+            let y = n.div_ceil(max);
+            [n.div_ceil(y), y, 1]
+        };
+        self.dispatch(kernel, params, buffers, groups)
+    }
+
+    /// Records a buffer-to-buffer copy (ordered with the dispatches around it).
+    pub fn copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    ) {
+        if size == 0 {
+            return;
+        }
+        self.commands.push(Command::Copy {
+            src: src.clone(),
+            src_offset,
+            dst: dst.clone(),
+            dst_offset,
+            size,
+        });
+    }
+
+    fn bind_group(
+        &self,
+        kernel: &Kernel,
+        arena: &wgpu::Buffer,
+        buffers: &[BufSlice<'_>],
+    ) -> Result<wgpu::BindGroup, GpuError> {
+        let key = BindKey {
+            kernel: kernel.id,
+            arena: arena.clone(),
+            buffers: buffers
+                .iter()
+                .map(|b| (b.buffer.clone(), b.offset, b.size.unwrap_or(u64::MAX)))
+                .collect(),
+        };
+        let mut cache = self
+            .ctx
+            .inner
+            .bind_groups
+            .lock()
+            .map_err(|_| GpuError::Kernel {
+                kernel: kernel.name.clone(),
+                message: "bind group cache poisoned".into(),
+            })?;
+        if let Some(bg) = cache.get(&key) {
+            return Ok(bg.clone());
+        }
+        if cache.len() >= BIND_CACHE_LIMIT {
+            cache.clear();
+        }
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: arena,
+                offset: 0,
+                size: wgpu::BufferSize::new(MAX_PARAM_BYTES as u64),
+            }),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buffer,
+                    offset: b.offset,
+                    size: b.size.and_then(wgpu::BufferSize::new),
+                }),
+            });
+        }
+        let bg = self
+            .ctx
+            .scoped(&format!("bind group for {}", kernel.name), || {
+                self.ctx
+                    .device()
+                    .create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &kernel.layout,
+                        entries: &entries,
+                    })
+            })?;
+        cache.insert(key, bg.clone());
+        Ok(bg)
+    }
+
+    /// Encodes everything recorded into one command buffer and submits it (one submit).
+    /// Does not wait for completion.
+    pub fn submit(&mut self) -> Result<(), GpuError> {
+        if self.commands.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let commands = std::mem::take(&mut self.commands);
+        let params = std::mem::take(&mut self.params);
+        let arena = self.arena.take();
+        ctx.scoped("submitting recorded work", || {
+            if let Some(a) = &arena {
+                ctx.queue().write_buffer(&a.buffer, 0, &params);
+            }
+            let mut enc = ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let mut i = 0;
+            while i < commands.len() {
+                match &commands[i] {
+                    Command::Copy {
+                        src,
+                        src_offset,
+                        dst,
+                        dst_offset,
+                        size,
+                    } => {
+                        enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                        i += 1;
+                    }
+                    Command::Dispatch { .. } => {
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: None,
+                        });
+                        while let Some(Command::Dispatch {
+                            pipeline,
+                            bind_group,
+                            offset,
+                            groups,
+                        }) = commands.get(i)
+                        {
+                            pass.set_pipeline(pipeline);
+                            pass.set_bind_group(0, bind_group, &[*offset]);
+                            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            ctx.queue().submit(Some(enc.finish()));
+        })?;
+        ctx.inner.counters.submits.fetch_add(1, Ordering::Relaxed);
+        if let Some(a) = arena
+            && let Ok(mut pool) = ctx.inner.arenas.lock()
+        {
+            pool.push(a);
+        }
+        Ok(())
+    }
+
+    /// Submits and blocks until the GPU has finished.
+    pub fn finish(mut self) -> Result<(), GpuError> {
+        self.submit()?;
+        self.ctx.wait_idle()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(a) = self.arena.take()
+            && let Ok(mut pool) = self.ctx.inner.arenas.lock()
+        {
+            pool.push(a);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! GPU tensors: a buffer (or a window of one) with a shape and an element type.
+
+use super::context::GpuContext;
+use super::error::GpuError;
+use super::recorder::BufSlice;
+
+/// Element type of a GPU tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float (all activations).
+    F32,
+    /// 16-bit IEEE float, two per u32 word.
+    F16,
+    /// bfloat16, two per u32 word.
+    BF16,
+    /// 32-bit unsigned integer (token ids, positions).
+    U32,
+    /// 32-bit signed integer.
+    I32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 | DType::BF16 => 2,
+            _ => 4,
+        }
+    }
+}
+
+/// A tensor on the GPU: a buffer region of `numel * dtype.size()` bytes at `offset`.
+#[derive(Debug, Clone)]
+pub struct GpuTensor {
+    /// The buffer that holds the data.
+    pub buffer: wgpu::Buffer,
+    /// Byte offset of element 0 in the buffer.
+    pub offset: u64,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: DType,
+}
+
+impl GpuTensor {
+    /// A zero-filled tensor.
+    pub fn zeros(ctx: &GpuContext, shape: &[usize], dtype: DType) -> Result<Self, GpuError> {
+        let n: usize = shape.iter().product();
+        let buffer = ctx.create_storage("tensor", (n * dtype.size()) as u64)?;
+        Ok(GpuTensor {
+            buffer,
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// A tensor filled from f32 host data.
+    pub fn from_f32(ctx: &GpuContext, shape: &[usize], data: &[f32]) -> Result<Self, GpuError> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(GpuError::Kernel {
+                kernel: "tensor".into(),
+                message: format!("shape {shape:?} needs {n} values, got {}", data.len()),
+            });
+        }
+        let buffer = ctx.create_storage_init("tensor", bytemuck::cast_slice(data))?;
+        Ok(GpuTensor {
+            buffer,
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+        })
+    }
+
+    /// A tensor filled from u32 host data.
+    pub fn from_u32(ctx: &GpuContext, shape: &[usize], data: &[u32]) -> Result<Self, GpuError> {
+        let buffer = ctx.create_storage_init("tensor", bytemuck::cast_slice(data))?;
+        Ok(GpuTensor {
+            buffer,
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype: DType::U32,
+        })
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size in bytes (rounded up to whole u32 words).
+    pub fn bytes(&self) -> u64 {
+        ((self.numel() * self.dtype.size()) as u64).next_multiple_of(4)
+    }
+
+    /// The binding view of this tensor.
+    pub fn slice(&self) -> BufSlice<'_> {
+        BufSlice::window(&self.buffer, self.offset, self.bytes().max(4))
+    }
+
+    /// Reads the tensor back as f32 (blocking; tests and explicit requests only).
+    pub fn to_f32(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
+        match self.dtype {
+            DType::F32 => ctx.read_f32(&self.buffer, (self.offset / 4) as usize, self.numel()),
+            DType::U32 | DType::I32 => Err(GpuError::Kernel {
+                kernel: "tensor".into(),
+                message: "to_f32 on an integer tensor".into(),
+            }),
+            DType::F16 | DType::BF16 => {
+                let bytes = ctx.read_bytes(&self.buffer, self.offset, self.bytes())?;
+                let halves: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
+                Ok(halves[..self.numel()]
+                    .iter()
+                    .map(|&h| {
+                        if self.dtype == DType::F16 {
+                            half::f16::from_bits(h).to_f32()
+                        } else {
+                            half::bf16::from_bits(h).to_f32()
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Reads the tensor back as u32 (blocking).
+    pub fn to_u32(&self, ctx: &GpuContext) -> Result<Vec<u32>, GpuError> {
+        ctx.read_u32(&self.buffer, (self.offset / 4) as usize, self.numel())
+    }
+}

@@ -1,0 +1,13 @@
+//! # gemma-wgpu
+//!
+//! Google's Gemma 4 vision-language models (E2B / E4B) on WGSL compute shaders through wgpu:
+//! Metal on Macs, Vulkan or DX12 elsewhere, and a software Vulkan adapter for CI.
+//!
+//! The crate is layered: [`gpu`] (device, buffers, kernels, command batching) ↔ model code
+//! (weights, text decoder, vision tower) ↔ generation and chat API.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod gpu;
+
+pub use error::{Error, Result};

@@ -1,0 +1,39 @@
+// Elementwise kernels over flat f32 arrays: out[i] = EXPR(a[i], b[i % b_len]).
+// EXPR is substituted per op (add, mul, scale, gelu_tanh, gated gelu, clamp, softcap).
+// Works identically on every backend (no subgroups, no f16).
+
+struct Params {
+    n: u32,
+    b_len: u32,
+    s0: f32,
+    s1: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a_buf: array<f32>;
+//#if BINARY
+@group(0) @binding(2) var<storage, read> b_buf: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out_buf: array<f32>;
+//#else
+@group(0) @binding(2) var<storage, read_write> out_buf: array<f32>;
+//#endif
+
+fn gelu_tanh(x: f32) -> f32 {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with tanh clamped for large |z|
+    let z = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    let zc = clamp(z, -15.0, 15.0);
+    return 0.5 * x * (1.0 + tanh(zc));
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= p.n) {
+        return;
+    }
+    let a = a_buf[i];
+//#if BINARY
+    let b = b_buf[i % p.b_len];
+//#endif
+    out_buf[i] = {{EXPR}};
+}
