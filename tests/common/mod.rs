@@ -93,16 +93,13 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
         let excess = d - (atol + rtol * w.abs());
-        if !(excess <= worst.1) || g.is_nan() != w.is_nan() {
-            worst = (
-                i,
-                if excess.is_nan() {
-                    f32::INFINITY
-                } else {
-                    excess
-                },
-                d,
-            );
+        let excess = if excess.is_nan() || g.is_nan() != w.is_nan() {
+            f32::INFINITY
+        } else {
+            excess
+        };
+        if excess > worst.1 {
+            worst = (i, excess, d);
         }
     }
     if worst.1 > 0.0 {
