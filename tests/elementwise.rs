@@ -84,3 +84,32 @@ fn one_submit_for_many_dispatches() {
         assert_eq!(got[999], 2f32.powi(50));
     }
 }
+
+#[test]
+fn views_at_unaligned_element_offsets() {
+    for (path, ctx) in paths() {
+        let data: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let t = GpuTensor::from_f32(&ctx, &[100], &data).unwrap();
+        let out = GpuTensor::zeros(&ctx, &[100], gemma_wgpu::gpu::DType::F32).unwrap();
+        // out[3..10] = t[5..12] + t[91..98]
+        let mut rec = ctx.recorder();
+        elementwise(
+            &mut rec,
+            Elementwise::Add,
+            &t.view(5, &[7]),
+            Some(&t.view(91, &[7])),
+            &out.view(3, &[7]),
+        )
+        .unwrap();
+        rec.finish().unwrap();
+        let got = out.to_f32(&ctx).unwrap();
+        for (i, &g) in got.iter().enumerate() {
+            let want = if (3..10).contains(&i) {
+                (i + 2 + i + 88) as f32
+            } else {
+                0.0
+            };
+            assert_eq!(g, want, "{path} element {i}");
+        }
+    }
+}

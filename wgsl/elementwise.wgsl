@@ -1,4 +1,5 @@
 // Elementwise kernels over flat f32 arrays: out[i] = EXPR(a[i], b[i % b_len]).
+// Operands are whole buffers plus element offsets (no binding-offset alignment constraints).
 // EXPR is substituted per op (add, mul, scale, gelu_tanh, gated gelu, clamp, softcap).
 // Works identically on every backend (no subgroups, no f16).
 
@@ -7,6 +8,10 @@ struct Params {
     b_len: u32,
     s0: f32,
     s1: f32,
+    a_off: u32,
+    b_off: u32,
+    out_off: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,9 +36,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= p.n) {
         return;
     }
-    let a = a_buf[i];
+    let a = a_buf[p.a_off + i];
 //#if BINARY
-    let b = b_buf[i % p.b_len];
+    let b = b_buf[p.b_off + i % p.b_len];
 //#endif
-    out_buf[i] = {{EXPR}};
+    out_buf[p.out_off + i] = {{EXPR}};
 }

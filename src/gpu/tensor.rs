@@ -94,6 +94,21 @@ impl GpuTensor {
         ((self.numel() * self.dtype.size()) as u64).next_multiple_of(4)
     }
 
+    /// Offset of element 0 in units of 4-byte words (what kernels take as an element offset).
+    pub fn elem_offset(&self) -> u32 {
+        (self.offset / 4) as u32
+    }
+
+    /// A view of `shape` starting `elems` 4-byte elements into this tensor (same buffer).
+    pub fn view(&self, elems: usize, shape: &[usize]) -> GpuTensor {
+        GpuTensor {
+            buffer: self.buffer.clone(),
+            offset: self.offset + (elems * 4) as u64,
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        }
+    }
+
     /// The binding view of this tensor.
     pub fn slice(&self) -> BufSlice<'_> {
         BufSlice::window(&self.buffer, self.offset, self.bytes().max(4))

@@ -11,6 +11,10 @@ struct Params {
     b_len: u32,
     s0: f32,
     s1: f32,
+    a_off: u32,
+    b_off: u32,
+    out_off: u32,
+    _pad: u32,
 }
 
 /// The elementwise operations.
@@ -113,6 +117,10 @@ pub fn elementwise(
         b_len: 1,
         s0,
         s1,
+        a_off: a.elem_offset(),
+        b_off: 0,
+        out_off: out.elem_offset(),
+        _pad: 0,
     };
     if op.is_binary() {
         let b = b.ok_or_else(|| bad("binary op without b".into()))?;
@@ -120,10 +128,11 @@ pub fn elementwise(
             return Err(bad(format!("b has {} elements, a has {n}", b.numel())));
         }
         params.b_len = b.numel() as u32;
-        let bufs: [BufSlice; 3] = [a.slice(), b.slice(), out.slice()];
+        params.b_off = b.elem_offset();
+        let bufs: [BufSlice; 3] = [(&a.buffer).into(), (&b.buffer).into(), (&out.buffer).into()];
         rec.dispatch_linear(&kernel, &params, &bufs, n.div_ceil(256) as u32)
     } else {
-        let bufs: [BufSlice; 2] = [a.slice(), out.slice()];
+        let bufs: [BufSlice; 2] = [(&a.buffer).into(), (&out.buffer).into()];
         rec.dispatch_linear(&kernel, &params, &bufs, n.div_ceil(256) as u32)
     }
 }
