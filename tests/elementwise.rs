@@ -113,3 +113,37 @@ fn views_at_unaligned_element_offsets() {
         }
     }
 }
+
+#[test]
+fn in_place_with_strided_rows() {
+    use gemma_wgpu::gpu::ops::{BLayout, elementwise_inplace};
+    for (path, ctx) in paths() {
+        let mut rng = Rng::new(11);
+        // a: [5, 3]; b: [5, 4, 3] and we use layer 2's rows (offset 6, stride 12)
+        let a = rng.normals(15, 1.0);
+        let b = rng.normals(60, 1.0);
+        let ta = GpuTensor::from_f32(&ctx, &[5, 3], &a).unwrap();
+        let tb = GpuTensor::from_f32(&ctx, &[60], &b).unwrap();
+        let mut rec = ctx.recorder();
+        elementwise_inplace(
+            &mut rec,
+            Elementwise::GeluMul,
+            &ta,
+            Some((
+                &tb.view(6, &[54]),
+                BLayout::Rows {
+                    cols: 3,
+                    stride: 12,
+                },
+            )),
+        )
+        .unwrap();
+        elementwise_inplace(&mut rec, Elementwise::Scale(2.0), &ta, None).unwrap();
+        rec.finish().unwrap();
+        let got = ta.to_f32(&ctx).unwrap();
+        let want: Vec<f32> = (0..15)
+            .map(|i| 2.0 * reference::gelu_tanh(a[i]) * b[6 + (i / 3) * 12 + i % 3])
+            .collect();
+        assert_close(&format!("{path} in-place rows"), &got, &want, 1e-5, 1e-5);
+    }
+}

@@ -1,4 +1,5 @@
-//! Elementwise ops: add, mul, scale, gelu_tanh, gated gelu, clamp, softcap.
+//! Elementwise ops: add, mul, scale, gelu_tanh, gated gelu, clamp, softcap — out of place or in
+//! place, with the second operand broadcast or read as strided rows.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -8,13 +9,13 @@ use crate::gpu::{Access, BufSlice, GpuError, GpuTensor, KernelSpec, Recorder};
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    b_len: u32,
+    b_cols: u32,
     s0: f32,
     s1: f32,
     a_off: u32,
     b_off: u32,
     out_off: u32,
-    _pad: u32,
+    b_stride: u32,
 }
 
 /// The elementwise operations.
@@ -34,6 +35,23 @@ pub enum Elementwise {
     Clamp(f32, f32),
     /// `c * tanh(a / c)`
     Softcap(f32),
+}
+
+/// How the second operand `b` is read for element `i` of `a`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BLayout {
+    /// `b[i % b.numel()]`: a `[cols]` vector applies to every row of `[rows, cols]`; a tensor of
+    /// the same size as `a` is read elementwise.
+    Broadcast,
+    /// Rows of `cols` values placed `stride` elements apart: `b[(i / cols) * stride + i % cols]`
+    /// (e.g. layer l's slice of a `[tokens, layers, cols]` tensor: a view at `l * cols` with
+    /// stride `layers * cols`).
+    Rows {
+        /// Values per row.
+        cols: usize,
+        /// Elements between the starts of consecutive rows.
+        stride: usize,
+    },
 }
 
 impl Elementwise {
@@ -63,21 +81,23 @@ impl Elementwise {
     }
 
     /// The kernel specialisation of this op.
-    pub fn spec(self) -> KernelSpec {
+    pub fn spec(self, in_place: bool) -> KernelSpec {
         let (expr, binary) = self.expr();
-        let storage: &[Access] = if binary {
-            &[Access::Read, Access::Read, Access::ReadWrite]
-        } else {
-            &[Access::Read, Access::ReadWrite]
+        let storage: Vec<Access> = match (in_place, binary) {
+            (false, true) => vec![Access::Read, Access::Read, Access::ReadWrite],
+            (false, false) => vec![Access::Read, Access::ReadWrite],
+            (true, true) => vec![Access::ReadWrite, Access::Read],
+            (true, false) => vec![Access::ReadWrite],
         };
-        KernelSpec::new("elementwise", "main", storage)
+        KernelSpec::new("elementwise", "main", &storage)
             .define("EXPR", expr)
             .define("BINARY", if binary { "1" } else { "0" })
+            .define("IN_PLACE", if in_place { "1" } else { "0" })
     }
 
     /// All specialisations (for shader validation).
     pub fn all_specs() -> Vec<KernelSpec> {
-        [
+        let ops = [
             Elementwise::Add,
             Elementwise::Mul,
             Elementwise::Scale(1.0),
@@ -85,16 +105,79 @@ impl Elementwise {
             Elementwise::GeluMul,
             Elementwise::Clamp(0.0, 1.0),
             Elementwise::Softcap(30.0),
-        ]
-        .iter()
-        .map(|o| o.spec())
-        .collect()
+        ];
+        let mut v = Vec::new();
+        for in_place in [false, true] {
+            v.extend(ops.iter().map(|o| o.spec(in_place)));
+        }
+        v
     }
 }
 
-/// Records `out = op(a, b)` over `a.numel()` elements; `b` is broadcast cyclically
-/// (`b[i % b.numel()]`), so a `[cols]` vector applies to every row of `[rows, cols]`.
-/// `out` must not alias `a` or `b` (wgpu forbids a buffer bound read-only and writable at once).
+fn run(
+    rec: &mut Recorder,
+    op: Elementwise,
+    a: &GpuTensor,
+    b: Option<(&GpuTensor, BLayout)>,
+    out: Option<&GpuTensor>,
+) -> Result<(), GpuError> {
+    let n = a.numel();
+    let bad = |m: String| GpuError::Kernel {
+        kernel: format!("elementwise {op:?}"),
+        message: m,
+    };
+    if let Some(out) = out
+        && out.numel() != n
+    {
+        return Err(bad(format!("out has {} elements, a has {n}", out.numel())));
+    }
+    let kernel = rec.ctx().kernel(&op.spec(out.is_none()))?;
+    let (s0, s1) = op.scalars();
+    let mut params = Params {
+        n: n as u32,
+        b_cols: 1,
+        s0,
+        s1,
+        a_off: a.elem_offset(),
+        b_off: 0,
+        out_off: out.map(|o| o.elem_offset()).unwrap_or(0),
+        b_stride: 0,
+    };
+    let mut bufs: Vec<BufSlice> = vec![(&a.buffer).into()];
+    if op.is_binary() {
+        let (b, layout) = b.ok_or_else(|| bad("binary op without b".into()))?;
+        params.b_off = b.elem_offset();
+        match layout {
+            BLayout::Broadcast => {
+                if b.numel() == 0 || !n.is_multiple_of(b.numel()) {
+                    return Err(bad(format!("b has {} elements, a has {n}", b.numel())));
+                }
+                params.b_cols = b.numel() as u32;
+                params.b_stride = if b.numel() == n { n as u32 } else { 0 };
+            }
+            BLayout::Rows { cols, stride } => {
+                if cols == 0 || !n.is_multiple_of(cols) {
+                    return Err(bad(format!("rows of {cols} do not tile {n} elements")));
+                }
+                let needed = (n / cols - 1) * stride + cols;
+                if b.numel() < needed {
+                    return Err(bad(format!("b has {} elements, needs {needed}", b.numel())));
+                }
+                params.b_cols = cols as u32;
+                params.b_stride = stride as u32;
+            }
+        }
+        bufs.push((&b.buffer).into());
+    }
+    if let Some(out) = out {
+        bufs.push((&out.buffer).into());
+    }
+    rec.dispatch_linear(&kernel, &params, &bufs, n.div_ceil(256) as u32)
+}
+
+/// Records `out = op(a, b)` over `a.numel()` elements, `b` broadcast cyclically
+/// (`b[i % b.numel()]`, so a `[cols]` vector applies to every row of `[rows, cols]`).
+/// `out` must not share a buffer with `a` or `b`; use [`elementwise_inplace`] for that.
 pub fn elementwise(
     rec: &mut Recorder,
     op: Elementwise,
@@ -102,37 +185,15 @@ pub fn elementwise(
     b: Option<&GpuTensor>,
     out: &GpuTensor,
 ) -> Result<(), GpuError> {
-    let n = a.numel();
-    let bad = |m: String| GpuError::Kernel {
-        kernel: format!("elementwise {op:?}"),
-        message: m,
-    };
-    if out.numel() != n {
-        return Err(bad(format!("out has {} elements, a has {n}", out.numel())));
-    }
-    let kernel = rec.ctx().kernel(&op.spec())?;
-    let (s0, s1) = op.scalars();
-    let mut params = Params {
-        n: n as u32,
-        b_len: 1,
-        s0,
-        s1,
-        a_off: a.elem_offset(),
-        b_off: 0,
-        out_off: out.elem_offset(),
-        _pad: 0,
-    };
-    if op.is_binary() {
-        let b = b.ok_or_else(|| bad("binary op without b".into()))?;
-        if b.numel() == 0 || !n.is_multiple_of(b.numel()) {
-            return Err(bad(format!("b has {} elements, a has {n}", b.numel())));
-        }
-        params.b_len = b.numel() as u32;
-        params.b_off = b.elem_offset();
-        let bufs: [BufSlice; 3] = [(&a.buffer).into(), (&b.buffer).into(), (&out.buffer).into()];
-        rec.dispatch_linear(&kernel, &params, &bufs, n.div_ceil(256) as u32)
-    } else {
-        let bufs: [BufSlice; 2] = [(&a.buffer).into(), (&out.buffer).into()];
-        rec.dispatch_linear(&kernel, &params, &bufs, n.div_ceil(256) as u32)
-    }
+    run(rec, op, a, b.map(|b| (b, BLayout::Broadcast)), Some(out))
+}
+
+/// Records `a = op(a, b)` in place, with `b` read per `layout` (`b` must be in another buffer).
+pub fn elementwise_inplace(
+    rec: &mut Recorder,
+    op: Elementwise,
+    a: &GpuTensor,
+    b: Option<(&GpuTensor, BLayout)>,
+) -> Result<(), GpuError> {
+    run(rec, op, a, b, None)
 }

@@ -4,7 +4,7 @@
 pub mod elementwise;
 pub mod streaming;
 
-pub use elementwise::{Elementwise, elementwise};
+pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};
 
 use crate::gpu::KernelSpec;
 
