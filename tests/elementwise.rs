@@ -19,6 +19,7 @@ fn cpu(op: Elementwise, a: &[f32], b: &[f32]) -> Vec<f32> {
                 Elementwise::GeluMul => reference::gelu_tanh(x) * y,
                 Elementwise::Clamp(lo, hi) => x.clamp(lo, hi),
                 Elementwise::Softcap(c) => reference::softcap(x, c),
+                Elementwise::ScaleShift(a, b) => x * a + b,
             }
         })
         .collect()
@@ -36,6 +37,7 @@ fn elementwise_ops_match_cpu() {
             Elementwise::GeluMul,
             Elementwise::Clamp(-0.5, 1.25),
             Elementwise::Softcap(3.0),
+            Elementwise::ScaleShift(2.0, -1.0),
         ];
         // awkward sizes: 1, below / above one workgroup, and a broadcast row vector
         for &(n, bn) in &[

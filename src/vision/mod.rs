@@ -159,7 +159,7 @@ impl VisionEncoder {
         elementwise_inplace(&mut rec, Elementwise::ScaleShift(2.0, -1.0), &pixels, None)?;
         ops::linear(&mut rec, &self.w.input_proj, &pixels, &b.x)?;
         let pe = z(&[2 * n, hv])?;
-        ops::embedding(&mut rec, &self.pos_table, &b.ids.clone_u32(), &pe, 1.0)?;
+        ops::embedding(&mut rec, &self.pos_table, &b.ids, &pe, 1.0)?;
         elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&pe.view(0, &[n, hv]), BLayout::Broadcast)))?;
         elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&pe.view(n * hv, &[n, hv]), BLayout::Broadcast)))?;
 
@@ -227,8 +227,8 @@ impl VisionEncoder {
             elementwise(
                 rec,
                 Elementwise::Clamp(
-                    l.input_min.unwrap_or(f32::NEG_INFINITY),
-                    l.input_max.unwrap_or(f32::INFINITY),
+                    l.input_min.unwrap_or(f32::MIN),
+                    l.input_max.unwrap_or(f32::MAX),
                 ),
                 x,
                 None,
@@ -243,8 +243,8 @@ impl VisionEncoder {
             elementwise_inplace(
                 rec,
                 Elementwise::Clamp(
-                    l.output_min.unwrap_or(f32::NEG_INFINITY),
-                    l.output_max.unwrap_or(f32::INFINITY),
+                    l.output_min.unwrap_or(f32::MIN),
+                    l.output_max.unwrap_or(f32::MAX),
                 ),
                 y,
                 None,

@@ -35,6 +35,8 @@ pub enum Elementwise {
     Clamp(f32, f32),
     /// `c * tanh(a / c)`
     Softcap(f32),
+    /// `a * s + t`
+    ScaleShift(f32, f32),
 }
 
 /// How the second operand `b` is read for element `i` of `a`.
@@ -64,13 +66,14 @@ impl Elementwise {
             Elementwise::GeluMul => ("gelu_tanh(a) * b", true),
             Elementwise::Clamp(..) => ("clamp(a, p.s0, p.s1)", false),
             Elementwise::Softcap(_) => ("p.s0 * tanh(clamp(a / p.s0, -15.0, 15.0))", false),
+            Elementwise::ScaleShift(..) => ("a * p.s0 + p.s1", false),
         }
     }
 
     fn scalars(self) -> (f32, f32) {
         match self {
             Elementwise::Scale(s) | Elementwise::Softcap(s) => (s, 0.0),
-            Elementwise::Clamp(lo, hi) => (lo, hi),
+            Elementwise::Clamp(lo, hi) | Elementwise::ScaleShift(lo, hi) => (lo, hi),
             _ => (0.0, 0.0),
         }
     }
@@ -105,6 +108,7 @@ impl Elementwise {
             Elementwise::GeluMul,
             Elementwise::Clamp(0.0, 1.0),
             Elementwise::Softcap(30.0),
+            Elementwise::ScaleShift(2.0, -1.0),
         ];
         let mut v = Vec::new();
         for in_place in [false, true] {
