@@ -36,15 +36,15 @@ impl KvCache {
     ) -> Result<Self> {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            if cfg.kv_source(i) != i {
+            if cfg.kv_source(i) != Some(i) {
                 layers.push(None);
                 continue;
             }
             let hd = cfg.layer_head_dim(i);
             let nkv = cfg.layer_kv_heads(i);
             let cap = match cfg.layer_types[i] {
-                LayerType::Sliding => (cfg.sliding_window + chunk).min(max_context.max(1)),
-                LayerType::Full => max_context.max(1),
+                LayerType::SlidingAttention => (cfg.sliding_window + chunk).min(max_context.max(1)),
+                LayerType::FullAttention => max_context.max(1),
             };
             layers.push(Some(LayerCache {
                 k: GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32)?,

@@ -88,16 +88,27 @@ impl TextDecoder {
         weights: Arc<TextWeights>,
         media_token: Option<u32>,
     ) -> Result<Self> {
+        // One inverse-frequency table per layer type, from the first layer of that type.
         let mk = |t: LayerType| -> Result<GpuTensor> {
-            let (hd, theta, partial) = cfg.rope_for(t);
-            let f = ops::rope_inv_freq(hd, theta, partial);
+            let f = match (0..cfg.num_hidden_layers).find(|&i| cfg.layer_types[i] == t) {
+                Some(i) => {
+                    let r = cfg.rope(i);
+                    let partial = (r.rope_type == "proportional")
+                        .then_some(r.partial_rotary_factor as f32);
+                    ops::rope_inv_freq(cfg.layer_head_dim(i), r.rope_theta as f32, partial)
+                }
+                None => vec![0.0; 1],
+            };
             Ok(GpuTensor::from_f32(ctx, &[f.len()], &f)?)
         };
         Ok(TextDecoder {
             ctx: ctx.clone(),
             cfg: cfg.clone(),
             w: weights,
-            inv_freq: [mk(LayerType::Sliding)?, mk(LayerType::Full)?],
+            inv_freq: [
+                mk(LayerType::SlidingAttention)?,
+                mk(LayerType::FullAttention)?,
+            ],
             media_token,
         })
     }
@@ -274,6 +285,7 @@ impl TextDecoder {
     ) -> Result<()> {
         let c = &self.cfg;
         let w = &*self.w;
+        let eps = c.rms_norm_eps as f32;
         let l = ids.len();
         let hdim = c.hidden_size;
         let pos0 = cache.position();
@@ -387,7 +399,7 @@ impl TextDecoder {
                 &ple_rows,
                 w.per_layer_projection_norm.as_ref(),
                 &ple_rows,
-                c.rms_norm_eps,
+                eps,
             )?;
             elementwise_inplace(rec, Elementwise::Add, &ple, Some((&ple_tok, BLayout::Broadcast)))?;
             elementwise_inplace(rec, Elementwise::Scale(0.5f32.sqrt()), &ple, None)?;
@@ -398,16 +410,18 @@ impl TextDecoder {
             let hd = c.layer_head_dim(i);
             let nh = c.num_attention_heads;
             let nkv = c.layer_kv_heads(i);
-            let inv_freq = &self.inv_freq[if lt == LayerType::Sliding { 0 } else { 1 }];
+            let inv_freq = &self.inv_freq[if lt == LayerType::SlidingAttention { 0 } else { 1 }];
 
             // --- attention ---
-            ops::rms_norm(rec, &h, Some(&layer.input_layernorm), &xn, c.rms_norm_eps)?;
+            ops::rms_norm(rec, &h, Some(&layer.input_layernorm), &xn, eps)?;
             let q = ws.q.view(0, &[l, nh * hd]);
             ops::linear(rec, &layer.q_proj, &xn, &q)?;
             let q_heads = q.view(0, &[l * nh, hd]);
-            ops::rms_norm(rec, &q_heads, Some(&layer.q_norm), &q_heads, c.rms_norm_eps)?;
+            ops::rms_norm(rec, &q_heads, Some(&layer.q_norm), &q_heads, eps)?;
             ops::rope(rec, &q.view(0, &[l, nh, hd]), &pos_t, inv_freq)?;
-            let src = c.kv_source(i);
+            let src = c.kv_source(i).ok_or_else(|| {
+                Error::InvalidArgument(format!("layer {i} has no layer to share K/V with"))
+            })?;
             if src == i {
                 let (kp, vp, kn) = match (&layer.k_proj, &layer.v_proj, &layer.k_norm) {
                     (Some(a), Some(b), Some(n)) => (a, b, n),
@@ -423,8 +437,8 @@ impl TextDecoder {
                 ops::linear(rec, vp, &xn, &v)?;
                 let k_heads = k.view(0, &[l * nkv, hd]);
                 let v_heads = v.view(0, &[l * nkv, hd]);
-                ops::rms_norm(rec, &k_heads, Some(kn), &k_heads, c.rms_norm_eps)?;
-                ops::rms_norm(rec, &v_heads, None, &v_heads, c.rms_norm_eps)?;
+                ops::rms_norm(rec, &k_heads, Some(kn), &k_heads, eps)?;
+                ops::rms_norm(rec, &v_heads, None, &v_heads, eps)?;
                 ops::rope(rec, &k.view(0, &[l, nkv, hd]), &pos_t, inv_freq)?;
                 let lc = cache.layer(i)?;
                 ops::kv_write(rec, &k.view(0, &[l, nkv, hd]), &lc.k, pos0 as u32)?;
@@ -438,7 +452,7 @@ impl TextDecoder {
                 cap: lc.cap as u32,
                 scale: 1.0,
                 mask: AttnMask::Causal {
-                    window: if lt == LayerType::Sliding {
+                    window: if lt == LayerType::SlidingAttention {
                         Some(c.sliding_window as u32)
                     } else {
                         None
@@ -468,7 +482,7 @@ impl TextDecoder {
                 &o,
                 Some(&layer.post_attention_layernorm),
                 &o,
-                c.rms_norm_eps,
+                eps,
             )?;
             elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
 
@@ -479,7 +493,7 @@ impl TextDecoder {
                 &h,
                 Some(&layer.pre_feedforward_layernorm),
                 &xn,
-                c.rms_norm_eps,
+                eps,
             )?;
             let gate = ws.gate.view(0, &[l, inter]);
             let up = ws.up.view(0, &[l, inter]);
@@ -492,7 +506,7 @@ impl TextDecoder {
                 &o,
                 Some(&layer.post_feedforward_layernorm),
                 &o,
-                c.rms_norm_eps,
+                eps,
             )?;
             elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
 
@@ -522,7 +536,7 @@ impl TextDecoder {
                     )),
                 )?;
                 ops::linear(rec, pp, &pg, &o)?;
-                ops::rms_norm(rec, &o, Some(pn), &o, c.rms_norm_eps)?;
+                ops::rms_norm(rec, &o, Some(pn), &o, eps)?;
                 elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
             }
             if layer.layer_scalar != 1.0 {
@@ -543,12 +557,12 @@ impl TextDecoder {
             &h.view(first * hdim, &[rows, hdim]),
             Some(&w.norm),
             &hn,
-            c.rms_norm_eps,
+            eps,
         )?;
         let logits = ws.logits.view(0, &[rows, c.vocab_size]);
         ops::linear(rec, &w.embed_tokens, &hn, &logits)?;
         if let Some(cap) = c.final_logit_softcapping {
-            elementwise_inplace(rec, Elementwise::Softcap(cap), &logits, None)?;
+            elementwise_inplace(rec, Elementwise::Softcap(cap as f32), &logits, None)?;
         }
         let _ = elementwise; // out-of-place form kept for symmetry with other model code
         Ok(())

@@ -64,9 +64,21 @@ impl VisionEncoder {
         text_hidden: usize,
         weights: Arc<VisionWeights>,
     ) -> Result<Self> {
-        let f = ops::rope_2d_inv_freq(cfg.head_dim, cfg.rope_theta);
+        let f = ops::rope_2d_inv_freq(cfg.head_dim(), cfg.rope_parameters.rope_theta as f32);
         let inv_freq = GpuTensor::from_f32(ctx, &[f.len()], &f)?;
-        let pos_table = weights.position_table.clone();
+        // The [2, P, Hv] position table viewed as a [2P, Hv] f32 matrix for the gather op.
+        let t = &weights.position_table;
+        let pos_table = crate::gpu::Matrix {
+            rows: 2 * cfg.position_embedding_size,
+            cols: cfg.hidden_size,
+            format: crate::gpu::WeightFormat::F32,
+            windows: vec![crate::gpu::MatrixWindow {
+                row_start: 0,
+                rows: 2 * cfg.position_embedding_size,
+                data: t.buffer.clone(),
+                scale_bias: None,
+            }],
+        };
         Ok(VisionEncoder {
             ctx: ctx.clone(),
             cfg: cfg.clone(),
@@ -114,8 +126,8 @@ impl VisionEncoder {
         }
         let hv = c.hidden_size;
         let nh = c.num_attention_heads;
-        let nkv = c.num_key_value_heads;
-        let hd = c.head_dim;
+        let nkv = c.kv_heads();
+        let hd = c.head_dim();
         let ctx = &self.ctx;
         let z = |shape: &[usize]| GpuTensor::zeros(ctx, shape, DType::F32);
         let b = Bufs {
@@ -163,7 +175,7 @@ impl VisionEncoder {
         elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&pe.view(0, &[n, hv]), BLayout::Broadcast)))?;
         elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&pe.view(n * hv, &[n, hv]), BLayout::Broadcast)))?;
 
-        let eps = c.rms_norm_eps;
+        let eps = c.rms_norm_eps as f32;
         let shape = AttnShape {
             n_heads: nh as u32,
             n_kv_heads: nkv as u32,
