@@ -1,0 +1,294 @@
+//! A loaded Gemma 4 model: configuration, weights on the GPU, the text decoder and the vision
+//! encoder, with the glue that runs a (multimodal) prompt of token ids.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::Gemma4Config;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::text::{Logits, TextDecoder};
+use crate::vision::{ImagePatches, VisionEncoder};
+use crate::weights::{FloatFormat, LoadOptions, LoadReport};
+
+/// Options for loading a model.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Soft-token budget per image (70, 140, 280, 560, 1120); default from the checkpoint.
+    pub max_soft_tokens: Option<u32>,
+    /// Maximum context of a session (KV cache size of full-attention layers).
+    pub max_context: usize,
+    /// Prefill chunk length (tokens per prefill submit).
+    pub prefill_chunk: usize,
+    /// Weight upload options.
+    pub load: LoadOptions,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            max_soft_tokens: None,
+            max_context: 8192,
+            prefill_chunk: 512,
+            load: LoadOptions {
+                float_format: FloatFormat::Native,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Logits of every prompt position plus a greedy continuation.
+#[derive(Debug, Clone)]
+pub struct LogitsOutput {
+    /// `[prompt_len, vocab]`, row-major.
+    pub logits: Vec<f32>,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Greedy continuation through the KV cache.
+    pub greedy: Vec<u32>,
+}
+
+/// A loaded model.
+pub struct Model {
+    ctx: GpuContext,
+    config: Gemma4Config,
+    text: TextDecoder,
+    vision: Option<VisionEncoder>,
+    report: LoadReport,
+    options: ModelOptions,
+    dir: PathBuf,
+}
+
+impl Model {
+    /// Loads the checkpoint in `dir` on `ctx`.
+    pub fn load_with(ctx: &GpuContext, dir: &Path, options: &ModelOptions) -> Result<Self> {
+        let config = Gemma4Config::from_dir(dir)?;
+        let weights = crate::weights::load(ctx, dir, &options.load)?;
+        let report = weights.report.clone();
+        let text = TextDecoder::new(
+            ctx,
+            &config.text_config,
+            Arc::new(weights.text),
+            Some(config.image_token_id),
+        )?;
+        let vision = match (weights.vision, &config.vision_config) {
+            (Some(w), Some(vc)) => Some(VisionEncoder::new(
+                ctx,
+                vc,
+                config.text_config.hidden_size,
+                Arc::new(w),
+            )?),
+            _ => None,
+        };
+        Ok(Model {
+            ctx: ctx.clone(),
+            config,
+            text,
+            vision,
+            report,
+            options: options.clone(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Gemma4Config {
+        &self.config
+    }
+
+    /// What loading did (bytes, tensors, time).
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The text decoder.
+    pub fn text(&self) -> &TextDecoder {
+        &self.text
+    }
+
+    /// The vision encoder, if the checkpoint has a vision tower.
+    pub fn vision(&self) -> Option<&VisionEncoder> {
+        self.vision.as_ref()
+    }
+
+    /// Reads pre-patchified pixels from a safetensors file with `pixel_values` `[n, 3·p·p]` f32
+    /// and `image_position_ids` `[n, 2]` i64 (x, y); padding rows (-1, -1) are dropped.
+    pub fn prepare_pixel_values_file(&self, path: &Path) -> Result<ImagePatches> {
+        let vc = self.config.vision_config.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("this checkpoint has no vision tower".into())
+        })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::InvalidArgument(format!("{}: not a safetensors file: {e}", path.display()))
+        })?;
+        let get = |name: &str| {
+            st.tensor(name).map_err(|_| {
+                Error::InvalidArgument(format!("{}: no tensor `{name}`", path.display()))
+            })
+        };
+        let pv = get("pixel_values")?;
+        let pos = get("image_position_ids")?;
+        let width = vc.patch_values();
+        let pv_shape: Vec<usize> = pv.shape().iter().copied().filter(|&d| d != 1).collect();
+        if pv.dtype() != safetensors::Dtype::F32
+            || pv_shape.len() != 2
+            || pv_shape[1] != width
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{}: pixel_values must be f32 [n, {width}], found {:?} {:?}",
+                path.display(),
+                pv.dtype(),
+                pv.shape()
+            )));
+        }
+        let n = pv_shape[0];
+        let positions: Vec<i64> = match pos.dtype() {
+            safetensors::Dtype::I64 => bytemuck::pod_collect_to_vec(pos.data()),
+            safetensors::Dtype::I32 => {
+                let v: Vec<i32> = bytemuck::pod_collect_to_vec(pos.data());
+                v.into_iter().map(i64::from).collect()
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: image_position_ids must be i64, found {other:?}",
+                    path.display()
+                )));
+            }
+        };
+        if positions.len() != 2 * n {
+            return Err(Error::InvalidArgument(format!(
+                "{}: image_position_ids has {} values, expected {}",
+                path.display(),
+                positions.len(),
+                2 * n
+            )));
+        }
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(pv.data());
+        let mut pixel_values = Vec::with_capacity(values.len());
+        let mut pos_out = Vec::with_capacity(n);
+        for i in 0..n {
+            let (x, y) = (positions[2 * i], positions[2 * i + 1]);
+            if x < 0 || y < 0 {
+                continue;
+            }
+            pos_out.push([x as u32, y as u32]);
+            pixel_values.extend_from_slice(&values[i * width..(i + 1) * width]);
+        }
+        let rows = pos_out.iter().map(|p| p[1] + 1).max().unwrap_or(0);
+        let cols = pos_out.iter().map(|p| p[0] + 1).max().unwrap_or(0);
+        for (i, p) in pos_out.iter().enumerate() {
+            if cols == 0 || *p != [i as u32 % cols, i as u32 / cols] {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: patch {i} has position {:?}; patches must be in row-major grid order",
+                    path.display(),
+                    p
+                )));
+            }
+        }
+        if pos_out.len() != (rows * cols) as usize {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} patches do not fill a {rows}x{cols} grid",
+                path.display(),
+                pos_out.len()
+            )));
+        }
+        Ok(ImagePatches {
+            pixel_values,
+            positions: pos_out,
+            grid: (rows, cols),
+        })
+    }
+
+    /// Encodes images (in prompt order) and concatenates their soft tokens: `[total, H]`.
+    pub fn encode_images(&self, images: &[ImagePatches]) -> Result<Option<GpuTensor>> {
+        if images.is_empty() {
+            return Ok(None);
+        }
+        let vision = self.vision.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("images given but the checkpoint has no vision tower".into())
+        })?;
+        let h = self.config.text_config.hidden_size;
+        let mut parts = Vec::new();
+        for img in images {
+            parts.push(vision.encode(img, false)?.0);
+        }
+        let total: usize = parts.iter().map(|p| p.shape[0]).sum();
+        let all = GpuTensor::zeros(&self.ctx, &[total, h], DType::F32)?;
+        let mut rec = self.ctx.recorder();
+        let mut row = 0;
+        for p in &parts {
+            rec.copy(
+                &p.buffer,
+                p.offset,
+                &all.buffer,
+                (row * h * 4) as u64,
+                p.bytes(),
+            );
+            row += p.shape[0];
+        }
+        rec.submit()?;
+        Ok(Some(all))
+    }
+
+    /// Runs the fully expanded prompt `ids` (each image as boi, n soft tokens, eoi) with the
+    /// given images, returns the logits at every position and a greedy continuation of
+    /// `greedy` tokens through the KV cache.
+    pub fn logits_and_greedy(
+        &self,
+        ids: &[u32],
+        images: &[ImagePatches],
+        greedy: usize,
+    ) -> Result<LogitsOutput> {
+        let n_img_tokens = ids
+            .iter()
+            .filter(|&&t| t == self.config.image_token_id)
+            .count();
+        let k = self
+            .config
+            .vision_config
+            .as_ref()
+            .map(|v| v.pooling_kernel_size as u32)
+            .unwrap_or(1);
+        let n_soft: usize = images.iter().map(|i| i.soft_tokens(k)).sum();
+        if n_img_tokens != n_soft {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt has {n_img_tokens} image soft tokens (id {}) but the images give \
+                 {n_soft}",
+                self.config.image_token_id
+            )));
+        }
+        let media = self.encode_images(images)?;
+        let (mut cache, mut ws) = self.text.new_session(
+            self.options.max_context.max(ids.len() + greedy + 1),
+            self.options.prefill_chunk,
+        )?;
+        let logits = self
+            .text
+            .forward(&mut cache, &mut ws, ids, media.as_ref(), Logits::All)?;
+        let vocab = self.config.text_config.vocab_size;
+        let mut out = Vec::new();
+        if greedy > 0 {
+            let last = &logits[(ids.len() - 1) * vocab..];
+            let mut next = crate::text::argmax_host(last);
+            out.push(next);
+            while out.len() < greedy {
+                next = self.text.step_greedy(&mut cache, &mut ws, next)?;
+                out.push(next);
+            }
+        }
+        Ok(LogitsOutput {
+            logits,
+            vocab,
+            greedy: out,
+        })
+    }
+}
