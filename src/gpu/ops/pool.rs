@@ -46,7 +46,7 @@ pub fn avg_pool_2d(
         kernel: "avg_pool_2d".into(),
         message: m,
     };
-    if k == 0 || ph == 0 || pw == 0 || ph % k != 0 || pw % k != 0 {
+    if k == 0 || ph == 0 || pw == 0 || !ph.is_multiple_of(k) || !pw.is_multiple_of(k) {
         return Err(bad(format!(
             "grid {ph}x{pw} is not a non-empty multiple of the kernel size {k}"
         )));
