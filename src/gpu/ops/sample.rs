@@ -5,6 +5,10 @@
 //! then one workgroup selects the k best of those and writes the result (or samples from it).
 //! Ordering: larger value first, ties by lower index (like `torch.argmax` / `torch.topk`);
 //! NaN counts as larger than +inf and -0.0 equals +0.0.
+//!
+//! Cost: k selection rounds per workgroup, so larger k uses fewer, larger first-pass chunks.
+//! On lavapipe (2 cores, noisy) a 262144-logit vector took about 2-10 ms for argmax and
+//! 40-60 ms for k = 64 on either path.
 
 use bytemuck::{Pod, Zeroable};
 
