@@ -12,3 +12,121 @@ pub fn gelu_tanh(x: f32) -> f32 {
 pub fn softcap(x: f32, c: f32) -> f32 {
     ((c as f64) * ((x as f64) / (c as f64)).tanh()) as f32
 }
+
+/// `scale * avg_pool_kxk(x)` over a row-major `[ph * pw, c]` grid; output row-major over the
+/// pooled grid, `[(ph / k) * (pw / k), c]` (f64 accumulation).
+pub fn avg_pool_2d_ref(
+    x: &[f32],
+    ph: usize,
+    pw: usize,
+    c: usize,
+    k: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let (oph, opw) = (ph / k, pw / k);
+    let mut out = vec![0f32; oph * opw * c];
+    for oy in 0..oph {
+        for ox in 0..opw {
+            for ch in 0..c {
+                let mut acc = 0f64;
+                for dy in 0..k {
+                    for dx in 0..k {
+                        acc += x[((oy * k + dy) * pw + ox * k + dx) * c + ch] as f64;
+                    }
+                }
+                out[(oy * opw + ox) * c + ch] = (acc / (k * k) as f64 * scale as f64) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// The order the selection kernels use: an order-preserving key of an f32 where NaN is the
+/// largest value and -0.0 equals +0.0.
+pub fn selection_key(v: f32) -> u32 {
+    let mut bits = v.to_bits();
+    if bits == 0x8000_0000 {
+        bits = 0;
+    }
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        u32::MAX
+    } else if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// Index of the largest value, ties to the lowest index, NaN counts as the largest
+/// (like `torch.argmax`).
+pub fn argmax_ref(logits: &[f32]) -> u32 {
+    top_k_ref(logits, 1).1[0]
+}
+
+/// The `k` largest values in descending order with their indices; ties by lower index, NaN
+/// largest, -0.0 equal to +0.0.
+pub fn top_k_ref(logits: &[f32], k: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    idx.sort_by(|&a, &b| {
+        selection_key(logits[b as usize])
+            .cmp(&selection_key(logits[a as usize]))
+            .then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    (idx.iter().map(|&i| logits[i as usize]).collect(), idx)
+}
+
+/// The sampler of [`ops::sample::sample`](crate::gpu::ops::sample::sample), step by step in the
+/// same f32 arithmetic: top-k candidates, weights `exp((v - v_max) / T)`, min_p prefix, top_p
+/// prefix, inverse CDF at `uniform`.
+pub fn sample_ref(logits: &[f32], params: &super::ops::sample::SampleParams) -> u32 {
+    let k = params.effective_k(logits.len()) as usize;
+    let (vals, idx) = top_k_ref(logits, k);
+    let inv_temp = params.inv_temperature();
+    let top = selection_key(vals[0]);
+    if inv_temp <= 0.0 || k <= 1 || top >= 0xff80_0000 || top <= 0x007f_ffff {
+        return idx[0];
+    }
+    // -0.0 is treated as +0.0 by the kernel's keys
+    let canon = |v: f32| if v == 0.0 { 0.0 } else { v };
+    let v0 = canon(vals[0]);
+    let w: Vec<f32> = vals
+        .iter()
+        .map(|&v| ((canon(v) - v0) * inv_temp).exp())
+        .collect();
+    let mut m = 1;
+    while m < k && w[m] >= params.min_p {
+        m += 1;
+    }
+    let mut cut = m;
+    if params.top_p < 1.0 {
+        let mut total = 0f32;
+        for &x in &w[..m] {
+            total += x;
+        }
+        let thr = params.top_p * total;
+        let mut cum = 0f32;
+        for (i, &x) in w[..m].iter().enumerate() {
+            cum += x;
+            if cum >= thr {
+                cut = i + 1;
+                break;
+            }
+        }
+    }
+    let mut mass = 0f32;
+    for &x in &w[..cut] {
+        mass += x;
+    }
+    let target = params.uniform.clamp(0.0, 1.0) * mass;
+    let mut acc = 0f32;
+    let mut pick = cut - 1;
+    for (i, &x) in w[..cut].iter().enumerate() {
+        acc += x;
+        if target < acc {
+            pick = i;
+            break;
+        }
+    }
+    idx[pick]
+}
