@@ -1,0 +1,203 @@
+// Attention over a key/value store addressed by strides: the key of absolute position k of
+// kv head g is the hd-vector at k_off + g * head_stride + (k % cap) * row_stride (in vec4 units
+// here; V likewise at v_off). The KV cache [nkv, cap, hd] has head_stride = cap*hd/4,
+// row_stride = hd/4; contiguous [L, nkv, hd] tensors have head_stride = hd/4, row_stride =
+// nkv*hd/4. Queries and outputs are [L, n_heads, hd]; query head h reads kv head h / group.
+// Query i (absolute position q_pos0 + i) sees keys lo <= k < hi:
+//   causal:        hi = qpos + 1, lo = max(0, qpos + 1 - window) (window 0 = none)
+//   bidirectional: lo = 0, hi = n_keys
+// score = scale * q.k, softmax in f32 with max subtraction (online, over tiles of 64 keys).
+//
+// Entry `main`, one workgroup (64 threads) per (chunk c, head h, query i) = wid (x, y, z).
+// The visible keys of a query are cut into n_chunks chunks of chunk_len keys.
+//   PARTIAL: writes the chunk's running max m, sum l and unnormalised sum_k p_k v_k to the
+//            scratch (flash-decode); `combine` merges the chunks.
+//   DIRECT:  single chunk, writes the normalised output (prefill).
+// Entry `combine` (COMBINE), one workgroup per (head, query): merges the partials.
+// Workgroup memory: 2 KiB (q) + 256 B (scores). Two barriers per 64-key tile.
+// All f32. hd is a multiple of 4, at most 512 (each thread owns output vec4s lid and lid + 64).
+
+struct Params {
+    n_heads: u32,
+    group: u32,
+    hd4: u32,
+    cap: u32,
+    head_stride4: u32,
+    row_stride4: u32,
+    q_off4: u32,
+    k_off4: u32,
+    v_off4: u32,
+    out_off4: u32,
+    q_pos0: u32,
+    window: u32,
+    n_keys: u32,
+    causal: u32,
+    chunk_len: u32,
+    n_chunks: u32,
+    max_chunks: u32,
+    scale: f32,
+    ml_off: u32,
+    acc_off4: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+//#if COMBINE
+@group(0) @binding(1) var<storage, read> ml_buf: array<f32>;
+@group(0) @binding(2) var<storage, read> acc_buf: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out_buf: array<vec4<f32>>;
+//#else
+@group(0) @binding(1) var<storage, read> q_buf: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k_buf: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v_buf: array<vec4<f32>>;
+//#if PARTIAL
+@group(0) @binding(4) var<storage, read_write> ml_buf: array<f32>;
+@group(0) @binding(5) var<storage, read_write> acc_buf: array<vec4<f32>>;
+//#else
+@group(0) @binding(4) var<storage, read_write> out_buf: array<vec4<f32>>;
+//#endif
+//#endif
+
+const TILE: u32 = 64u;
+const NEG: f32 = -3.0e38;
+
+//#ifnot COMBINE
+var<workgroup> q_sh: array<vec4<f32>, 128>;
+var<workgroup> s_sh: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x;
+    let h = wid.y;
+    let qi = wid.z;
+    let kvh = h / p.group;
+    let qpos = p.q_pos0 + qi;
+    var lo = 0u;
+    var hi = p.n_keys;
+    if (p.causal != 0u) {
+        hi = qpos + 1u;
+        if (p.window != 0u && hi > p.window) {
+            lo = hi - p.window;
+        }
+    }
+    // chunk [start, end) of the visible range (possibly empty)
+    let start = lo + c * p.chunk_len;
+    var end = start;
+    if (start < hi) {
+        end = start + min(p.chunk_len, hi - start);
+    }
+
+    let qrow = p.q_off4 + (qi * p.n_heads + h) * p.hd4;
+    for (var d = lid; d < p.hd4; d += TILE) {
+        q_sh[d] = q_buf[qrow + d] * p.scale;
+    }
+    workgroupBarrier();
+
+    let kv_head = kvh * p.head_stride4;
+    var m = NEG;
+    var l = 0.0;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    for (var t0 = start; t0 < end; t0 += TILE) {
+        let k = t0 + lid;
+        var sc = NEG;
+        if (k < end) {
+            let kb = p.k_off4 + kv_head + (k % p.cap) * p.row_stride4;
+            var dot4 = vec4<f32>(0.0);
+            for (var d = 0u; d < p.hd4; d++) {
+                dot4 += q_sh[d] * k_buf[kb + d];
+            }
+            sc = (dot4.x + dot4.y) + (dot4.z + dot4.w);
+        }
+        s_sh[lid] = sc;
+        workgroupBarrier();
+        let n = min(TILE, end - t0);
+        var mt = m;
+        for (var j = 0u; j < n; j++) {
+            mt = max(mt, s_sh[j]);
+        }
+        let alpha = exp(m - mt);
+        l *= alpha;
+        acc0 *= alpha;
+        acc1 *= alpha;
+        for (var j = 0u; j < n; j++) {
+            let pj = exp(s_sh[j] - mt);
+            l += pj;
+            let vb = p.v_off4 + kv_head + ((t0 + j) % p.cap) * p.row_stride4;
+            if (lid < p.hd4) {
+                acc0 += pj * v_buf[vb + lid];
+            }
+            if (lid + TILE < p.hd4) {
+                acc1 += pj * v_buf[vb + lid + TILE];
+            }
+        }
+        m = mt;
+        workgroupBarrier();
+    }
+
+//#if PARTIAL
+    let idx = (qi * p.n_heads + h) * p.max_chunks + c;
+    if (lid == 0u) {
+        ml_buf[p.ml_off + 2u * idx] = m;
+        ml_buf[p.ml_off + 2u * idx + 1u] = l;
+    }
+    let ab = p.acc_off4 + idx * p.hd4;
+    if (lid < p.hd4) {
+        acc_buf[ab + lid] = acc0;
+    }
+    if (lid + TILE < p.hd4) {
+        acc_buf[ab + lid + TILE] = acc1;
+    }
+//#else
+    var inv = 0.0;
+    if (l > 0.0) {
+        inv = 1.0 / l;
+    }
+    let ob = p.out_off4 + (qi * p.n_heads + h) * p.hd4;
+    if (lid < p.hd4) {
+        out_buf[ob + lid] = acc0 * inv;
+    }
+    if (lid + TILE < p.hd4) {
+        out_buf[ob + lid + TILE] = acc1 * inv;
+    }
+//#endif
+}
+//#endif
+
+//#if COMBINE
+@compute @workgroup_size(64)
+fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let qi = wid.y;
+    let base = (qi * p.n_heads + h) * p.max_chunks;
+    var mx = NEG;
+    for (var c = 0u; c < p.n_chunks; c++) {
+        mx = max(mx, ml_buf[p.ml_off + 2u * (base + c)]);
+    }
+    var l = 0.0;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    for (var c = 0u; c < p.n_chunks; c++) {
+        let i = p.ml_off + 2u * (base + c);
+        let w = exp(ml_buf[i] - mx);
+        l += w * ml_buf[i + 1u];
+        let ab = p.acc_off4 + (base + c) * p.hd4;
+        if (lid < p.hd4) {
+            a0 += w * acc_buf[ab + lid];
+        }
+        if (lid + TILE < p.hd4) {
+            a1 += w * acc_buf[ab + lid + TILE];
+        }
+    }
+    var inv = 0.0;
+    if (l > 0.0) {
+        inv = 1.0 / l;
+    }
+    let ob = p.out_off4 + (qi * p.n_heads + h) * p.hd4;
+    if (lid < p.hd4) {
+        out_buf[ob + lid] = a0 * inv;
+    }
+    if (lid + TILE < p.hd4) {
+        out_buf[ob + lid + TILE] = a1 * inv;
+    }
+}
+//#endif
