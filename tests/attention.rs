@@ -102,7 +102,8 @@ fn run_causal(path: &str, ctx: &GpuContext, case: &Case, seed: u64) {
                  queries {pos}..{}",
                 pos + n
             );
-            assert_close(&what, &out.to_f32(ctx).unwrap(), &want, 2e-5, 1e-4);
+            let g = out.to_f32(ctx).unwrap();
+            assert_close(&what, &g, &want, 2e-5, 1e-4);
         }
         pos += n;
     }

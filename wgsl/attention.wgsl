@@ -58,7 +58,14 @@ struct Params {
 //#endif
 
 const TILE: u32 = 64u;
-const NEG: f32 = -3.0e38;
+// "minus infinity" of the running max (finite: WGSL implementations may assume no infinities)
+const NEG: f32 = -1.0e30;
+
+// exp with the argument clamped, so that exp(NEG - m) never overflows inside the backend's
+// exp2 lowering (fast-math backends may return NaN for an overflowing intermediate).
+fn exp_c(x: f32) -> f32 {
+    return exp(max(x, -87.0));
+}
 
 //#ifnot COMBINE
 var<workgroup> q_sh: array<vec4<f32>, 128>;
@@ -115,12 +122,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var j = 0u; j < n; j++) {
             mt = max(mt, s_sh[j]);
         }
-        let alpha = exp(m - mt);
+        let alpha = exp_c(m - mt);
         l *= alpha;
         acc0 *= alpha;
         acc1 *= alpha;
         for (var j = 0u; j < n; j++) {
-            let pj = exp(s_sh[j] - mt);
+            let pj = exp_c(s_sh[j] - mt);
             l += pj;
             let vb = p.v_off4 + kv_head + ((t0 + j) % p.cap) * p.row_stride4;
             if (lid < p.hd4) {
@@ -178,7 +185,7 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var a1 = vec4<f32>(0.0);
     for (var c = 0u; c < p.n_chunks; c++) {
         let i = p.ml_off + 2u * (base + c);
-        let w = exp(ml_buf[i] - mx);
+        let w = exp_c(ml_buf[i] - mx);
         l += w * ml_buf[i + 1u];
         let ab = p.acc_off4 + (base + c) * p.hd4;
         if (lid < p.hd4) {

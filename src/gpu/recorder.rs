@@ -41,7 +41,8 @@ impl<'a> BufSlice<'a> {
     }
 }
 
-/// Size of the parameter arena in bytes; an arena holds `ARENA_BYTES / uniform_align` dispatches.
+/// Size of the parameter arena in bytes; an arena holds up to `ARENA_BYTES / uniform_align`
+/// dispatches (fewer when a parameter struct spans several alignment slots).
 const ARENA_BYTES: u64 = 1 << 20;
 /// Largest parameter struct a kernel may use.
 pub const MAX_PARAM_BYTES: usize = 256;
@@ -101,7 +102,6 @@ pub struct Recorder {
     params: Vec<u8>,
     commands: Vec<Command>,
     slot: u32,
-    slots: u32,
 }
 
 impl GpuContext {
@@ -114,7 +114,6 @@ impl GpuContext {
             params: Vec::new(),
             commands: Vec::new(),
             slot,
-            slots: (ARENA_BYTES / slot as u64) as u32,
         }
     }
 
@@ -203,15 +202,18 @@ impl Recorder {
         if self.arena.is_none() {
             self.arena = Some(self.ctx.take_arena()?);
         }
-        let index = (self.params.len() as u64 / self.slot as u64) as u32;
-        if index >= self.slots {
+        // Each dispatch takes as many alignment slots as its parameters need (a parameter struct
+        // may be larger than the uniform offset alignment), and the 256-byte binding window at
+        // its offset must stay inside the arena.
+        let offset = self.params.len() as u32;
+        let size = (bytes.len() as u32).next_multiple_of(self.slot).max(self.slot);
+        if offset as u64 + MAX_PARAM_BYTES as u64 > ARENA_BYTES {
             // The arena is full: submit what is recorded and continue with a fresh batch.
             self.submit()?;
             return self.dispatch(kernel, params, buffers, groups);
         }
-        let offset = index * self.slot;
         self.params.extend_from_slice(bytes);
-        self.params.resize((offset + self.slot) as usize, 0);
+        self.params.resize((offset + size) as usize, 0);
         let arena = self
             .arena
             .as_ref()
