@@ -67,8 +67,20 @@ fn run_causal(path: &str, ctx: &GpuContext, case: &Case, seed: u64) {
     let mut pos = 0usize;
     for &(n, attend) in &case.steps {
         let mut rec = ctx.recorder();
-        kv_write(&mut rec, &kt.view(pos * nkv * hd, &[n, nkv, hd]), &kc, pos as u32).unwrap();
-        kv_write(&mut rec, &vt.view(pos * nkv * hd, &[n, nkv, hd]), &vc, pos as u32).unwrap();
+        kv_write(
+            &mut rec,
+            &kt.view(pos * nkv * hd, &[n, nkv, hd]),
+            &kc,
+            pos as u32,
+        )
+        .unwrap();
+        kv_write(
+            &mut rec,
+            &vt.view(pos * nkv * hd, &[n, nkv, hd]),
+            &vc,
+            pos as u32,
+        )
+        .unwrap();
         let qv = qt.view(pos * n_heads * hd, &[n, n_heads, hd]);
         let out = GpuTensor::zeros(ctx, &[n, n_heads, hd], DType::F32).unwrap();
         match attend {
@@ -112,7 +124,11 @@ fn run_causal(path: &str, ctx: &GpuContext, case: &Case, seed: u64) {
     for p in total.saturating_sub(cap)..total {
         for g in 0..nkv {
             let slot = &got[(g * cap + p % cap) * hd..][..hd];
-            assert_eq!(slot, &key(g, p as u32)[..], "{path}: cache slot of position {p}");
+            assert_eq!(
+                slot,
+                &key(g, p as u32)[..],
+                "{path}: cache slot of position {p}"
+            );
         }
     }
 }

@@ -20,8 +20,8 @@ fn rms_norm_matches_reference() {
                     let wopt = weighted.then_some(&wt);
                     let want = reference::rms_norm_ref(&x, weighted.then_some(&w[..]), dim, 1e-6);
                     // out of place
-                    let out = GpuTensor::zeros(&ctx, &[rows, dim], gemma_wgpu::gpu::DType::F32)
-                        .unwrap();
+                    let out =
+                        GpuTensor::zeros(&ctx, &[rows, dim], gemma_wgpu::gpu::DType::F32).unwrap();
                     let mut rec = ctx.recorder();
                     rms_norm(&mut rec, &xt, wopt, &out, 1e-6).unwrap();
                     rec.finish().unwrap();
@@ -36,7 +36,11 @@ fn rms_norm_matches_reference() {
                     rms_norm(&mut rec, &view, wopt, &view, 1e-6).unwrap();
                     rec.finish().unwrap();
                     let got = buf.to_f32(&ctx).unwrap();
-                    assert_eq!(&got[..3], &[7.0; 3], "{what}: in place wrote before the view");
+                    assert_eq!(
+                        &got[..3],
+                        &[7.0; 3],
+                        "{what}: in place wrote before the view"
+                    );
                     assert_close(&format!("{what} in place"), &got[3..], &want, 1e-5, 1e-4);
                 }
             }
@@ -94,7 +98,11 @@ fn rope_matches_reference() {
                 for (r, (g, x0)) in got.chunks(hd).zip(x.chunks(hd)).enumerate() {
                     for j in angles..hd / 2 {
                         assert_eq!(g[j], x0[j], "{what}: row {r} dim {j} must pass through");
-                        assert_eq!(g[j + hd / 2], x0[j + hd / 2], "{what}: row {r} dim {j}+hd/2");
+                        assert_eq!(
+                            g[j + hd / 2],
+                            x0[j + hd / 2],
+                            "{what}: row {r} dim {j}+hd/2"
+                        );
                     }
                 }
             }
@@ -108,7 +116,9 @@ fn rope_2d_matches_reference() {
         let mut rng = Rng::new(3);
         for &(hd, heads) in &[(64usize, 3usize), (16, 2)] {
             let tokens = 13;
-            let positions: Vec<u32> = (0..tokens as u32).flat_map(|t| [t % 5, t / 5 + 40]).collect();
+            let positions: Vec<u32> = (0..tokens as u32)
+                .flat_map(|t| [t % 5, t / 5 + 40])
+                .collect();
             let inv = rope_2d_inv_freq(hd, 100.0);
             let x = rng.normals(tokens * heads * hd, 1.0);
             let want = reference::rope_2d_ref(&x, heads, hd, &positions, &inv);

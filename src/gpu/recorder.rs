@@ -206,7 +206,9 @@ impl Recorder {
         // may be larger than the uniform offset alignment), and the 256-byte binding window at
         // its offset must stay inside the arena.
         let offset = self.params.len() as u32;
-        let size = (bytes.len() as u32).next_multiple_of(self.slot).max(self.slot);
+        let size = (bytes.len() as u32)
+            .next_multiple_of(self.slot)
+            .max(self.slot);
         if offset as u64 + MAX_PARAM_BYTES as u64 > ARENA_BYTES {
             // The arena is full: submit what is recorded and continue with a fresh batch.
             self.submit()?;

@@ -43,7 +43,13 @@ fn rotate_segment(x: &mut [f32], pos: u32, inv_freq: &[f32]) {
 }
 
 /// NeoX RoPE of `x` `[tokens, heads, hd]` (token t at `positions[t]`), `inv_freq` `[hd/2]`.
-pub fn rope_ref(x: &[f32], heads: usize, hd: usize, positions: &[u32], inv_freq: &[f32]) -> Vec<f32> {
+pub fn rope_ref(
+    x: &[f32],
+    heads: usize,
+    hd: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Vec<f32> {
     let mut y = x.to_vec();
     for (r, head) in y.chunks_mut(hd).enumerate() {
         rotate_segment(head, positions[r / heads], inv_freq);
@@ -109,7 +115,11 @@ pub fn attention_ref(
             let scores: Vec<f64> = (lo..hi)
                 .map(|k| {
                     let kv = key(g, k);
-                    scale as f64 * qv.iter().zip(&kv).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                    scale as f64
+                        * qv.iter()
+                            .zip(&kv)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
                 })
                 .collect();
             let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -124,7 +134,11 @@ pub fn attention_ref(
                 }
             }
             for d in 0..hd {
-                o[d] = if sum > 0.0 { (acc[d] / sum) as f32 } else { 0.0 };
+                o[d] = if sum > 0.0 {
+                    (acc[d] / sum) as f32
+                } else {
+                    0.0
+                };
             }
         }
     }

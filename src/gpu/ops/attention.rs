@@ -78,13 +78,19 @@ impl AttnShape {
                 message: m,
             })
         };
-        if self.n_kv_heads == 0 || self.n_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0
+            || self.n_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
             return bad(format!(
                 "{} heads not a multiple of {} kv heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 4 != 0 || self.head_dim as usize > MAX_HEAD_DIM {
+        if self.head_dim == 0
+            || !self.head_dim.is_multiple_of(4)
+            || self.head_dim as usize > MAX_HEAD_DIM
+        {
             return bad(format!("unsupported head dim {}", self.head_dim));
         }
         if self.cap == 0 {
@@ -195,9 +201,7 @@ fn spec(mode: Mode) -> KernelSpec {
             KernelSpec::new("attention", "main", &[r, r, r, w, w]).define("PARTIAL", 1)
         }
         Mode::Direct => KernelSpec::new("attention", "main", &[r, r, r, w]),
-        Mode::Combine => {
-            KernelSpec::new("attention", "combine", &[r, r, w]).define("COMBINE", 1)
-        }
+        Mode::Combine => KernelSpec::new("attention", "combine", &[r, r, w]).define("COMBINE", 1),
     }
 }
 
@@ -325,7 +329,10 @@ fn base_params(
         if t.elem_offset() % 4 != 0 {
             return Err(err(
                 what,
-                format!("{name} element offset {} not a multiple of 4", t.elem_offset()),
+                format!(
+                    "{name} element offset {} not a multiple of 4",
+                    t.elem_offset()
+                ),
             ));
         }
     }

@@ -80,11 +80,17 @@ fn record(
         message: m,
     };
     let [tokens, heads, hd] = x.shape[..] else {
-        return Err(bad(format!("x must be [tokens, heads, hd], got {:?}", x.shape)));
+        return Err(bad(format!(
+            "x must be [tokens, heads, hd], got {:?}",
+            x.shape
+        )));
     };
     let seg = hd / segments;
     if hd == 0 || hd % (2 * segments) != 0 {
-        return Err(bad(format!("head dim {hd} not divisible by {}", 2 * segments)));
+        return Err(bad(format!(
+            "head dim {hd} not divisible by {}",
+            2 * segments
+        )));
     }
     if positions.numel() != tokens * segments {
         return Err(bad(format!(
