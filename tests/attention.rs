@@ -352,3 +352,49 @@ fn rejects_bad_shapes() {
     assert!(attention_prefill(&mut rec, &q, &kc, &kc, &q, &shape, 0).is_err());
     rec.finish().unwrap();
 }
+
+/// Thousands of decodes in one recorder: the 80-byte parameter structs span several uniform
+/// alignment slots and overflow the parameter arena (forcing intermediate submits); two
+/// interleaved query positions must each keep their own parameters.
+#[test]
+fn many_dispatches_in_one_recorder() {
+    for (path, ctx) in paths() {
+        let (heads, nkv, hd, cap) = (2usize, 1usize, 16usize, 8usize);
+        let mut rng = Rng::new(30);
+        let k = rng.normals(cap * nkv * hd, 1.0);
+        let v = rng.normals(cap * nkv * hd, 1.0);
+        let q = rng.normals(heads * hd, 0.5);
+        let kc = GpuTensor::from_f32(&ctx, &[nkv, cap, hd], &k).unwrap();
+        let vc = GpuTensor::from_f32(&ctx, &[nkv, cap, hd], &v).unwrap();
+        let qt = GpuTensor::from_f32(&ctx, &[1, heads, hd], &q).unwrap();
+        let outs = [
+            GpuTensor::zeros(&ctx, &[1, heads, hd], DType::F32).unwrap(),
+            GpuTensor::zeros(&ctx, &[1, heads, hd], DType::F32).unwrap(),
+        ];
+        let scratch = AttnScratch::new(&ctx, heads, 4, hd).unwrap();
+        let shape = AttnShape {
+            n_heads: heads as u32,
+            n_kv_heads: nkv as u32,
+            head_dim: hd as u32,
+            cap: cap as u32,
+            scale: 1.0,
+            mask: AttnMask::Causal { window: None },
+            layout: KvLayout::HeadMajor,
+        };
+        let q_pos = [3u32, 7];
+        let mut rec = ctx.recorder();
+        for i in 0..9000 {
+            let o = &outs[i % 2];
+            attention_decode(&mut rec, &qt, &kc, &vc, o, &shape, q_pos[i % 2], &scratch).unwrap();
+        }
+        rec.finish().unwrap();
+        let key = |g: usize, p: u32| k[(g * cap + p as usize) * hd..][..hd].to_vec();
+        let value = |g: usize, p: u32| v[(g * cap + p as usize) * hd..][..hd].to_vec();
+        for (o, &qp) in outs.iter().zip(&q_pos) {
+            let want =
+                reference::attention_ref(&q, heads, nkv, hd, 1.0, qp, true, None, 0, &key, &value);
+            let what = format!("{path} repeated decode at {qp}");
+            assert_close(&what, &o.to_f32(&ctx).unwrap(), &want, 2e-5, 1e-4);
+        }
+    }
+}

@@ -14,6 +14,8 @@
 //            scratch (flash-decode); `combine` merges the chunks.
 //   DIRECT:  single chunk, writes the normalised output (prefill).
 // Entry `combine` (COMBINE), one workgroup per (head, query): merges the partials.
+// Scores: SUBGROUP = one subgroup per key (lanes stride over hd, subgroupAdd; coalesced);
+// portable = one thread per key. Only s_sh[0 .. n) of a tile is read.
 // Workgroup memory: 2 KiB (q) + 256 B (scores). Two barriers per 64-key tile.
 // All f32. hd is a multiple of 4, at most 512 (each thread owns output vec4s lid and lid + 64).
 
@@ -72,7 +74,16 @@ var<workgroup> q_sh: array<vec4<f32>, 128>;
 var<workgroup> s_sh: array<f32, 64>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+//#if SUBGROUP
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) n_sg: u32,
+//#endif
+) {
     let c = wid.x;
     let h = wid.y;
     let qi = wid.z;
@@ -105,19 +116,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     for (var t0 = start; t0 < end; t0 += TILE) {
+        let n = min(TILE, end - t0);
+//#if SUBGROUP
+        // one subgroup per key: coalesced reads of the key row, subgroupAdd
+        for (var j = sg_id; j < n; j += n_sg) {
+            let kb = p.k_off4 + kv_head + ((t0 + j) % p.cap) * p.row_stride4;
+            var dot4 = vec4<f32>(0.0);
+            for (var d = sg_lane; d < p.hd4; d += sg_size) {
+                dot4 += q_sh[d] * k_buf[kb + d];
+            }
+            let sc = subgroupAdd((dot4.x + dot4.y) + (dot4.z + dot4.w));
+            if (sg_lane == 0u) {
+                s_sh[j] = sc;
+            }
+        }
+//#else
+        // one thread per key
         let k = t0 + lid;
-        var sc = NEG;
         if (k < end) {
             let kb = p.k_off4 + kv_head + (k % p.cap) * p.row_stride4;
             var dot4 = vec4<f32>(0.0);
             for (var d = 0u; d < p.hd4; d++) {
                 dot4 += q_sh[d] * k_buf[kb + d];
             }
-            sc = (dot4.x + dot4.y) + (dot4.z + dot4.w);
+            s_sh[lid] = (dot4.x + dot4.y) + (dot4.z + dot4.w);
         }
-        s_sh[lid] = sc;
+//#endif
         workgroupBarrier();
-        let n = min(TILE, end - t0);
         var mt = m;
         for (var j = 0u; j < n; j++) {
             mt = max(mt, s_sh[j]);

@@ -193,14 +193,16 @@ enum Mode {
     Combine,
 }
 
-fn spec(mode: Mode) -> KernelSpec {
+fn spec(mode: Mode, subgroups: bool) -> KernelSpec {
     let r = Access::Read;
     let w = Access::ReadWrite;
     match mode {
-        Mode::Partial => {
-            KernelSpec::new("attention", "main", &[r, r, r, w, w]).define("PARTIAL", 1)
+        Mode::Partial => KernelSpec::new("attention", "main", &[r, r, r, w, w])
+            .define("PARTIAL", 1)
+            .with_subgroups(subgroups),
+        Mode::Direct => {
+            KernelSpec::new("attention", "main", &[r, r, r, w]).with_subgroups(subgroups)
         }
-        Mode::Direct => KernelSpec::new("attention", "main", &[r, r, r, w]),
         Mode::Combine => KernelSpec::new("attention", "combine", &[r, r, w]).define("COMBINE", 1),
     }
 }
@@ -222,13 +224,16 @@ fn kv_spec() -> KernelSpec {
     KernelSpec::new("kvcache", "main", &[Access::Read, Access::ReadWrite])
 }
 
-/// All specialisations (for shader validation). Attention reduces through workgroup memory
-/// with thread-per-key scores, so both paths share these portable kernels.
+/// All specialisations (for shader validation): the attention kernels on the subgroup path
+/// (one subgroup per key) and the portable path (one thread per key), the chunk combine and
+/// the KV-cache write (no reductions, one kernel for both paths).
 pub fn all_specs() -> Vec<KernelSpec> {
     vec![
-        spec(Mode::Partial),
-        spec(Mode::Direct),
-        spec(Mode::Combine),
+        spec(Mode::Partial, true),
+        spec(Mode::Partial, false),
+        spec(Mode::Direct, true),
+        spec(Mode::Direct, false),
+        spec(Mode::Combine, false),
         kv_spec(),
     ]
 }
@@ -407,7 +412,8 @@ pub fn attention_decode(
     params.chunk_len = chunk_len;
     params.n_chunks = n_chunks;
     params.max_chunks = scratch.max_chunks;
-    let partial = rec.ctx().kernel(&spec(Mode::Partial))?;
+    let sg = rec.ctx().caps().subgroups;
+    let partial = rec.ctx().kernel(&spec(Mode::Partial, sg))?;
     rec.dispatch(
         &partial,
         &params,
@@ -420,7 +426,7 @@ pub fn attention_decode(
         ],
         [n_chunks, shape.n_heads, 1],
     )?;
-    let combine = rec.ctx().kernel(&spec(Mode::Combine))?;
+    let combine = rec.ctx().kernel(&spec(Mode::Combine, false))?;
     rec.dispatch(
         &combine,
         &params,
@@ -457,7 +463,8 @@ pub fn attention_prefill(
     }
     let n_queries = q.numel() / per_q;
     let params = base_params(what, q, k_cache, v_cache, out, shape, n_queries, q_pos0)?;
-    let kernel = rec.ctx().kernel(&spec(Mode::Direct))?;
+    let sg = rec.ctx().caps().subgroups;
+    let kernel = rec.ctx().kernel(&spec(Mode::Direct, sg))?;
     rec.dispatch(
         &kernel,
         &params,
