@@ -42,6 +42,26 @@ fn rms_norm_matches_reference() {
                         "{what}: in place wrote before the view"
                     );
                     assert_close(&format!("{what} in place"), &got[3..], &want, 1e-5, 1e-4);
+                    // x and out disjoint views of one buffer
+                    let mut two = x.clone();
+                    two.extend(std::iter::repeat_n(0.0, rows * dim));
+                    let buf = GpuTensor::from_f32(&ctx, &[two.len()], &two).unwrap();
+                    let (xv, ov) = (
+                        buf.view(0, &[rows, dim]),
+                        buf.view(rows * dim, &[rows, dim]),
+                    );
+                    let mut rec = ctx.recorder();
+                    rms_norm(&mut rec, &xv, wopt, &ov, 1e-6).unwrap();
+                    rec.finish().unwrap();
+                    let got = buf.to_f32(&ctx).unwrap();
+                    assert_eq!(&got[..rows * dim], &x[..], "{what}: one buffer: x changed");
+                    assert_close(
+                        &format!("{what} one buffer"),
+                        &got[rows * dim..],
+                        &want,
+                        1e-5,
+                        1e-4,
+                    );
                 }
             }
         }

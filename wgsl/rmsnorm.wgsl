@@ -3,7 +3,8 @@
 // One workgroup of 64 threads per row (rows on a 2-D grid: wid.x + wid.y * nwg.x).
 // Reduction: SUBGROUP path = subgroupAdd, then one value per subgroup through workgroup memory;
 // portable path = every thread's partial sum through workgroup memory. One barrier either way,
-// none in loops. INPLACE binds x once (read_write) and writes the result over it.
+// none in loops. INPLACE binds x's buffer once (read_write) and writes the result at out_off of
+// that same buffer (out == x, or a disjoint region of the same buffer).
 
 struct Params {
     rows: u32,
@@ -82,7 +83,7 @@ fn main(
         y = y * w_buf[p.w_off + i];
 //#endif
 //#if INPLACE
-        x_buf[base + i] = y;
+        x_buf[p.out_off + row * p.dim + i] = y;
 //#else
         out_buf[p.out_off + row * p.dim + i] = y;
 //#endif

@@ -49,9 +49,9 @@ pub fn all_specs() -> Vec<KernelSpec> {
 /// `weight` is `None`, the weightless norm). The weight is used directly, never as `1 + w`.
 ///
 /// Per-head norms (q_norm, k_norm, v_norm) are the same op with `dim = head_dim` and
-/// `rows = tokens · heads`. `out` may be `x` itself (same buffer and offset): the op then
-/// binds the buffer once, read_write, and normalises in place. Any other overlap is an error
-/// of the caller (wgpu rejects a buffer bound read-only and writable in one dispatch).
+/// `rows = tokens · heads`. `out` may be `x` itself (same buffer and offset: normalised in
+/// place) or a disjoint region of the same buffer (views of one activation arena): the op then
+/// binds the buffer once, read_write. A partial overlap is an error.
 pub fn rms_norm(
     rec: &mut Recorder,
     x: &GpuTensor,
@@ -78,7 +78,15 @@ pub fn rms_norm(
         )));
     }
     let rows = x.numel() / dim;
-    let inplace = out.buffer == x.buffer && out.offset == x.offset;
+    // One buffer for x and out: bind it once (read_write). out must be x itself or disjoint.
+    let inplace = out.buffer == x.buffer;
+    if inplace && out.offset != x.offset {
+        let (a, b) = (x.offset, out.offset);
+        let len = x.bytes();
+        if a < b + len && b < a + len {
+            return Err(bad("out partially overlaps x".into()));
+        }
+    }
     let sg = rec.ctx().caps().subgroups;
     let kernel = rec.ctx().kernel(&spec(weight.is_some(), inplace, sg))?;
     let params = Params {
