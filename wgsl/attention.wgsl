@@ -8,7 +8,8 @@
 //   bidirectional: lo = 0, hi = n_keys
 // score = scale * q.k, softmax in f32 with max subtraction (online, over tiles of 64 keys).
 //
-// Entry `main`, one workgroup (64 threads) per (chunk c, head h, query i) = wid (x, y, z).
+// Entry `main`, one workgroup (64 threads) per (chunk c, group of G query heads sharing one kv
+// head, query i) = wid (x, y, z); the G heads share every K/V row read.
 // The visible keys of a query are cut into n_chunks chunks of chunk_len keys.
 //   PARTIAL: writes the chunk's running max m, sum l and unnormalised sum_k p_k v_k to the
 //            scratch (flash-decode); `combine` merges the chunks.
@@ -16,8 +17,9 @@
 // Entry `combine` (COMBINE), one workgroup per (head, query): merges the partials.
 // Scores: SUBGROUP = one subgroup per key (lanes stride over hd, subgroupAdd; coalesced);
 // portable = one thread per key. Only s_sh[0 .. n) of a tile is read.
-// Workgroup memory: 2 KiB (q) + 256 B (scores). Two barriers per 64-key tile.
-// All f32. hd is a multiple of 4, at most 512 (each thread owns output vec4s lid and lid + 64).
+// Workgroup memory: 8 KiB (q of G heads) + 2 KiB (scores). Two barriers per 64-key tile.
+// All f32. hd is a multiple of 4, at most 512 (each thread owns output vec4s lid and lid + 64),
+// G * hd <= 2048.
 
 struct Params {
     n_heads: u32,
@@ -70,8 +72,10 @@ fn exp_c(x: f32) -> f32 {
 }
 
 //#ifnot COMBINE
-var<workgroup> q_sh: array<vec4<f32>, 128>;
-var<workgroup> s_sh: array<f32, 64>;
+// G (a define: 1, 2, 4 or 8) query heads of one kv group per workgroup share every K/V row read.
+const G: u32 = {{G}}u;
+var<workgroup> q_sh: array<vec4<f32>, 512>; // [G][hd4], G * hd4 <= 512 (8 KiB)
+var<workgroup> s_sh: array<f32, 512>;       // [G][TILE] scores of the current tile
 
 @compute @workgroup_size(64)
 fn main(
@@ -85,9 +89,9 @@ fn main(
 //#endif
 ) {
     let c = wid.x;
-    let h = wid.y;
+    let h0 = wid.y * G;
     let qi = wid.z;
-    let kvh = h / p.group;
+    let kvh = h0 / p.group;
     let qpos = p.q_pos0 + qi;
     var lo = 0u;
     var hi = p.n_keys;
@@ -104,30 +108,38 @@ fn main(
         end = start + min(p.chunk_len, hi - start);
     }
 
-    let qrow = p.q_off4 + (qi * p.n_heads + h) * p.hd4;
-    for (var d = lid; d < p.hd4; d += TILE) {
+    let qrow = p.q_off4 + (qi * p.n_heads + h0) * p.hd4;
+    for (var d = lid; d < G * p.hd4; d += TILE) {
         q_sh[d] = q_buf[qrow + d] * p.scale;
     }
     workgroupBarrier();
 
     let kv_head = kvh * p.head_stride4;
-    var m = NEG;
-    var l = 0.0;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
+    var m: array<f32, G>;
+    var l: array<f32, G>;
+    var acc0: array<vec4<f32>, G>;
+    var acc1: array<vec4<f32>, G>;
+    for (var g = 0u; g < G; g++) {
+        m[g] = NEG;
+        l[g] = 0.0;
+        acc0[g] = vec4<f32>(0.0);
+        acc1[g] = vec4<f32>(0.0);
+    }
     for (var t0 = start; t0 < end; t0 += TILE) {
         let n = min(TILE, end - t0);
 //#if SUBGROUP
         // one subgroup per key: coalesced reads of the key row, subgroupAdd
         for (var j = sg_id; j < n; j += n_sg) {
             let kb = p.k_off4 + kv_head + ((t0 + j) % p.cap) * p.row_stride4;
-            var dot4 = vec4<f32>(0.0);
-            for (var d = sg_lane; d < p.hd4; d += sg_size) {
-                dot4 += q_sh[d] * k_buf[kb + d];
-            }
-            let sc = subgroupAdd((dot4.x + dot4.y) + (dot4.z + dot4.w));
-            if (sg_lane == 0u) {
-                s_sh[j] = sc;
+            for (var g = 0u; g < G; g++) {
+                var dot4 = vec4<f32>(0.0);
+                for (var d = sg_lane; d < p.hd4; d += sg_size) {
+                    dot4 += q_sh[g * p.hd4 + d] * k_buf[kb + d];
+                }
+                let sc = subgroupAdd((dot4.x + dot4.y) + (dot4.z + dot4.w));
+                if (sg_lane == 0u) {
+                    s_sh[g * TILE + j] = sc;
+                }
             }
         }
 //#else
@@ -135,63 +147,76 @@ fn main(
         let k = t0 + lid;
         if (k < end) {
             let kb = p.k_off4 + kv_head + (k % p.cap) * p.row_stride4;
-            var dot4 = vec4<f32>(0.0);
-            for (var d = 0u; d < p.hd4; d++) {
-                dot4 += q_sh[d] * k_buf[kb + d];
+            for (var g = 0u; g < G; g++) {
+                var dot4 = vec4<f32>(0.0);
+                for (var d = 0u; d < p.hd4; d++) {
+                    dot4 += q_sh[g * p.hd4 + d] * k_buf[kb + d];
+                }
+                s_sh[g * TILE + lid] = (dot4.x + dot4.y) + (dot4.z + dot4.w);
             }
-            s_sh[lid] = (dot4.x + dot4.y) + (dot4.z + dot4.w);
         }
 //#endif
         workgroupBarrier();
-        var mt = m;
-        for (var j = 0u; j < n; j++) {
-            mt = max(mt, s_sh[j]);
+        for (var g = 0u; g < G; g++) {
+            var mt = m[g];
+            for (var j = 0u; j < n; j++) {
+                mt = max(mt, s_sh[g * TILE + j]);
+            }
+            let alpha = exp_c(m[g] - mt);
+            l[g] *= alpha;
+            acc0[g] *= alpha;
+            acc1[g] *= alpha;
+            m[g] = mt;
         }
-        let alpha = exp_c(m - mt);
-        l *= alpha;
-        acc0 *= alpha;
-        acc1 *= alpha;
         for (var j = 0u; j < n; j++) {
-            let pj = exp_c(s_sh[j] - mt);
-            l += pj;
             let vb = p.v_off4 + kv_head + ((t0 + j) % p.cap) * p.row_stride4;
+            var v0 = vec4<f32>(0.0);
+            var v1 = vec4<f32>(0.0);
             if (lid < p.hd4) {
-                acc0 += pj * v_buf[vb + lid];
+                v0 = v_buf[vb + lid];
             }
             if (lid + TILE < p.hd4) {
-                acc1 += pj * v_buf[vb + lid + TILE];
+                v1 = v_buf[vb + lid + TILE];
+            }
+            for (var g = 0u; g < G; g++) {
+                let pj = exp_c(s_sh[g * TILE + j] - m[g]);
+                l[g] += pj;
+                acc0[g] += pj * v0;
+                acc1[g] += pj * v1;
             }
         }
-        m = mt;
         workgroupBarrier();
     }
 
+    for (var g = 0u; g < G; g++) {
+        let row = qi * p.n_heads + h0 + g;
 //#if PARTIAL
-    let idx = (qi * p.n_heads + h) * p.max_chunks + c;
-    if (lid == 0u) {
-        ml_buf[p.ml_off + 2u * idx] = m;
-        ml_buf[p.ml_off + 2u * idx + 1u] = l;
-    }
-    let ab = p.acc_off4 + idx * p.hd4;
-    if (lid < p.hd4) {
-        acc_buf[ab + lid] = acc0;
-    }
-    if (lid + TILE < p.hd4) {
-        acc_buf[ab + lid + TILE] = acc1;
-    }
+        let idx = row * p.max_chunks + c;
+        if (lid == 0u) {
+            ml_buf[p.ml_off + 2u * idx] = m[g];
+            ml_buf[p.ml_off + 2u * idx + 1u] = l[g];
+        }
+        let ab = p.acc_off4 + idx * p.hd4;
+        if (lid < p.hd4) {
+            acc_buf[ab + lid] = acc0[g];
+        }
+        if (lid + TILE < p.hd4) {
+            acc_buf[ab + lid + TILE] = acc1[g];
+        }
 //#else
-    var inv = 0.0;
-    if (l > 0.0) {
-        inv = 1.0 / l;
-    }
-    let ob = p.out_off4 + (qi * p.n_heads + h) * p.hd4;
-    if (lid < p.hd4) {
-        out_buf[ob + lid] = acc0 * inv;
-    }
-    if (lid + TILE < p.hd4) {
-        out_buf[ob + lid + TILE] = acc1 * inv;
-    }
+        var inv = 0.0;
+        if (l[g] > 0.0) {
+            inv = 1.0 / l[g];
+        }
+        let ob = p.out_off4 + row * p.hd4;
+        if (lid < p.hd4) {
+            out_buf[ob + lid] = acc0[g] * inv;
+        }
+        if (lid + TILE < p.hd4) {
+            out_buf[ob + lid + TILE] = acc1[g] * inv;
+        }
 //#endif
+    }
 }
 //#endif
 

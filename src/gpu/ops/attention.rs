@@ -193,16 +193,27 @@ enum Mode {
     Combine,
 }
 
-fn spec(mode: Mode, subgroups: bool) -> KernelSpec {
+/// Query heads per workgroup: the largest of 8, 4, 2, 1 that divides the GQA group and keeps
+/// `g * head_dim <= 2048` (the workgroup's q tile).
+fn heads_per_workgroup(shape: &AttnShape) -> u32 {
+    let group = shape.n_heads / shape.n_kv_heads.max(1);
+    [8u32, 4, 2, 1]
+        .into_iter()
+        .find(|&g| group.is_multiple_of(g) && g * shape.head_dim <= 2048)
+        .unwrap_or(1)
+}
+
+fn spec(mode: Mode, g: u32, subgroups: bool) -> KernelSpec {
     let r = Access::Read;
     let w = Access::ReadWrite;
     match mode {
         Mode::Partial => KernelSpec::new("attention", "main", &[r, r, r, w, w])
             .define("PARTIAL", 1)
+            .define("G", g)
             .with_subgroups(subgroups),
-        Mode::Direct => {
-            KernelSpec::new("attention", "main", &[r, r, r, w]).with_subgroups(subgroups)
-        }
+        Mode::Direct => KernelSpec::new("attention", "main", &[r, r, r, w])
+            .define("G", g)
+            .with_subgroups(subgroups),
         Mode::Combine => KernelSpec::new("attention", "combine", &[r, r, w]).define("COMBINE", 1),
     }
 }
@@ -228,14 +239,16 @@ fn kv_spec() -> KernelSpec {
 /// (one subgroup per key) and the portable path (one thread per key), the chunk combine and
 /// the KV-cache write (no reductions, one kernel for both paths).
 pub fn all_specs() -> Vec<KernelSpec> {
-    vec![
-        spec(Mode::Partial, true),
-        spec(Mode::Partial, false),
-        spec(Mode::Direct, true),
-        spec(Mode::Direct, false),
-        spec(Mode::Combine, false),
-        kv_spec(),
-    ]
+    let mut v = Vec::new();
+    for sg in [true, false] {
+        for g in [1, 2, 4, 8] {
+            v.push(spec(Mode::Partial, g, sg));
+            v.push(spec(Mode::Direct, g, sg));
+        }
+    }
+    v.push(spec(Mode::Combine, 1, false));
+    v.push(kv_spec());
+    v
 }
 
 fn err(what: &str, m: String) -> GpuError {
@@ -413,7 +426,8 @@ pub fn attention_decode(
     params.n_chunks = n_chunks;
     params.max_chunks = scratch.max_chunks;
     let sg = rec.ctx().caps().subgroups;
-    let partial = rec.ctx().kernel(&spec(Mode::Partial, sg))?;
+    let g = heads_per_workgroup(shape);
+    let partial = rec.ctx().kernel(&spec(Mode::Partial, g, sg))?;
     rec.dispatch(
         &partial,
         &params,
@@ -424,9 +438,9 @@ pub fn attention_decode(
             (&scratch.ml).into(),
             (&scratch.acc).into(),
         ],
-        [n_chunks, shape.n_heads, 1],
+        [n_chunks, shape.n_heads / g, 1],
     )?;
-    let combine = rec.ctx().kernel(&spec(Mode::Combine, false))?;
+    let combine = rec.ctx().kernel(&spec(Mode::Combine, 1, false))?;
     rec.dispatch(
         &combine,
         &params,
@@ -464,7 +478,8 @@ pub fn attention_prefill(
     let n_queries = q.numel() / per_q;
     let params = base_params(what, q, k_cache, v_cache, out, shape, n_queries, q_pos0)?;
     let sg = rec.ctx().caps().subgroups;
-    let kernel = rec.ctx().kernel(&spec(Mode::Direct, sg))?;
+    let g = heads_per_workgroup(shape);
+    let kernel = rec.ctx().kernel(&spec(Mode::Direct, g, sg))?;
     rec.dispatch(
         &kernel,
         &params,
@@ -474,6 +489,6 @@ pub fn attention_prefill(
             (&v_cache.buffer).into(),
             (&out.buffer).into(),
         ],
-        [1, shape.n_heads, n_queries as u32],
+        [1, shape.n_heads / g, n_queries as u32],
     )
 }
