@@ -170,6 +170,38 @@ fn causal_full_small_heads() {
             },
             11,
         );
+        // E2B full layer: hd 512, GQA 8:1 (two workgroups of 4 heads per kv head)
+        run_causal(
+            path,
+            &ctx,
+            &Case {
+                n_heads: 8,
+                nkv: 1,
+                hd: 512,
+                scale: 1.0,
+                window: None,
+                cap: 16,
+                steps: vec![(5, P), (1, D)],
+                max_chunks: 4,
+            },
+            16,
+        );
+        // GQA 2:1
+        run_causal(
+            path,
+            &ctx,
+            &Case {
+                n_heads: 4,
+                nkv: 2,
+                hd: 64,
+                scale: 0.125,
+                window: None,
+                cap: 16,
+                steps: vec![(9, P), (1, D)],
+                max_chunks: 4,
+            },
+            17,
+        );
     }
 }
 
