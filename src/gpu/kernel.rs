@@ -245,6 +245,10 @@ pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("streaming", include_str!("../../wgsl/streaming.wgsl")),
     ("pool", include_str!("../../wgsl/pool.wgsl")),
     ("sample", include_str!("../../wgsl/sample.wgsl")),
+    ("rmsnorm", include_str!("../../wgsl/rmsnorm.wgsl")),
+    ("rope", include_str!("../../wgsl/rope.wgsl")),
+    ("attention", include_str!("../../wgsl/attention.wgsl")),
+    ("kvcache", include_str!("../../wgsl/kvcache.wgsl")),
 ];
 
 /// The source of a WGSL file by name.

@@ -36,6 +36,16 @@ pub fn avg_pool_2d_ref(
                 }
                 out[(oy * opw + ox) * c + ch] = (acc / (k * k) as f64 * scale as f64) as f32;
             }
+/// RMSNorm of each `dim`-wide row of `x` (f64 accumulation): `x * rsqrt(mean(x²) + eps) * w`
+/// (weight used directly; `None` = weightless).
+pub fn rms_norm_ref(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(dim) {
+        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
+        let r = 1.0 / (ms + eps as f64).sqrt();
+        for (i, &v) in row.iter().enumerate() {
+            let w = weight.map_or(1.0, |w| w[i] as f64);
+            out.push((v as f64 * r * w) as f32);
         }
     }
     out
@@ -129,4 +139,119 @@ pub fn sample_ref(logits: &[f32], params: &super::ops::sample::SampleParams) -> 
         }
     }
     idx[pick]
+/// Rotate-half rotation of one segment `x[0..seg]` by position `pos` (angle `f32(pos) *
+/// inv_freq[j]` rounded to f32 like torch, then cos/sin in f64).
+fn rotate_segment(x: &mut [f32], pos: u32, inv_freq: &[f32]) {
+    let half = x.len() / 2;
+    for j in 0..half {
+        let angle = (pos as f32 * inv_freq[j]) as f64;
+        let (s, c) = angle.sin_cos();
+        let x0 = x[j] as f64;
+        let x1 = x[j + half] as f64;
+        x[j] = (x0 * c - x1 * s) as f32;
+        x[j + half] = (x1 * c + x0 * s) as f32;
+    }
+}
+
+/// NeoX RoPE of `x` `[tokens, heads, hd]` (token t at `positions[t]`), `inv_freq` `[hd/2]`.
+pub fn rope_ref(
+    x: &[f32],
+    heads: usize,
+    hd: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    for (r, head) in y.chunks_mut(hd).enumerate() {
+        rotate_segment(head, positions[r / heads], inv_freq);
+    }
+    y
+}
+
+/// Axial 2-D RoPE of `x` `[tokens, heads, hd]`: positions `[tokens, 2]` = (x, y); the first
+/// half of each head rotates with x, the second with y; `inv_freq` `[hd/4]`.
+pub fn rope_2d_ref(
+    x: &[f32],
+    heads: usize,
+    hd: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    for (r, head) in y.chunks_mut(hd).enumerate() {
+        let t = r / heads;
+        let (a, b) = head.split_at_mut(hd / 2);
+        rotate_segment(a, positions[2 * t], inv_freq);
+        rotate_segment(b, positions[2 * t + 1], inv_freq);
+    }
+    y
+}
+
+/// Reference attention. `q` `[L, n_heads, hd]`, query i at absolute position `q_pos0 + i`;
+/// `key(g, p)` / `value(g, p)` return the hd-vector of kv head g at absolute position p.
+/// `window = Some(W)`: causal with window (`q − W < k ≤ q`); `causal = false`: keys
+/// `0..n_keys`. Scores `scale · q·k` and softmax in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_ref(
+    q: &[f32],
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+    scale: f32,
+    q_pos0: u32,
+    causal: bool,
+    window: Option<u32>,
+    n_keys: u32,
+    key: &dyn Fn(usize, u32) -> Vec<f32>,
+    value: &dyn Fn(usize, u32) -> Vec<f32>,
+) -> Vec<f32> {
+    let n_q = q.len() / (n_heads * hd);
+    let group = n_heads / n_kv_heads;
+    let mut out = vec![0f32; q.len()];
+    for i in 0..n_q {
+        let qp = q_pos0 + i as u32;
+        let (lo, hi) = if causal {
+            let hi = qp + 1;
+            let lo = match window {
+                Some(w) if hi > w => hi - w,
+                _ => 0,
+            };
+            (lo, hi)
+        } else {
+            (0, n_keys)
+        };
+        for h in 0..n_heads {
+            let g = h / group;
+            let qv = &q[(i * n_heads + h) * hd..][..hd];
+            let scores: Vec<f64> = (lo..hi)
+                .map(|k| {
+                    let kv = key(g, k);
+                    scale as f64
+                        * qv.iter()
+                            .zip(&kv)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let o = &mut out[(i * n_heads + h) * hd..][..hd];
+            let mut acc = vec![0f64; hd];
+            for (k, w) in (lo..hi).zip(&e) {
+                let vv = value(g, k);
+                for d in 0..hd {
+                    acc[d] += w * vv[d] as f64;
+                }
+            }
+            for d in 0..hd {
+                o[d] = if sum > 0.0 {
+                    (acc[d] / sum) as f32
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    out
 }
