@@ -36,16 +36,6 @@ pub fn avg_pool_2d_ref(
                 }
                 out[(oy * opw + ox) * c + ch] = (acc / (k * k) as f64 * scale as f64) as f32;
             }
-/// RMSNorm of each `dim`-wide row of `x` (f64 accumulation): `x * rsqrt(mean(x²) + eps) * w`
-/// (weight used directly; `None` = weightless).
-pub fn rms_norm_ref(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks(dim) {
-        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
-        let r = 1.0 / (ms + eps as f64).sqrt();
-        for (i, &v) in row.iter().enumerate() {
-            let w = weight.map_or(1.0, |w| w[i] as f64);
-            out.push((v as f64 * r * w) as f32);
         }
     }
     out
@@ -139,6 +129,23 @@ pub fn sample_ref(logits: &[f32], params: &super::ops::sample::SampleParams) -> 
         }
     }
     idx[pick]
+}
+
+/// RMSNorm of each `dim`-wide row of `x` (f64 accumulation): `x * rsqrt(mean(x²) + eps) * w`
+/// (weight used directly; `None` = weightless).
+pub fn rms_norm_ref(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(dim) {
+        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
+        let r = 1.0 / (ms + eps as f64).sqrt();
+        for (i, &v) in row.iter().enumerate() {
+            let w = weight.map_or(1.0, |w| w[i] as f64);
+            out.push((v as f64 * r * w) as f32);
+        }
+    }
+    out
+}
+
 /// Rotate-half rotation of one segment `x[0..seg]` by position `pos` (angle `f32(pos) *
 /// inv_freq[j]` rounded to f32 like torch, then cos/sin in f64).
 fn rotate_segment(x: &mut [f32], pos: u32, inv_freq: &[f32]) {
