@@ -133,7 +133,7 @@ fn invalid_shader_is_an_error() {
 #[test]
 fn wrong_bindings_are_errors() {
     for (path, ctx) in paths() {
-        let kernel = ctx.kernel(&Elementwise::Add.spec()).unwrap();
+        let kernel = ctx.kernel(&Elementwise::Add.spec(false)).unwrap();
         let a = GpuTensor::from_f32(&ctx, &[4], &[1.0; 4]).unwrap();
         let mut rec = ctx.recorder();
         let params = [0u32; 8];
