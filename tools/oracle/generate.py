@@ -179,9 +179,33 @@ def checkpoint_tensors(model, tmp: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64",
+             torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    ordered = {k: tensors[k].contiguous() for k in sorted(tensors)}
-    safetensors.torch.save_file(ordered, str(path), metadata=dict(sorted(metadata.items())))
+    """Deterministic safetensors writer: metadata keys sorted, tensors sorted by name and laid out in that order.
+
+    (safetensors' own writer orders the metadata through a hash map, so two runs differ byte-wise.)"""
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs = []
+    off = 0
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        b = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[k] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+    # Round-trip check with the reference reader.
+    back = safetensors.torch.load_file(str(path))
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k].cpu()) for k in tensors), path
 
 
 def write_checkpoint(out: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype, shards: int = 1) -> None:
@@ -541,6 +565,12 @@ def case_e4b(root: Path, tmp: Path) -> None:
     image = random_image(rng, 48, 64)
     parts = choose_text(m, [image], [6, 5], SEED + 4, tiny_processor())
     g, stats = multimodal_goldens(m, [image], parts, tiny_processor())
+    # transformers writes per_layer_config keys zero-padded here ("05", "11"); it must still load identically.
+    alt = load_hf(out, "config.per_layer_config.json")
+    with torch.no_grad():
+        pp = preprocess([image], tiny_processor())
+        a = forward_goldens(alt, g["input_ids"].tolist(), pp)["logits"]
+    assert torch.equal(a, g["logits"]), "per_layer_config form must give identical logits"
     save_golden(out / "golden.safetensors", g, {"case": "e4b-like", "clip_stats": json.dumps(stats)})
     fixture_json(out, model=".", golden="golden.safetensors", layout="hf", kind="multimodal",
                  weights_dtype="float32", sharded=True)
@@ -691,7 +721,7 @@ def case_preprocess(root: Path) -> None:
                 re_pv = torch.from_numpy(resized.astype(np.float64) / 255.0).float()
                 re_pv = re_pv.reshape(gy, 16, gx, 16, 3).permute(0, 2, 1, 3, 4).reshape(n, 768)
                 assert torch.allclose(re_pv, pv, atol=1e-6), float((re_pv - pv).abs().max())
-                g[f"{key}.resized_u8"] = torch.from_numpy(np.ascontiguousarray(resized))
+                g[f"{key}.resized_u8"] = torch.from_numpy(np.array(resized, copy=True))
                 g[f"{key}.pixel_values_head"] = pv[:32].contiguous()
                 g[f"{key}.image_position_ids_head"] = pos[:32].to(torch.int64).contiguous()
                 rec["stored"] = ["resized_u8", "pixel_values_head", "image_position_ids_head"]
