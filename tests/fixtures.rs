@@ -79,7 +79,8 @@ fn weight_shapes(dir: &Path) -> BTreeMap<String, (Dtype, Vec<usize>)> {
     let mut out = BTreeMap::new();
     for f in weight_files(dir) {
         let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let st =
+            SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         for (name, view) in st.tensors() {
             let prev = out.insert(name.clone(), (view.dtype(), view.shape().to_vec()));
             assert!(prev.is_none(), "{name} in two shards");
@@ -92,8 +93,15 @@ fn weight_shapes(dir: &Path) -> BTreeMap<String, (Dtype, Vec<usize>)> {
 fn fixture_files_exist() {
     for case in CASES {
         let fx = Fixture::open(case);
-        assert!(fx.golden_path.exists(), "{case}: {}", fx.golden_path.display());
-        assert!(fx.model_dir.join("config.json").exists(), "{case}: config.json");
+        assert!(
+            fx.golden_path.exists(),
+            "{case}: {}",
+            fx.golden_path.display()
+        );
+        assert!(
+            fx.model_dir.join("config.json").exists(),
+            "{case}: config.json"
+        );
         for f in weight_files(&fx.model_dir) {
             assert!(f.exists(), "{case}: {}", f.display());
         }
@@ -130,7 +138,10 @@ fn fixture_files_exist() {
         }
     }
     let total = size(&fixtures_dir());
-    assert!(total < 20 << 20, "tests/fixtures is {total} bytes (budget 20 MiB)");
+    assert!(
+        total < 20 << 20,
+        "tests/fixtures is {total} bytes (budget 20 MiB)"
+    );
 }
 
 fn check_logits_and_hidden(case: &str, g: &Golden, d: &Dims, l: usize) {
@@ -146,7 +157,11 @@ fn check_logits_and_hidden(case: &str, g: &Golden, d: &Dims, l: usize) {
         !g.has(&format!("hidden_states.{}", d.layers + 1)),
         "{case}: one hidden state per layer plus the embeddings"
     );
-    assert_eq!(g.shape("final_norm"), vec![l, d.hidden], "{case}: final_norm");
+    assert_eq!(
+        g.shape("final_norm"),
+        vec![l, d.hidden],
+        "{case}: final_norm"
+    );
     let greedy = g.i64("greedy");
     assert_eq!(greedy.shape, vec![GREEDY], "{case}: greedy");
     assert!(
@@ -176,7 +191,11 @@ fn check_multimodal(case: &str, g: &Golden, d: &Dims) {
     let mm = g.i64("mm_token_type_ids");
     assert_eq!(mm.shape, vec![l]);
     for (i, (&id, &t)) in ids.data.iter().zip(&mm.data).enumerate() {
-        assert_eq!(t, i64::from(id == d.image_token), "{case}: mm_token_type_ids[{i}]");
+        assert_eq!(
+            t,
+            i64::from(id == d.image_token),
+            "{case}: mm_token_type_ids[{i}]"
+        );
     }
     // Image blocks: boi, image x n_i, eoi, with n_i = num_soft_tokens[i].
     let soft = g.i64("num_soft_tokens").data;
@@ -189,7 +208,10 @@ fn check_multimodal(case: &str, g: &Golden, d: &Dims) {
             while j < l && ids.data[j] == d.image_token {
                 j += 1;
             }
-            assert_eq!(ids.data[j], d.eoi, "{case}: image block at {start} not closed by eoi");
+            assert_eq!(
+                ids.data[j], d.eoi,
+                "{case}: image block at {start} not closed by eoi"
+            );
             blocks.push((j - start) as i64);
             i = j;
         }
@@ -198,7 +220,10 @@ fn check_multimodal(case: &str, g: &Golden, d: &Dims) {
     assert_eq!(blocks, soft, "{case}: image blocks vs num_soft_tokens");
     let n_img_ids = ids.data.iter().filter(|&&t| t == d.image_token).count();
     let total_soft: i64 = soft.iter().sum();
-    assert_eq!(n_img_ids as i64, total_soft, "{case}: soft tokens = image ids in input_ids");
+    assert_eq!(
+        n_img_ids as i64, total_soft,
+        "{case}: soft tokens = image ids in input_ids"
+    );
     let s = total_soft as usize;
     // Preprocessor outputs (unpadded, concatenated over images).
     let patches = g.i64("num_patches").data;
@@ -208,14 +233,30 @@ fn check_multimodal(case: &str, g: &Golden, d: &Dims) {
         assert_eq!(*p, n * pool2, "{case}: patches = soft tokens x pooling^2");
     }
     let p: usize = patches.iter().sum::<i64>() as usize;
-    assert_eq!(g.shape("pixel_values"), vec![p, 3 * d.patch * d.patch], "{case}: pixel_values");
+    assert_eq!(
+        g.shape("pixel_values"),
+        vec![p, 3 * d.patch * d.patch],
+        "{case}: pixel_values"
+    );
     let pv = g.f32("pixel_values");
-    assert!(pv.data.iter().all(|v| (0.0..=1.0).contains(v)), "{case}: pixel values in [0, 1]");
+    assert!(
+        pv.data.iter().all(|v| (0.0..=1.0).contains(v)),
+        "{case}: pixel values in [0, 1]"
+    );
     let pos = g.i64("image_position_ids");
     assert_eq!(pos.shape, vec![p, 2]);
-    assert!(pos.data.iter().all(|&v| v >= 0), "{case}: padding rows must be stripped");
-    let max_pos = u(&Fixture::open(case).config()["vision_config"]["position_embedding_size"], "pes");
-    assert!(pos.data.iter().all(|&v| (v as usize) < max_pos), "{case}: positions < table size");
+    assert!(
+        pos.data.iter().all(|&v| v >= 0),
+        "{case}: padding rows must be stripped"
+    );
+    let max_pos = u(
+        &Fixture::open(case).config()["vision_config"]["position_embedding_size"],
+        "pes",
+    );
+    assert!(
+        pos.data.iter().all(|&v| (v as usize) < max_pos),
+        "{case}: positions < table size"
+    );
     // Per image: (x, y) grid row-major, x fastest; the source image exists.
     let mut off = 0usize;
     for (i, &np) in patches.iter().enumerate() {
@@ -225,7 +266,11 @@ fn check_multimodal(case: &str, g: &Golden, d: &Dims) {
         let gh = rows.chunks(2).map(|r| r[1]).max().expect("y") as usize + 1;
         assert_eq!(gw * gh, np, "{case}: image {i} grid");
         for (k, r) in rows.chunks(2).enumerate() {
-            assert_eq!((r[0] as usize, r[1] as usize), (k % gw, k / gw), "{case}: image {i} patch {k}");
+            assert_eq!(
+                (r[0] as usize, r[1] as usize),
+                (k % gw, k / gw),
+                "{case}: image {i} patch {k}"
+            );
         }
         let (_, shape) = g.u8(&format!("image_u8.{i}"));
         assert_eq!(shape.len(), 3);
@@ -233,7 +278,11 @@ fn check_multimodal(case: &str, g: &Golden, d: &Dims) {
         off += np;
     }
     assert!(!g.has(&format!("image_u8.{}", patches.len())));
-    assert_eq!(g.shape("vision_last_hidden_state"), vec![s, d.vision_hidden], "{case}");
+    assert_eq!(
+        g.shape("vision_last_hidden_state"),
+        vec![s, d.vision_hidden],
+        "{case}"
+    );
     assert_eq!(g.shape("image_features"), vec![s, d.hidden], "{case}");
     // Text-only path.
     let tids = g.i64("text_input_ids");
@@ -246,16 +295,29 @@ fn check_multimodal(case: &str, g: &Golden, d: &Dims) {
         .copied()
         .filter(|&t| t != d.image_token && t != d.boi && t != d.eoi)
         .collect();
-    assert_eq!(tids.data, expect, "{case}: text ids = prompt without image blocks");
-    assert_eq!(g.shape("text_logits"), vec![lt, d.vocab], "{case}: text_logits");
+    assert_eq!(
+        tids.data, expect,
+        "{case}: text ids = prompt without image blocks"
+    );
+    assert_eq!(
+        g.shape("text_logits"),
+        vec![lt, d.vocab],
+        "{case}: text_logits"
+    );
     // hidden_states.0 at image positions is the image features (scatter, unscaled).
     let h0 = g.f32("hidden_states.0");
     let feats = g.f32("image_features");
-    let first = ids.data.iter().position(|&t| t == d.image_token).expect("image token");
+    let first = ids
+        .data
+        .iter()
+        .position(|&t| t == d.image_token)
+        .expect("image token");
     let got = &h0.data[first * d.hidden..(first + 1) * d.hidden];
     let want = &feats.data[..d.hidden];
     assert!(
-        got.iter().zip(want).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1.0)),
+        got.iter()
+            .zip(want)
+            .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1.0)),
         "{case}: image features are scattered into hidden_states.0"
     );
 }
@@ -275,8 +337,15 @@ fn golden_shapes_match_config() {
         let cfg = fx.config();
         let d = dims(&cfg);
         let g = fx.golden();
-        assert_eq!(g.meta("transformers"), Some("5.24.0"), "{case}: transformers version");
-        assert!(g.meta("torch").is_some_and(|v| v.starts_with("2.15.0")), "{case}: torch");
+        assert_eq!(
+            g.meta("transformers"),
+            Some("5.24.0"),
+            "{case}: transformers version"
+        );
+        assert!(
+            g.meta("torch").is_some_and(|v| v.starts_with("2.15.0")),
+            "{case}: torch"
+        );
         assert!(g.meta("seed").is_some(), "{case}: seed");
         match fx.json["kind"].as_str() {
             Some("multimodal") => check_multimodal(case, &g, &d),
@@ -296,8 +365,12 @@ fn golden_shapes_match_config() {
     assert!(a[0] * b[1] != a[1] * b[0], "aspect ratios {a:?} {b:?}");
     // The MLX golden records the cross-check against mlx-vlm.
     let g = Fixture::open("mlx-mixed").golden();
-    let x: Value = serde_json::from_str(g.meta("mlx_vs_transformers").expect("mlx stats")).expect("json");
-    assert!(x["logits_f32"]["max_abs"].as_f64().expect("max_abs") < 1e-3, "{x}");
+    let x: Value =
+        serde_json::from_str(g.meta("mlx_vs_transformers").expect("mlx stats")).expect("json");
+    assert!(
+        x["logits_f32"]["max_abs"].as_f64().expect("max_abs") < 1e-3,
+        "{x}"
+    );
     assert_eq!(x["logits_f32"]["argmax_agree"].as_f64(), Some(1.0));
 }
 
@@ -309,18 +382,22 @@ fn head_dims(tc: &Value) -> Vec<usize> {
     let mut per_layer = BTreeMap::new();
     if let Some(m) = tc.get("per_layer_config").and_then(Value::as_object) {
         for (k, v) in m {
-            let i: usize = k.parse().unwrap_or_else(|e| panic!("per_layer_config key {k:?}: {e}"));
+            let i: usize = k
+                .parse()
+                .unwrap_or_else(|e| panic!("per_layer_config key {k:?}: {e}"));
             per_layer.insert(i, u(&v["head_dim"], "per_layer_config head_dim"));
         }
     }
     types
         .iter()
         .enumerate()
-        .map(|(i, t)| match (per_layer.get(&i), tc.get("global_head_dim")) {
-            (Some(&h), _) => h,
-            (None, Some(g)) if t == "full_attention" => u(g, "global_head_dim"),
-            _ => hd,
-        })
+        .map(
+            |(i, t)| match (per_layer.get(&i), tc.get("global_head_dim")) {
+                (Some(&h), _) => h,
+                (None, Some(g)) if t == "full_attention" => u(g, "global_head_dim"),
+                _ => hd,
+            },
+        )
         .collect()
 }
 
@@ -329,18 +406,28 @@ fn config_forms_agree() {
     for case in ["e2b-like", "e4b-like"] {
         let dir = fixtures_dir().join(case);
         let read = |f: &str| -> Value {
-            serde_json::from_str(&std::fs::read_to_string(dir.join(f)).expect("read")).expect("json")
+            serde_json::from_str(&std::fs::read_to_string(dir.join(f)).expect("read"))
+                .expect("json")
         };
         let hub = read("config.json");
         let tf = read("config.per_layer_config.json");
         assert!(hub["text_config"].get("per_layer_config").is_none());
         assert!(tf["text_config"].get("global_head_dim").is_none());
-        assert_eq!(head_dims(&hub["text_config"]), head_dims(&tf["text_config"]), "{case}");
+        assert_eq!(
+            head_dims(&hub["text_config"]),
+            head_dims(&tf["text_config"]),
+            "{case}"
+        );
     }
 }
 
 /// Expected checkpoint shapes of the text decoder, from the config (HF names, fp layout).
-fn check_text_weights(case: &str, cfg: &Value, w: &BTreeMap<String, (Dtype, Vec<usize>)>, mlx: bool) {
+fn check_text_weights(
+    case: &str,
+    cfg: &Value,
+    w: &BTreeMap<String, (Dtype, Vec<usize>)>,
+    mlx: bool,
+) {
     let tc = &cfg["text_config"];
     let n = u(&tc["num_hidden_layers"], "layers");
     let h = u(&tc["hidden_size"], "hidden");
@@ -353,20 +440,39 @@ fn check_text_weights(case: &str, cfg: &Value, w: &BTreeMap<String, (Dtype, Vec<
     let wide = tc["use_double_wide_mlp"].as_bool().unwrap_or(false);
     let hds = head_dims(tc);
     let q = &cfg["quantization"];
-    let prefix = if mlx { "language_model.model." } else { "model.language_model." };
+    let prefix = if mlx {
+        "language_model.model."
+    } else {
+        "model.language_model."
+    };
     // For MLX, a quantized [out, in] weight is u32 [out, in*bits/32].
     let check = |name: &str, out: usize, inp: usize| {
         let key = format!("{prefix}{name}.weight");
-        let (dt, shape) = w.get(&key).unwrap_or_else(|| panic!("{case}: missing {key}"));
+        let (dt, shape) = w
+            .get(&key)
+            .unwrap_or_else(|| panic!("{case}: missing {key}"));
         let scales = format!("{prefix}{name}.scales");
         if mlx && w.contains_key(&scales) {
             let path = format!("{prefix}{name}");
-            let bits = q[&path]["bits"].as_u64().or(q["bits"].as_u64()).expect("bits") as usize;
-            let group = q[&path]["group_size"].as_u64().or(q["group_size"].as_u64()).expect("gs") as usize;
+            let bits = q[&path]["bits"]
+                .as_u64()
+                .or(q["bits"].as_u64())
+                .expect("bits") as usize;
+            let group = q[&path]["group_size"]
+                .as_u64()
+                .or(q["group_size"].as_u64())
+                .expect("gs") as usize;
             assert_eq!(*dt, Dtype::U32, "{case}: {key}");
-            assert_eq!(shape, &vec![out, inp * bits / 32], "{case}: {key} ({bits}-bit)");
+            assert_eq!(
+                shape,
+                &vec![out, inp * bits / 32],
+                "{case}: {key} ({bits}-bit)"
+            );
             assert_eq!(w[&scales].1, vec![out, inp / group], "{case}: {scales}");
-            assert_eq!(w[&format!("{prefix}{name}.biases")].1, vec![out, inp / group]);
+            assert_eq!(
+                w[&format!("{prefix}{name}.biases")].1,
+                vec![out, inp / group]
+            );
             let mlp = name.contains(".mlp.");
             assert_eq!(bits, if mlp { 8 } else { 4 }, "{case}: {name} bits");
         } else {
@@ -377,8 +483,8 @@ fn check_text_weights(case: &str, cfg: &Value, w: &BTreeMap<String, (Dtype, Vec<
     check("embed_tokens", vocab, h);
     check("embed_tokens_per_layer", vocab, n * ple);
     check("per_layer_model_projection", n * ple, h);
-    for i in 0..n {
-        let hd = hds[i];
+    assert_eq!(hds.len(), n, "{case}: layer_types");
+    for (i, &hd) in hds.iter().enumerate() {
         let is_shared = i >= n - shared;
         let mi = if wide && is_shared { 2 * inter } else { inter };
         let l = format!("layers.{i}.");
@@ -405,17 +511,32 @@ fn check_text_weights(case: &str, cfg: &Value, w: &BTreeMap<String, (Dtype, Vec<
         assert_eq!(w[&format!("{prefix}{l}layer_scalar")].1, vec![1], "{case}");
     }
     // Vision tower: never quantized; every layer has its own K/V (even those >= first shared text layer).
-    let vp = if mlx { "vision_tower." } else { "model.vision_tower." };
+    let vp = if mlx {
+        "vision_tower."
+    } else {
+        "model.vision_tower."
+    };
     let vl = u(&cfg["vision_config"]["num_hidden_layers"], "vision layers");
     for j in 0..vl {
         for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
             let key = format!("{vp}encoder.layers.{j}.self_attn.{p}.linear.weight");
             assert!(w.contains_key(&key), "{case}: missing {key}");
-            assert!(!w.contains_key(&key.replace(".weight", ".scales")), "{case}: {key} quantized");
+            assert!(
+                !w.contains_key(&key.replace(".weight", ".scales")),
+                "{case}: {key} quantized"
+            );
         }
     }
-    let ep = if mlx { "embed_vision.embedding_projection" } else { "model.embed_vision.embedding_projection" };
-    assert_eq!(w.contains_key(&format!("{ep}.scales")), mlx, "{case}: embed_vision quantized iff MLX");
+    let ep = if mlx {
+        "embed_vision.embedding_projection"
+    } else {
+        "model.embed_vision.embedding_projection"
+    };
+    assert_eq!(
+        w.contains_key(&format!("{ep}.scales")),
+        mlx,
+        "{case}: embed_vision quantized iff MLX"
+    );
 }
 
 #[test]
@@ -426,7 +547,11 @@ fn weights_match_config() {
         let w = weight_shapes(&fx.model_dir);
         let mlx = fx.json["layout"] == "mlx";
         check_text_weights(case, &cfg, &w, mlx);
-        let want = if fx.json["weights_dtype"] == "float32" { Dtype::F32 } else { Dtype::BF16 };
+        let want = if fx.json["weights_dtype"] == "float32" {
+            Dtype::F32
+        } else {
+            Dtype::BF16
+        };
         for (name, (dt, _)) in &w {
             if *dt != Dtype::U32 {
                 assert_eq!(*dt, want, "{case}: {name}");
@@ -473,17 +598,29 @@ fn resize_target(h: usize, w: usize, budget: usize) -> (usize, usize) {
 fn preprocess_golden_consistent() {
     let dir = fixtures_dir().join("preprocess");
     let g = Golden::load(dir.join("golden.safetensors"));
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("preprocess.json")).expect("json"))
-        .expect("json");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("preprocess.json")).expect("json"))
+            .expect("json");
     let cases = doc["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 15);
     for c in cases {
-        let (w, h, b) = (u(&c["width"], "w"), u(&c["height"], "h"), u(&c["budget"], "b"));
+        let (w, h, b) = (
+            u(&c["width"], "w"),
+            u(&c["height"], "h"),
+            u(&c["budget"], "b"),
+        );
         let info = g.i64(&format!("{w}x{h}.{b}.info")).data;
         let (th, tw) = resize_target(h, w, b);
         assert_eq!(
             info,
-            vec![th as i64, tw as i64, (th / 16) as i64, (tw / 16) as i64, (th * tw / 256) as i64, (th * tw / 2304) as i64],
+            vec![
+                th as i64,
+                tw as i64,
+                (th / 16) as i64,
+                (tw / 16) as i64,
+                (th * tw / 256) as i64,
+                (th * tw / 2304) as i64
+            ],
             "{w}x{h} at {b}"
         );
         assert!(th * tw / 2304 <= b);
@@ -500,7 +637,10 @@ fn preprocess_golden_consistent() {
                 for (e, &v) in row.iter().enumerate() {
                     let (y, x, ch) = (e / 48, (e / 3) % 16, e % 3);
                     let b = img[((py * 16 + y) * tw + px * 16 + x) * 3 + ch];
-                    assert!((v - f32::from(b) / 255.0).abs() < 1e-6, "{key} patch {p} elem {e}");
+                    assert!(
+                        (v - f32::from(b) / 255.0).abs() < 1e-6,
+                        "{key} patch {p} elem {e}"
+                    );
                 }
             }
             let pos = g.i64(&format!("{key}.image_position_ids_head")).data;
@@ -515,7 +655,10 @@ fn preprocess_golden_consistent() {
     for y in 0..30 {
         for x in 0..20 {
             for c in 0..3 {
-                assert_eq!(usize::from(src[(y * 20 + x) * 3 + c]), (x * 7 + y * 13 + c * 29) % 256);
+                assert_eq!(
+                    usize::from(src[(y * 20 + x) * 3 + c]),
+                    (x * 7 + y * 13 + c * 29) % 256
+                );
             }
         }
     }
@@ -534,31 +677,71 @@ fn tokenizer_fixture_consistent() {
         .as_array()
         .expect("added_tokens")
         .iter()
-        .map(|t| (t["content"].as_str().expect("content").to_string(), t["id"].as_i64().expect("id")))
+        .map(|t| {
+            (
+                t["content"].as_str().expect("content").to_string(),
+                t["id"].as_i64().expect("id"),
+            )
+        })
         .collect();
-    let id = |s: &str| -> i64 { *added.get(s).unwrap_or_else(|| panic!("no special token {s}")) };
+    let id = |s: &str| -> i64 {
+        *added
+            .get(s)
+            .unwrap_or_else(|| panic!("no special token {s}"))
+    };
     let tok_id = |k: &str| id(tcfg[k].as_str().expect("token name"));
     assert_eq!(tok_id("pad_token"), 0);
     assert_eq!(tok_id("eos_token"), 1);
     assert_eq!(tok_id("bos_token"), 2);
     assert_eq!(tok_id("unk_token"), 3);
-    assert_eq!(tok_id("image_token"), cfg["image_token_id"].as_i64().expect("image"));
-    assert_eq!(tok_id("boi_token"), cfg["boi_token_id"].as_i64().expect("boi"));
-    assert_eq!(tok_id("eoi_token"), cfg["eoi_token_id"].as_i64().expect("eoi"));
-    assert_eq!(tok_id("audio_token"), cfg["audio_token_id"].as_i64().expect("audio"));
-    assert_eq!(tok_id("boa_token"), cfg["boa_token_id"].as_i64().expect("boa"));
-    assert_eq!(tok_id("eoa_token"), cfg["eoa_token_index"].as_i64().expect("eoa"));
-    assert_eq!(tok_id("video_token"), cfg["video_token_id"].as_i64().expect("video"));
-    for (name, want) in tcfg["special_token_ids"].as_object().expect("special_token_ids") {
+    assert_eq!(
+        tok_id("image_token"),
+        cfg["image_token_id"].as_i64().expect("image")
+    );
+    assert_eq!(
+        tok_id("boi_token"),
+        cfg["boi_token_id"].as_i64().expect("boi")
+    );
+    assert_eq!(
+        tok_id("eoi_token"),
+        cfg["eoi_token_id"].as_i64().expect("eoi")
+    );
+    assert_eq!(
+        tok_id("audio_token"),
+        cfg["audio_token_id"].as_i64().expect("audio")
+    );
+    assert_eq!(
+        tok_id("boa_token"),
+        cfg["boa_token_id"].as_i64().expect("boa")
+    );
+    assert_eq!(
+        tok_id("eoa_token"),
+        cfg["eoa_token_index"].as_i64().expect("eoa")
+    );
+    assert_eq!(
+        tok_id("video_token"),
+        cfg["video_token_id"].as_i64().expect("video")
+    );
+    for (name, want) in tcfg["special_token_ids"]
+        .as_object()
+        .expect("special_token_ids")
+    {
         assert_eq!(Some(id(name)), want.as_i64(), "{name}");
     }
     let vocab = tok["model"]["vocab"].as_object().expect("vocab");
     assert_eq!(
         vocab.len() as u64,
-        cfg["text_config"]["vocab_size"].as_u64().expect("vocab_size")
+        cfg["text_config"]["vocab_size"]
+            .as_u64()
+            .expect("vocab_size")
     );
     let gcfg = read("generation_config.json");
-    let eos: Vec<i64> = gcfg["eos_token_id"].as_array().expect("eos").iter().filter_map(Value::as_i64).collect();
+    let eos: Vec<i64> = gcfg["eos_token_id"]
+        .as_array()
+        .expect("eos")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
     assert_eq!(eos, vec![1, tok_id("eot_token"), tok_id("str_token")]);
     let golden = read("tokenizer_golden.json");
     let chat = &golden["chat"][0];
@@ -566,11 +749,19 @@ fn tokenizer_fixture_consistent() {
         chat["rendered"].as_str(),
         Some("<bos><|turn>user\n<|image|>Describe this image.<turn|>\n<|turn>model\n")
     );
-    let ids: Vec<i64> = chat["ids"].as_array().expect("ids").iter().filter_map(Value::as_i64).collect();
+    let ids: Vec<i64> = chat["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
     assert_eq!(ids[..2], [2, tok_id("sot_token")]);
     assert!(ids.contains(&tok_id("image_token")));
     let proc = read("processor_config.json");
-    assert_eq!(proc["image_processor"]["patch_size"], cfg["vision_config"]["patch_size"]);
+    assert_eq!(
+        proc["image_processor"]["patch_size"],
+        cfg["vision_config"]["patch_size"]
+    );
     assert_eq!(
         proc["image_processor"]["pooling_kernel_size"],
         cfg["vision_config"]["pooling_kernel_size"]

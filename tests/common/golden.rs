@@ -14,7 +14,9 @@ use safetensors::{Dtype, SafeTensors};
 
 /// `tests/fixtures` of this crate.
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 /// One stored tensor: dtype, shape and raw little-endian bytes.
@@ -60,9 +62,10 @@ impl Golden {
     pub fn load(path: impl AsRef<Path>) -> Golden {
         let path = path.as_ref().to_path_buf();
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (_, meta) =
-            SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st =
+            SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let metadata = meta.metadata().clone().unwrap_or_default();
         let tensors = st
             .tensors()
