@@ -476,6 +476,21 @@ def write_model_dir_extras(out: Path) -> None:
     (out / "processor_config.json").write_text(json.dumps(proc, indent=2, sort_keys=True) + "\n")
 
 
+def check_tokenizer_with_transformers(model_dir: Path) -> None:
+    """transformers' own GemmaTokenizer + chat template must reproduce tokenizer_golden.json."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    golden = json.loads((model_dir / "tokenizer_golden.json").read_text())
+    for c in golden["encode"]:
+        assert tok.encode(c["text"], add_special_tokens=False) == c["ids"], c
+    for c in golden["chat"]:
+        r = tok.apply_chat_template(c["messages"], tokenize=False, add_generation_prompt=True,
+                                    enable_thinking=c["enable_thinking"])
+        assert r == c["rendered"], (r, c["rendered"])
+        assert tok.encode(r, add_special_tokens=False) == c["ids"]
+
+
 def case_e2b(root: Path, tmp: Path) -> dict:
     out = root / "e2b-like"
     out.mkdir(parents=True, exist_ok=True)
@@ -485,6 +500,7 @@ def case_e2b(root: Path, tmp: Path) -> dict:
     write_checkpoint(out, tensors, torch.bfloat16)
     write_configs(model, out, "bfloat16", tmp)
     write_model_dir_extras(out)
+    check_tokenizer_with_transformers(out)
     reloaded = load_hf(out)
     alt = load_hf(out, "config.per_layer_config.json")
     rng = np.random.default_rng(SEED)
