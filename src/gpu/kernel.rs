@@ -243,6 +243,12 @@ pub fn preprocess(src: &str, defines: &[(&str, String)]) -> Result<String, Strin
 pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../wgsl/elementwise.wgsl")),
     ("streaming", include_str!("../../wgsl/streaming.wgsl")),
+    ("pool", include_str!("../../wgsl/pool.wgsl")),
+    ("sample", include_str!("../../wgsl/sample.wgsl")),
+    ("rmsnorm", include_str!("../../wgsl/rmsnorm.wgsl")),
+    ("rope", include_str!("../../wgsl/rope.wgsl")),
+    ("attention", include_str!("../../wgsl/attention.wgsl")),
+    ("kvcache", include_str!("../../wgsl/kvcache.wgsl")),
 ];
 
 /// The source of a WGSL file by name.

@@ -41,7 +41,8 @@ impl<'a> BufSlice<'a> {
     }
 }
 
-/// Size of the parameter arena in bytes; an arena holds `ARENA_BYTES / uniform_align` dispatches.
+/// Size of the parameter arena in bytes; a dispatch takes its parameter size rounded up to
+/// `uniform_align` (at least 32 bytes on most adapters).
 const ARENA_BYTES: u64 = 1 << 20;
 /// Largest parameter struct a kernel may use.
 pub const MAX_PARAM_BYTES: usize = 256;
@@ -101,7 +102,6 @@ pub struct Recorder {
     params: Vec<u8>,
     commands: Vec<Command>,
     slot: u32,
-    slots: u32,
 }
 
 impl GpuContext {
@@ -114,7 +114,6 @@ impl GpuContext {
             params: Vec::new(),
             commands: Vec::new(),
             slot,
-            slots: (ARENA_BYTES / slot as u64) as u32,
         }
     }
 
@@ -203,15 +202,19 @@ impl Recorder {
         if self.arena.is_none() {
             self.arena = Some(self.ctx.take_arena()?);
         }
-        let index = (self.params.len() as u64 / self.slot as u64) as u32;
-        if index >= self.slots {
+        // Each dispatch's parameters start at a multiple of the uniform offset alignment and
+        // take as many aligned slots as they need; the 256-byte binding window at that offset
+        // must lie inside the arena.
+        let offset = self.params.len() as u64;
+        if offset + MAX_PARAM_BYTES as u64 > ARENA_BYTES {
             // The arena is full: submit what is recorded and continue with a fresh batch.
             self.submit()?;
             return self.dispatch(kernel, params, buffers, groups);
         }
-        let offset = index * self.slot;
+        let offset = offset as u32;
         self.params.extend_from_slice(bytes);
-        self.params.resize((offset + self.slot) as usize, 0);
+        let used = (bytes.len() as u32).max(1).next_multiple_of(self.slot);
+        self.params.resize((offset + used) as usize, 0);
         let arena = self
             .arena
             .as_ref()

@@ -12,3 +12,253 @@ pub fn gelu_tanh(x: f32) -> f32 {
 pub fn softcap(x: f32, c: f32) -> f32 {
     ((c as f64) * ((x as f64) / (c as f64)).tanh()) as f32
 }
+
+/// `scale * avg_pool_kxk(x)` over a row-major `[ph * pw, c]` grid; output row-major over the
+/// pooled grid, `[(ph / k) * (pw / k), c]` (f64 accumulation).
+pub fn avg_pool_2d_ref(
+    x: &[f32],
+    ph: usize,
+    pw: usize,
+    c: usize,
+    k: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let (oph, opw) = (ph / k, pw / k);
+    let mut out = vec![0f32; oph * opw * c];
+    for oy in 0..oph {
+        for ox in 0..opw {
+            for ch in 0..c {
+                let mut acc = 0f64;
+                for dy in 0..k {
+                    for dx in 0..k {
+                        acc += x[((oy * k + dy) * pw + ox * k + dx) * c + ch] as f64;
+                    }
+                }
+                out[(oy * opw + ox) * c + ch] = (acc / (k * k) as f64 * scale as f64) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// The order the selection kernels use: an order-preserving key of an f32 where NaN is the
+/// largest value and -0.0 equals +0.0.
+pub fn selection_key(v: f32) -> u32 {
+    let mut bits = v.to_bits();
+    if bits == 0x8000_0000 {
+        bits = 0;
+    }
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        u32::MAX
+    } else if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// Index of the largest value, ties to the lowest index, NaN counts as the largest
+/// (like `torch.argmax`).
+pub fn argmax_ref(logits: &[f32]) -> u32 {
+    top_k_ref(logits, 1).1[0]
+}
+
+/// The `k` largest values in descending order with their indices; ties by lower index, NaN
+/// largest, -0.0 equal to +0.0.
+pub fn top_k_ref(logits: &[f32], k: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    idx.sort_by(|&a, &b| {
+        selection_key(logits[b as usize])
+            .cmp(&selection_key(logits[a as usize]))
+            .then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    (idx.iter().map(|&i| logits[i as usize]).collect(), idx)
+}
+
+/// The sampler of [`ops::sample::sample`](crate::gpu::ops::sample::sample), step by step in the
+/// same f32 arithmetic: top-k candidates, weights `exp((v - v_max) / T)`, min_p prefix, top_p
+/// prefix, inverse CDF at `uniform`.
+pub fn sample_ref(logits: &[f32], params: &super::ops::sample::SampleParams) -> u32 {
+    let k = params.effective_k(logits.len()) as usize;
+    let (vals, idx) = top_k_ref(logits, k);
+    let inv_temp = params.inv_temperature();
+    let top = selection_key(vals[0]);
+    if inv_temp <= 0.0 || k <= 1 || top >= 0xff80_0000 || top <= 0x007f_ffff {
+        return idx[0];
+    }
+    // -0.0 is treated as +0.0 by the kernel's keys
+    let canon = |v: f32| if v == 0.0 { 0.0 } else { v };
+    let v0 = canon(vals[0]);
+    let w: Vec<f32> = vals
+        .iter()
+        .map(|&v| ((canon(v) - v0) * inv_temp).exp())
+        .collect();
+    let mut m = 1;
+    while m < k && w[m] >= params.min_p {
+        m += 1;
+    }
+    let mut cut = m;
+    if params.top_p < 1.0 {
+        let mut total = 0f32;
+        for &x in &w[..m] {
+            total += x;
+        }
+        let thr = params.top_p * total;
+        let mut cum = 0f32;
+        for (i, &x) in w[..m].iter().enumerate() {
+            cum += x;
+            if cum >= thr {
+                cut = i + 1;
+                break;
+            }
+        }
+    }
+    let mut mass = 0f32;
+    for &x in &w[..cut] {
+        mass += x;
+    }
+    let target = params.uniform.clamp(0.0, 1.0) * mass;
+    let mut acc = 0f32;
+    let mut pick = cut - 1;
+    for (i, &x) in w[..cut].iter().enumerate() {
+        acc += x;
+        if target < acc {
+            pick = i;
+            break;
+        }
+    }
+    idx[pick]
+}
+
+/// RMSNorm of each `dim`-wide row of `x` (f64 accumulation): `x * rsqrt(mean(x²) + eps) * w`
+/// (weight used directly; `None` = weightless).
+pub fn rms_norm_ref(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(dim) {
+        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
+        let r = 1.0 / (ms + eps as f64).sqrt();
+        for (i, &v) in row.iter().enumerate() {
+            let w = weight.map_or(1.0, |w| w[i] as f64);
+            out.push((v as f64 * r * w) as f32);
+        }
+    }
+    out
+}
+
+/// Rotate-half rotation of one segment `x[0..seg]` by position `pos` (angle `f32(pos) *
+/// inv_freq[j]` rounded to f32 like torch, then cos/sin in f64).
+fn rotate_segment(x: &mut [f32], pos: u32, inv_freq: &[f32]) {
+    let half = x.len() / 2;
+    for j in 0..half {
+        let angle = (pos as f32 * inv_freq[j]) as f64;
+        let (s, c) = angle.sin_cos();
+        let x0 = x[j] as f64;
+        let x1 = x[j + half] as f64;
+        x[j] = (x0 * c - x1 * s) as f32;
+        x[j + half] = (x1 * c + x0 * s) as f32;
+    }
+}
+
+/// NeoX RoPE of `x` `[tokens, heads, hd]` (token t at `positions[t]`), `inv_freq` `[hd/2]`.
+pub fn rope_ref(
+    x: &[f32],
+    heads: usize,
+    hd: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    for (r, head) in y.chunks_mut(hd).enumerate() {
+        rotate_segment(head, positions[r / heads], inv_freq);
+    }
+    y
+}
+
+/// Axial 2-D RoPE of `x` `[tokens, heads, hd]`: positions `[tokens, 2]` = (x, y); the first
+/// half of each head rotates with x, the second with y; `inv_freq` `[hd/4]`.
+pub fn rope_2d_ref(
+    x: &[f32],
+    heads: usize,
+    hd: usize,
+    positions: &[u32],
+    inv_freq: &[f32],
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    for (r, head) in y.chunks_mut(hd).enumerate() {
+        let t = r / heads;
+        let (a, b) = head.split_at_mut(hd / 2);
+        rotate_segment(a, positions[2 * t], inv_freq);
+        rotate_segment(b, positions[2 * t + 1], inv_freq);
+    }
+    y
+}
+
+/// Reference attention. `q` `[L, n_heads, hd]`, query i at absolute position `q_pos0 + i`;
+/// `key(g, p)` / `value(g, p)` return the hd-vector of kv head g at absolute position p.
+/// `window = Some(W)`: causal with window (`q − W < k ≤ q`); `causal = false`: keys
+/// `0..n_keys`. Scores `scale · q·k` and softmax in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_ref(
+    q: &[f32],
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+    scale: f32,
+    q_pos0: u32,
+    causal: bool,
+    window: Option<u32>,
+    n_keys: u32,
+    key: &dyn Fn(usize, u32) -> Vec<f32>,
+    value: &dyn Fn(usize, u32) -> Vec<f32>,
+) -> Vec<f32> {
+    let n_q = q.len() / (n_heads * hd);
+    let group = n_heads / n_kv_heads;
+    let mut out = vec![0f32; q.len()];
+    for i in 0..n_q {
+        let qp = q_pos0 + i as u32;
+        let (lo, hi) = if causal {
+            let hi = qp + 1;
+            let lo = match window {
+                Some(w) if hi > w => hi - w,
+                _ => 0,
+            };
+            (lo, hi)
+        } else {
+            (0, n_keys)
+        };
+        for h in 0..n_heads {
+            let g = h / group;
+            let qv = &q[(i * n_heads + h) * hd..][..hd];
+            let scores: Vec<f64> = (lo..hi)
+                .map(|k| {
+                    let kv = key(g, k);
+                    scale as f64
+                        * qv.iter()
+                            .zip(&kv)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let o = &mut out[(i * n_heads + h) * hd..][..hd];
+            let mut acc = vec![0f64; hd];
+            for (k, w) in (lo..hi).zip(&e) {
+                let vv = value(g, k);
+                for d in 0..hd {
+                    acc[d] += w * vv[d] as f64;
+                }
+            }
+            for d in 0..hd {
+                o[d] = if sum > 0.0 {
+                    (acc[d] / sum) as f32
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    out
+}

@@ -2,6 +2,8 @@
 //! a seeded RNG and tensor comparison.
 #![allow(dead_code)]
 
+pub mod golden;
+
 use std::io::Write;
 use std::sync::OnceLock;
 

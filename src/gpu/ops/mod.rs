@@ -1,10 +1,23 @@
 //! One Rust op per kernel family; each owns its bind layout (through its [`KernelSpec`]s) and
 //! records dispatches into a [`Recorder`](crate::gpu::Recorder).
 
+pub mod attention;
 pub mod elementwise;
+pub mod pool;
+pub mod sample;
 pub mod streaming;
 
 pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};
+pub use pool::avg_pool_2d;
+pub use sample::{MAX_TOP_K, SampleParams, SampleScratch, argmax, sample, top_k};
+pub mod norm;
+pub mod rope;
+
+pub use attention::{
+    AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill, kv_write,
+};
+pub use norm::{rms_norm, rms_norm_inplace};
+pub use rope::{rope, rope_2d, rope_2d_inv_freq, rope_inv_freq};
 
 use crate::gpu::KernelSpec;
 
@@ -14,5 +27,10 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     v.extend(elementwise::Elementwise::all_specs());
     v.extend(streaming::all_specs());
+    v.extend(pool::all_specs());
+    v.extend(sample::all_specs());
+    v.extend(norm::all_specs());
+    v.extend(rope::all_specs());
+    v.extend(attention::all_specs());
     v
 }
