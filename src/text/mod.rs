@@ -17,8 +17,8 @@ use std::sync::Arc;
 use crate::config::{LayerType, TextConfig};
 use crate::error::{Error, Result};
 use crate::gpu::ops::{
-    self, AttnMask, AttnScratch, AttnShape, BLayout, Elementwise, SampleScratch, elementwise,
-    elementwise_inplace,
+    self, AttnMask, AttnScratch, AttnShape, BLayout, Elementwise, KvLayout, SampleScratch,
+    elementwise, elementwise_inplace,
 };
 use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
 use crate::weights::{PerLayerTable, TextWeights};
@@ -95,7 +95,7 @@ impl TextDecoder {
                     let r = cfg.rope(i);
                     let partial = (r.rope_type == "proportional")
                         .then_some(r.partial_rotary_factor as f32);
-                    ops::rope_inv_freq(cfg.layer_head_dim(i), r.rope_theta as f32, partial)
+                    ops::rope_inv_freq(cfg.layer_head_dim(i), r.rope_theta, partial)
                 }
                 None => vec![0.0; 1],
             };
@@ -451,6 +451,7 @@ impl TextDecoder {
                 head_dim: hd as u32,
                 cap: lc.cap as u32,
                 scale: 1.0,
+                layout: KvLayout::HeadMajor,
                 mask: AttnMask::Causal {
                     window: if lt == LayerType::SlidingAttention {
                         Some(c.sliding_window as u32)

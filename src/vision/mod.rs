@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::gpu::ops::{self, AttnMask, AttnShape, BLayout, Elementwise, elementwise, elementwise_inplace};
+use crate::gpu::ops::{
+    self, AttnMask, AttnShape, BLayout, Elementwise, KvLayout, elementwise, elementwise_inplace,
+};
 use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
 use crate::weights::{ClippedLinear, VisionWeights};
 
@@ -64,7 +66,7 @@ impl VisionEncoder {
         text_hidden: usize,
         weights: Arc<VisionWeights>,
     ) -> Result<Self> {
-        let f = ops::rope_2d_inv_freq(cfg.head_dim(), cfg.rope_parameters.rope_theta as f32);
+        let f = ops::rope_2d_inv_freq(cfg.head_dim(), cfg.rope_parameters.rope_theta);
         let inv_freq = GpuTensor::from_f32(ctx, &[f.len()], &f)?;
         // The [2, P, Hv] position table viewed as a [2P, Hv] f32 matrix for the gather op.
         let t = &weights.position_table;
@@ -182,6 +184,7 @@ impl VisionEncoder {
             head_dim: hd as u32,
             cap: n as u32,
             scale: 1.0,
+            layout: KvLayout::TokenMajor,
             mask: AttnMask::Bidirectional { n_keys: n as u32 },
         };
         for layer in &self.w.layers {
@@ -197,13 +200,14 @@ impl VisionEncoder {
             ops::rms_norm(&mut rec, &vh, None, &vh, eps)?;
             ops::rope_2d(&mut rec, &b.q.view(0, &[n, nh, hd]), &b.pos, &self.inv_freq)?;
             ops::rope_2d(&mut rec, &b.k.view(0, &[n, nkv, hd]), &b.pos, &self.inv_freq)?;
-            ops::attention_tokens(
+            ops::attention_prefill(
                 &mut rec,
                 &b.q.view(0, &[n, nh, hd]),
                 &b.k.view(0, &[n, nkv, hd]),
                 &b.v.view(0, &[n, nkv, hd]),
                 &b.attn.view(0, &[n, nh, hd]),
                 &shape,
+                0,
             )?;
             self.clipped(&mut rec, &layer.o_proj, &b.attn, &b.o, &b.clip_in)?;
             ops::rms_norm(&mut rec, &b.o, Some(&layer.post_attention_layernorm), &b.o, eps)?;
