@@ -107,6 +107,15 @@ fn d_pad() -> u32 {
 fn d_bos() -> u32 {
     2
 }
+fn null_pad<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    Ok(Option::<u32>::deserialize(d)?.unwrap_or_else(d_pad))
+}
+fn null_bos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    Ok(Option::<u32>::deserialize(d)?.unwrap_or_else(d_bos))
+}
+fn null_eos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TokenIds, D::Error> {
+    Ok(Option::<TokenIds>::deserialize(d)?.unwrap_or_default())
+}
 fn d_rope() -> BTreeMap<String, RopeParameters> {
     let mut m = BTreeMap::new();
     m.insert(
@@ -220,14 +229,14 @@ pub struct TextConfig {
     /// Activation (gelu_pytorch_tanh).
     #[serde(default = "d_act")]
     pub hidden_activation: String,
-    /// Padding id.
-    #[serde(default = "d_pad")]
+    /// Padding id (0; `null` also means 0).
+    #[serde(default = "d_pad", deserialize_with = "null_pad")]
     pub pad_token_id: u32,
-    /// Beginning-of-sequence id.
-    #[serde(default = "d_bos")]
+    /// Beginning-of-sequence id (2; `null` also means 2).
+    #[serde(default = "d_bos", deserialize_with = "null_bos")]
     pub bos_token_id: u32,
-    /// End-of-sequence id(s).
-    #[serde(default)]
+    /// End-of-sequence id(s) (1; `null` also means 1).
+    #[serde(default, deserialize_with = "null_eos")]
     pub eos_token_id: TokenIds,
     /// MoE block (26B-A4B; not supported by this crate).
     #[serde(default)]
@@ -769,7 +778,7 @@ impl Gemma4Config {
                 ));
             }
             let kv = t.layer_kv_heads(i);
-            if kv == 0 || t.num_attention_heads % kv != 0 {
+            if kv == 0 || !t.num_attention_heads.is_multiple_of(kv) {
                 return Err(bad(
                     "num_key_value_heads",
                     format!(

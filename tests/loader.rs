@@ -1050,3 +1050,44 @@ fn ple_host_gather_matches_dequantized_rows() {
     assert!(matches!(g.text.embed_per_layer, PerLayerTable::Gpu(_)));
     assert_eq!(g.report.bytes_host, 0);
 }
+
+// Clip bounds are dropped when use_clipped_linears is off; a text-only config drops the vision
+// tensors; both are counted, never fatal.
+#[test]
+fn clip_bounds_off_and_text_only_configs() {
+    let ts = tiny_tensors(false, 7);
+    let d = write_hf("h-noclip", &ts, Dtype::BF16);
+    let cfg = config_json(r#", "tie_word_embeddings": true"#)
+        .replace(
+            r#""use_clipped_linears": true"#,
+            r#""use_clipped_linears": false"#,
+        )
+        .replace(
+            r#""sliding_window": 16"#,
+            r#""sliding_window": 16, "pad_token_id": null"#,
+        );
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let p = Checkpoint::open(&d).unwrap().plan().unwrap();
+    let vis = p.weights.vision.as_ref().unwrap();
+    assert!(
+        vis.layers
+            .iter()
+            .all(|l| !l.q_proj.is_clipped() && !l.down_proj.is_clipped())
+    );
+    assert_eq!(p.weights.report.dropped, VL * 7 * 4);
+    assert!(p.weights.report.unexpected.is_empty());
+    assert_eq!(vis.position_table.shape, [2, POS, HV]);
+
+    let text_only = r#"{"model_type": "gemma4", "text_config": {
+        "hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "global_head_dim": 64,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        "num_kv_shared_layers": 2, "use_double_wide_mlp": true, "hidden_size_per_layer_input": 32,
+        "vocab_size": 96, "vocab_size_per_layer_input": 96}}"#;
+    std::fs::write(d.join("config.json"), text_only).unwrap();
+    let p = Checkpoint::open(&d).unwrap().plan().unwrap();
+    assert!(p.weights.vision.is_none());
+    let vision_tensors = 2 + VL * (6 + 7 * 5) + 1;
+    assert_eq!(p.weights.report.dropped, vision_tensors);
+    assert!(p.weights.report.unexpected.is_empty());
+}

@@ -128,10 +128,12 @@ impl Checkpoint {
         for key in store.tensors.keys() {
             match keys::classify(key) {
                 KeyKind::Model(c) => {
-                    if canon.contains_key(&c) {
-                        duplicates.push(key.clone());
-                    } else {
-                        canon.insert(c, key.clone());
+                    use std::collections::btree_map::Entry;
+                    match canon.entry(c) {
+                        Entry::Occupied(_) => duplicates.push(key.clone()),
+                        Entry::Vacant(v) => {
+                            v.insert(key.clone());
+                        }
                     }
                 }
                 KeyKind::Audio => {
@@ -179,7 +181,7 @@ impl Checkpoint {
         &self,
         sink: &mut S,
         ple_on_gpu: bool,
-    ) -> Result<(ModelWeights<S::M, S::V>, BTreeMap<String, Role>), LoadError> {
+    ) -> Result<Built<S::M, S::V>, LoadError> {
         let start = Instant::now();
         let mut b = Builder {
             ck: self,
@@ -319,6 +321,12 @@ impl Sink for HostSink {
     }
 }
 
+/// A tree plus the role of every stored key.
+type Built<M, V> = (ModelWeights<M, V>, BTreeMap<String, Role>);
+
+/// Format, data, scales, biases of a matrix about to be uploaded.
+type Payload<'a> = (WeightFormat, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
+
 struct GpuSink<'a> {
     ctx: &'a GpuContext,
     opts: &'a LoadOptions,
@@ -342,70 +350,69 @@ impl Sink for GpuSink<'_> {
     fn matrix(&mut self, lin: &HostLinear, role: MatrixRole) -> Result<Matrix, LoadError> {
         let (rows, cols) = (lin.rows, lin.cols);
         let owned: (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
-        let (format, data, scales, biases): (WeightFormat, &[u8], Option<&[u8]>, Option<&[u8]>) =
-            if let Some(q) = &lin.quant {
-                let st = host::scale_dtype(&q.scales)?;
-                if q.biases.dtype != q.scales.dtype {
-                    return Err(LoadError::WrongDtype {
-                        key: q.biases.key.clone(),
-                        expected: format!("{} like the scales", q.scales.dtype),
-                        found: q.biases.dtype.name().into(),
-                    });
+        let (format, data, scales, biases): Payload<'_> = if let Some(q) = &lin.quant {
+            let st = host::scale_dtype(&q.scales)?;
+            if q.biases.dtype != q.scales.dtype {
+                return Err(LoadError::WrongDtype {
+                    key: q.biases.key.clone(),
+                    expected: format!("{} like the scales", q.scales.dtype),
+                    found: q.biases.dtype.name().into(),
+                });
+            }
+            (
+                WeightFormat::Affine {
+                    bits: q.bits,
+                    group: q.group as u32,
+                    scales: st,
+                },
+                &lin.weight.bytes[..],
+                Some(&q.scales.bytes[..]),
+                Some(&q.biases.bytes[..]),
+            )
+        } else if let Some((bits, group)) = self.opts.quantize_on_load.filter(|&(b, g)| {
+            role == MatrixRole::Text
+                && g > 0
+                && cols.is_multiple_of(g as usize)
+                && (cols * b as usize).is_multiple_of(32)
+        }) {
+            let qz = quantize::quantize_affine(&lin.to_f32(), rows, cols, bits, group as usize);
+            owned = (
+                bytemuck::cast_slice(&qz.words).to_vec(),
+                Some(qz.scales),
+                Some(qz.biases),
+            );
+            (
+                WeightFormat::Affine {
+                    bits,
+                    group,
+                    scales: qz.scale_dtype,
+                },
+                &owned.0,
+                owned.1.as_deref(),
+                owned.2.as_deref(),
+            )
+        } else {
+            let dt = lin.weight.dtype;
+            match (self.opts.float_format, dt) {
+                (FloatFormat::Native, StDType::F32) | (FloatFormat::F32, StDType::F32) => {
+                    (WeightFormat::F32, &lin.weight.bytes[..], None, None)
                 }
-                (
-                    WeightFormat::Affine {
-                        bits: q.bits,
-                        group: q.group as u32,
-                        scales: st,
-                    },
-                    &lin.weight.bytes[..],
-                    Some(&q.scales.bytes[..]),
-                    Some(&q.biases.bytes[..]),
-                )
-            } else if let Some((bits, group)) = self.opts.quantize_on_load.filter(|&(b, g)| {
-                role == MatrixRole::Text
-                    && g > 0
-                    && cols % g as usize == 0
-                    && (cols * b as usize) % 32 == 0
-            }) {
-                let qz = quantize::quantize_affine(&lin.to_f32(), rows, cols, bits, group as usize);
-                owned = (
-                    bytemuck::cast_slice(&qz.words).to_vec(),
-                    Some(qz.scales),
-                    Some(qz.biases),
-                );
-                (
-                    WeightFormat::Affine {
-                        bits,
-                        group,
-                        scales: qz.scale_dtype,
-                    },
-                    &owned.0,
-                    owned.1.as_deref(),
-                    owned.2.as_deref(),
-                )
-            } else {
-                let dt = lin.weight.dtype;
-                match (self.opts.float_format, dt) {
-                    (FloatFormat::Native, StDType::F32) | (FloatFormat::F32, StDType::F32) => {
-                        (WeightFormat::F32, &lin.weight.bytes[..], None, None)
-                    }
-                    (FloatFormat::Native, StDType::BF16) => {
-                        (WeightFormat::BF16, &lin.weight.bytes[..], None, None)
-                    }
-                    (FloatFormat::Native, StDType::F16) | (FloatFormat::F16, StDType::F16) => {
-                        (WeightFormat::F16, &lin.weight.bytes[..], None, None)
-                    }
-                    (FloatFormat::F32, _) => {
-                        owned = (f32_bytes(&lin.to_f32()), None, None);
-                        (WeightFormat::F32, &owned.0, None, None)
-                    }
-                    _ => {
-                        owned = (f16_bytes(&lin.to_f32()), None, None);
-                        (WeightFormat::F16, &owned.0, None, None)
-                    }
+                (FloatFormat::Native, StDType::BF16) => {
+                    (WeightFormat::BF16, &lin.weight.bytes[..], None, None)
                 }
-            };
+                (FloatFormat::Native, StDType::F16) | (FloatFormat::F16, StDType::F16) => {
+                    (WeightFormat::F16, &lin.weight.bytes[..], None, None)
+                }
+                (FloatFormat::F32, _) => {
+                    owned = (f32_bytes(&lin.to_f32()), None, None);
+                    (WeightFormat::F32, &owned.0, None, None)
+                }
+                _ => {
+                    owned = (f16_bytes(&lin.to_f32()), None, None);
+                    (WeightFormat::F16, &owned.0, None, None)
+                }
+            }
+        };
         let host = HostMatrix {
             rows,
             cols,

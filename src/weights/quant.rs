@@ -77,7 +77,7 @@ pub fn check_shapes(
             "unsupported parameters: {bits} bits, group {group} (bits 2-6 or 8, group 32/64/128)"
         )));
     }
-    if cols % group != 0 || (cols * bits) % 32 != 0 {
+    if !cols.is_multiple_of(group) || !(cols * bits).is_multiple_of(32) {
         return Err(mism(format!(
             "{cols} input features are not a multiple of group {group} (or of 32/{bits} codes per word)"
         )));
