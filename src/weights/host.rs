@@ -103,6 +103,25 @@ impl HostLinear {
         }
     }
 
+    /// The whole matrix converted row by row to little-endian f16 (or f32) bytes, without an
+    /// f32 copy of the whole matrix.
+    pub fn to_float_bytes(&self, f16: bool) -> Vec<u8> {
+        let es = if f16 { 2 } else { 4 };
+        let mut out = Vec::with_capacity(self.rows * self.cols * es);
+        let mut row = vec![0f32; self.cols];
+        for r in 0..self.rows {
+            self.row_f32(r, &mut row);
+            for &x in &row {
+                if f16 {
+                    out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes());
+                } else {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
     /// The whole matrix as f32 (dequantized), row-major.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];

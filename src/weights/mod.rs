@@ -334,16 +334,6 @@ struct GpuSink<'a> {
     formats: BTreeMap<String, usize>,
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    bytemuck::cast_slice(v).to_vec()
-}
-
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
-        .collect()
-}
-
 impl Sink for GpuSink<'_> {
     type M = Matrix;
     type V = GpuTensor;
@@ -375,7 +365,9 @@ impl Sink for GpuSink<'_> {
                 && cols.is_multiple_of(g as usize)
                 && (cols * b as usize).is_multiple_of(32)
         }) {
-            let qz = quantize::quantize_affine(&lin.to_f32(), rows, cols, bits, group as usize);
+            let qz = quantize::quantize_rows(rows, cols, bits, group as usize, |r, out| {
+                lin.row_f32(r, out)
+            });
             owned = (
                 bytemuck::cast_slice(&qz.words).to_vec(),
                 Some(qz.scales),
@@ -404,11 +396,11 @@ impl Sink for GpuSink<'_> {
                     (WeightFormat::F16, &lin.weight.bytes[..], None, None)
                 }
                 (FloatFormat::F32, _) => {
-                    owned = (f32_bytes(&lin.to_f32()), None, None);
+                    owned = (lin.to_float_bytes(false), None, None);
                     (WeightFormat::F32, &owned.0, None, None)
                 }
                 _ => {
-                    owned = (f16_bytes(&lin.to_f32()), None, None);
+                    owned = (lin.to_float_bytes(true), None, None);
                     (WeightFormat::F16, &owned.0, None, None)
                 }
             }

@@ -71,6 +71,44 @@ pub fn quantize_affine(
     quantize_affine_with(values, rows, cols, bits, group, st)
 }
 
+/// [`quantize_affine`] for a matrix produced row by row (`row(r, out)` fills row `r`), so that
+/// a large stored matrix is never materialised in f32: one pass picks the scale type, a second
+/// quantizes.
+pub fn quantize_rows(
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group: usize,
+    row: impl Fn(usize, &mut [f32]),
+) -> Quantized {
+    let mut buf = vec![0f32; cols];
+    let mut ok = true;
+    for r in 0..rows {
+        row(r, &mut buf);
+        if !f16_ok(&buf, bits, group) {
+            ok = false;
+            break;
+        }
+    }
+    let st = if ok { ScaleDType::F16 } else { ScaleDType::F32 };
+    let wpr = cols * bits as usize / 32;
+    let ng = cols / group.max(1);
+    let mut q = Quantized {
+        words: Vec::with_capacity(rows * wpr),
+        scales: Vec::with_capacity(rows * ng * st.size()),
+        biases: Vec::with_capacity(rows * ng * st.size()),
+        scale_dtype: st,
+    };
+    for r in 0..rows {
+        row(r, &mut buf);
+        let one = quantize_affine_with(&buf, 1, cols, bits, group, st);
+        q.words.extend_from_slice(&one.words);
+        q.scales.extend_from_slice(&one.scales);
+        q.biases.extend_from_slice(&one.biases);
+    }
+    q
+}
+
 /// [`quantize_affine`] with an explicit scale storage type.
 pub fn quantize_affine_with(
     values: &[f32],
