@@ -155,6 +155,44 @@ pub fn resolve(name_or_path: &str) -> Result<Resolved, LoadError> {
     )))
 }
 
+/// The snapshot directory of `entry` in the standard Hugging Face cache, if its config and
+/// weights entry point are already there (no network access).
+#[cfg(feature = "hub")]
+pub fn cached_dir(entry: &ModelEntry) -> Option<PathBuf> {
+    let cache = hf_hub::Cache::from_env().repo(hf_hub::Repo::model(entry.repo.clone()));
+    let config = cache.get("config.json")?;
+    let weights = cache
+        .get(&entry.weights)
+        .or_else(|| cache.get("model.safetensors"))
+        .or_else(|| cache.get("model.safetensors.index.json"))?;
+    let dir = config.parent()?.to_path_buf();
+    (weights.parent()? == dir).then_some(dir)
+}
+
+/// A checkpoint directory for a model argument: a local directory as is; a registry entry from
+/// the Hugging Face cache, downloading it first when `allow_download` is set (feature `hub`).
+pub fn locate(name_or_path: &str, allow_download: bool) -> Result<PathBuf, LoadError> {
+    match resolve(name_or_path)? {
+        Resolved::Local(p) => Ok(p),
+        Resolved::Registry(e) => {
+            #[cfg(feature = "hub")]
+            {
+                if let Some(d) = cached_dir(e) {
+                    return Ok(d);
+                }
+                if allow_download {
+                    return download(e);
+                }
+            }
+            let _ = allow_download;
+            Err(LoadError::Registry(format!(
+                "{} (~{:.1} GB) is not downloaded; download it (with the `hub` feature:                  allow downloading) or fetch https://huggingface.co/{} into a directory and                  pass that directory",
+                e.repo, e.approx_size_gb, e.repo
+            )))
+        }
+    }
+}
+
 #[cfg(feature = "hub")]
 struct Bar(indicatif::ProgressBar);
 
@@ -290,6 +328,17 @@ mod tests {
         let m = e.to_string();
         assert!(m.contains("did you mean"), "{m}");
         assert!(m.contains("gemma-4-E2B-it-qat-4bit"), "{m}");
+    }
+
+    #[test]
+    fn locate_without_download_is_offline() {
+        // Never downloads; on a machine without the model cached it says how to get it.
+        match locate("gemma-4-E4B-it-4bit", false) {
+            Ok(dir) => assert!(dir.join("config.json").is_file()),
+            Err(e) => assert!(e.to_string().contains("not downloaded"), "{e}"),
+        }
+        let here = std::env::temp_dir();
+        assert_eq!(locate(here.to_str().unwrap(), false).unwrap(), here);
     }
 
     #[test]
