@@ -704,6 +704,17 @@ fn config_head_dim_forms_and_required_fields() {
         Gemma4Config::from_json_str(&s, p),
         Err(LoadError::MalformedConfig { .. })
     ));
+    // A shared full layer with no earlier full layer to read K/V from.
+    let s = config_json("").replace(
+        r#"["sliding_attention", "full_attention", "sliding_attention", "full_attention"]"#,
+        r#"["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]"#,
+    );
+    match Gemma4Config::from_json_str(&s, p) {
+        Err(e @ LoadError::MalformedConfig { .. }) => {
+            assert!(e.to_string().contains("KV-shared layer 3"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
     // Text-only model type.
     let text_only = r#"{"model_type": "gemma4_text", "hidden_size": 64, "num_hidden_layers": 2,
         "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
