@@ -7,7 +7,10 @@
 //! (weights, text decoder, vision tower) ↔ generation and chat API.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod error;
 pub mod gpu;
+pub mod registry;
+pub mod weights;
 
 pub use error::{Error, Result};
