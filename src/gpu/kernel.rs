@@ -243,6 +243,9 @@ pub fn preprocess(src: &str, defines: &[(&str, String)]) -> Result<String, Strin
 pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../wgsl/elementwise.wgsl")),
     ("streaming", include_str!("../../wgsl/streaming.wgsl")),
+    ("matvec", include_str!("../../wgsl/matvec.wgsl")),
+    ("matmul", include_str!("../../wgsl/matmul.wgsl")),
+    ("gather", include_str!("../../wgsl/gather.wgsl")),
 ];
 
 /// The source of a WGSL file by name.

@@ -2,9 +2,11 @@
 //! records dispatches into a [`Recorder`](crate::gpu::Recorder).
 
 pub mod elementwise;
+pub mod linear;
 pub mod streaming;
 
 pub use elementwise::{Elementwise, elementwise};
+pub use linear::{embedding, linear};
 
 use crate::gpu::KernelSpec;
 
@@ -14,5 +16,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     v.extend(elementwise::Elementwise::all_specs());
     v.extend(streaming::all_specs());
+    v.extend(linear::all_specs());
     v
 }

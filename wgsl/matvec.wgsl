@@ -1,0 +1,216 @@
+// Decode matvec y[row] = sum_k W[row, k] * x[k] over one row window of a weight matrix.
+//
+// Defines: AFFINE (MLX affine codes) with BITS (2,3,4,5,6,8), GROUP (32,64,128) and SB_FMT
+// (0 f16, 1 bf16, 2 f32 scales/biases); otherwise W_FMT (0 f32, 1 f16, 2 bf16). WVEC: weights
+// bound as vec4<u32> (affine BITS 4/8; f32 with cols % 4 == 0; f16/bf16 with cols % 8 == 0).
+// XVEC: x bound as vec4<f32> (its element offset is a multiple of 4 and chunks are 4-aligned).
+// SUBGROUP: 8 rows per 64-invocation workgroup, each row reduced by one subgroup (subgroupAdd, no
+// workgroup memory; correct for any subgroup size); otherwise one invocation per row, 64 rows per
+// workgroup. Affine rows are processed in chunks of 32 codes (BITS words, within one group):
+// acc += scale * sum(q * x) + bias * sum(x).
+// Workgroup index = wid.x + wid.y * num_workgroups.x (2-D grid beyond 65535 workgroups).
+
+struct Params {
+    rows: u32,      // rows of this window
+    cols: u32,
+    row_words: u32, // affine: u32 words per row
+    groups: u32,    // affine: groups per row
+    x_off: u32,     // element offset of x
+    y_off: u32,     // element offset of y[row_start]
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+//#if WVEC
+@group(0) @binding(1) var<storage, read> wq: array<vec4<u32>>;
+//#else
+@group(0) @binding(1) var<storage, read> wq: array<u32>;
+//#endif
+//#if AFFINE
+@group(0) @binding(2) var<storage, read> sb: array<u32>;
+//#if XVEC
+@group(0) @binding(3) var<storage, read> xs: array<vec4<f32>>;
+//#else
+@group(0) @binding(3) var<storage, read> xs: array<f32>;
+//#endif
+@group(0) @binding(4) var<storage, read_write> ys: array<f32>;
+//#else
+//#if XVEC
+@group(0) @binding(2) var<storage, read> xs: array<vec4<f32>>;
+//#else
+@group(0) @binding(2) var<storage, read> xs: array<f32>;
+//#endif
+@group(0) @binding(3) var<storage, read_write> ys: array<f32>;
+//#endif
+
+// Four consecutive x values starting at element k (k % 4 == 0 when XVEC).
+fn x4(k: u32) -> vec4<f32> {
+//#if XVEC
+    return xs[(p.x_off + k) / 4u];
+//#else
+    let i = p.x_off + k;
+    return vec4<f32>(xs[i], xs[i + 1u], xs[i + 2u], xs[i + 3u]);
+//#endif
+}
+
+//#if AFFINE
+const BITS: u32 = {{BITS}}u;
+const GROUP: u32 = {{GROUP}}u;
+const SB_FMT: u32 = {{SB_FMT}}u;
+const MASK: u32 = (1u << BITS) - 1u;
+
+// (scale, bias) of group index i of this window.
+fn scale_bias(i: u32) -> vec2<f32> {
+    if (SB_FMT == 2u) {
+        return vec2<f32>(bitcast<f32>(sb[2u * i]), bitcast<f32>(sb[2u * i + 1u]));
+    }
+    let w = sb[i];
+    if (SB_FMT == 1u) {
+        return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+    }
+    return unpack2x16float(w);
+}
+
+// sum over the 32 codes of chunk c of row `row`: (sum q * x, sum x).
+fn chunk_dot(row: u32, c: u32) -> vec2<f32> {
+    let base = row * p.row_words + c * BITS;
+    var w: array<u32, {{BITS}}>;
+//#if WVEC
+    for (var i = 0u; i < BITS / 4u; i++) {
+        let v = wq[base / 4u + i];
+        w[4u * i] = v.x;
+        w[4u * i + 1u] = v.y;
+        w[4u * i + 2u] = v.z;
+        w[4u * i + 3u] = v.w;
+    }
+//#else
+    for (var i = 0u; i < BITS; i++) {
+        w[i] = wq[base + i];
+    }
+//#endif
+    var d = 0.0;
+    var sx = vec4<f32>(0.0);
+    for (var m = 0u; m < 8u; m++) {
+        let bit = m * 4u * BITS;
+        let wi = bit / 32u;
+        let sh = bit % 32u;
+        var v = w[wi] >> sh;
+        if (sh + 4u * BITS > 32u) {
+            v = v | (w[min(wi + 1u, BITS - 1u)] << (32u - sh));
+        }
+        let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
+        let xv = x4(c * 32u + 4u * m);
+        d += dot(vec4<f32>(q), xv);
+        sx += xv;
+    }
+    return vec2<f32>(d, sx.x + sx.y + sx.z + sx.w);
+}
+
+// Partial dot product of row `row` over the chunks lane, lane + step, ...
+fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+    let nchunks = p.cols / 32u;
+    var acc = 0.0;
+    for (var c = lane; c < nchunks; c += step) {
+        let s = scale_bias(row * p.groups + (c * 32u) / GROUP);
+        let d = chunk_dot(row, c);
+        acc += s.x * d.x + s.y * d.y;
+    }
+    return acc;
+}
+//#else
+const W_FMT: u32 = {{W_FMT}}u;
+
+//#if WVEC
+fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+    var acc = 0.0;
+    if (W_FMT == 0u) {
+        let nv = p.cols / 4u;
+        let base = row * nv;
+        for (var v = lane; v < nv; v += step) {
+            acc += dot(bitcast<vec4<f32>>(wq[base + v]), x4(4u * v));
+        }
+    } else {
+        let nv = p.cols / 8u;
+        let base = row * nv;
+        for (var v = lane; v < nv; v += step) {
+            let q = wq[base + v];
+            var lo: vec4<f32>;
+            var hi: vec4<f32>;
+            if (W_FMT == 1u) {
+                lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+                hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+            } else {
+                lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+                hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+            }
+            acc += dot(lo, x4(8u * v)) + dot(hi, x4(8u * v + 4u));
+        }
+    }
+    return acc;
+}
+//#else
+// Weight element e (row-major index within the window).
+fn wel(e: u32) -> f32 {
+    if (W_FMT == 0u) {
+        return bitcast<f32>(wq[e]);
+    }
+    let w = wq[e / 2u];
+    if (W_FMT == 1u) {
+        let h = unpack2x16float(w);
+        return select(h.x, h.y, (e & 1u) == 1u);
+    }
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
+}
+
+fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+    var acc = 0.0;
+    let base = row * p.cols;
+    for (var k = lane; k < p.cols; k += step) {
+        acc += wel(base + k) * xs[p.x_off + k];
+    }
+    return acc;
+}
+//#endif
+//#endif
+
+const WG: u32 = 64u;
+// Rows per workgroup on the subgroup path (the host dispatches ceil(rows / RPW) workgroups).
+const RPW: u32 = 8u;
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+//#if SUBGROUP
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) sgs: u32,
+//#endif
+) {
+    let g = wid.x + wid.y * nwg.x;
+//#if SUBGROUP
+    // Subgroup index derived from the invocation index (subgroups of a 1-D workgroup are
+    // consecutive); `first` is the same for every lane of a subgroup, so control flow stays
+    // uniform within each subgroup.
+    let first = subgroupBroadcastFirst(li);
+    let sg = first / sgs;
+    let nsg = (WG + sgs - 1u) / sgs;
+    for (var j = sg; j < RPW; j += nsg) {
+        let row = g * RPW + j;
+        if (row >= p.rows) {
+            break;
+        }
+        let s = subgroupAdd(row_partial(row, lane, sgs));
+        if (lane == 0u) {
+            ys[p.y_off + row] = s;
+        }
+    }
+//#else
+    let row = g * WG + li;
+    if (row >= p.rows) {
+        return;
+    }
+    ys[p.y_off + row] = row_partial(row, 0u, 1u);
+//#endif
+}
