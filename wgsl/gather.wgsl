@@ -4,19 +4,16 @@
 // element, 256 per workgroup; workgroup index = wid.x + wid.y * num_workgroups.x.
 // Same format defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT; otherwise W_FMT.
 
+// 32 bytes: the recorder's parameter slots are only guaranteed to hold 32 bytes.
 struct Params {
     n: u32,         // number of ids
     cols: u32,
     row_words: u32, // affine: u32 words per row
-    groups: u32,    // affine: groups per row
     row_start: u32, // first row of this window
     rows: u32,      // rows of this window
     ids_off: u32,   // element offset of ids
     out_off: u32,   // element offset of out
     scale: f32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -55,7 +52,7 @@ fn value(r: u32, k: u32) -> f32 {
     if (sh + BITS > 32u) {
         v = v | (wq[wi + 1u] << (32u - sh));
     }
-    let s = scale_bias(r * p.groups + k / GROUP);
+    let s = scale_bias(r * (p.cols / GROUP) + k / GROUP);
     return s.x * f32(v & MASK) + s.y;
 }
 //#else

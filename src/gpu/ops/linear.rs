@@ -23,20 +23,18 @@ struct LinearParams {
     batch: u32,
 }
 
-/// Parameters of `gather.wgsl`.
+/// Parameters of `gather.wgsl` (kept at 32 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct GatherParams {
     n: u32,
     cols: u32,
     row_words: u32,
-    groups: u32,
     row_start: u32,
     rows: u32,
     ids_off: u32,
     out_off: u32,
     scale: f32,
-    _pad: [u32; 3],
 }
 
 /// Rows per workgroup of the subgroup matvec (must match `RPW` in `matvec.wgsl`).
@@ -283,7 +281,7 @@ pub fn embedding(
     if n == 0 || cols == 0 {
         return Ok(());
     }
-    let (row_words, groups) = affine_dims(table);
+    let (row_words, _) = affine_dims(table);
     let kernel = rec.ctx().kernel(&gather_spec(table.format))?;
     for win in &table.windows {
         if win.rows == 0 {
@@ -293,13 +291,11 @@ pub fn embedding(
             n: n as u32,
             cols: cols as u32,
             row_words,
-            groups,
             row_start: win.row_start as u32,
             rows: win.rows as u32,
             ids_off: ids.elem_offset(),
             out_off: out.elem_offset(),
             scale,
-            _pad: [0; 3],
         };
         let mut bufs = window_bufs(table, win, "embedding")?;
         bufs.push((&ids.buffer).into());
