@@ -9,7 +9,9 @@
 use std::time::Instant;
 
 use gemma_wgpu::gpu::ops::{linear, streaming};
-use gemma_wgpu::gpu::{DType, GpuContext, GpuError, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat};
+use gemma_wgpu::gpu::{
+    DType, GpuContext, GpuError, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat,
+};
 
 const N: usize = 20;
 const REPEATS: usize = 3;
@@ -35,20 +37,31 @@ impl Xs {
     }
 }
 
-fn build(ctx: &GpuContext, rows: usize, cols: usize, format: WeightFormat) -> Result<Matrix, GpuError> {
+fn build(
+    ctx: &GpuContext,
+    rows: usize,
+    cols: usize,
+    format: WeightFormat,
+) -> Result<Matrix, GpuError> {
     let mut rng = Xs(0x1234_5678_9abc_def1);
     let data_bytes = format.row_bytes(cols) * rows;
     let data: Vec<u8> = match format {
         WeightFormat::F16 => (0..data_bytes / 2)
-            .flat_map(|_| half::f16::from_f32((rng.next() % 2000) as f32 / 1000.0 - 1.0).to_le_bytes())
+            .flat_map(|_| {
+                half::f16::from_f32((rng.next() % 2000) as f32 / 1000.0 - 1.0).to_le_bytes()
+            })
             .collect(),
         _ => (0..data_bytes).map(|_| rng.next() as u8).collect(),
     };
     let (scales, biases) = match format {
         WeightFormat::Affine { group, .. } => {
             let n = rows * cols / group as usize;
-            let s: Vec<u8> = (0..n).flat_map(|_| half::f16::from_f32(0.01).to_le_bytes()).collect();
-            let b: Vec<u8> = (0..n).flat_map(|_| half::f16::from_f32(-0.05).to_le_bytes()).collect();
+            let s: Vec<u8> = (0..n)
+                .flat_map(|_| half::f16::from_f32(0.01).to_le_bytes())
+                .collect();
+            let b: Vec<u8> = (0..n)
+                .flat_map(|_| half::f16::from_f32(-0.05).to_le_bytes())
+                .collect();
             (Some(s), Some(b))
         }
         _ => (None, None),
@@ -70,15 +83,35 @@ fn main() -> Result<(), GpuError> {
         .adapter_info()
         .map(|i| format!("{:?}", i.backend))
         .unwrap_or_default();
-    println!("adapter: {} ({backend}), subgroups: {}", ctx.adapter_name(), ctx.uses_subgroups());
-    println!("{N} dispatches per submit, min of {REPEATS} repeats; GB/s of weight bytes (Matrix::bytes)");
+    println!(
+        "adapter: {} ({backend}), subgroups: {}",
+        ctx.adapter_name(),
+        ctx.uses_subgroups()
+    );
+    println!(
+        "{N} dispatches per submit, min of {REPEATS} repeats; GB/s of weight bytes (Matrix::bytes)"
+    );
     println!(
         "| path | format | rows x cols | MiB | matvec ms | matvec GB/s | stream GB/s | ratio |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let formats = [
-        ("q4 g64", WeightFormat::Affine { bits: 4, group: 64, scales: ScaleDType::F16 }),
-        ("q8 g64", WeightFormat::Affine { bits: 8, group: 64, scales: ScaleDType::F16 }),
+        (
+            "q4 g64",
+            WeightFormat::Affine {
+                bits: 4,
+                group: 64,
+                scales: ScaleDType::F16,
+            },
+        ),
+        (
+            "q8 g64",
+            WeightFormat::Affine {
+                bits: 8,
+                group: 64,
+                scales: ScaleDType::F16,
+            },
+        ),
         ("f16", WeightFormat::F16),
     ];
     let mut paths = Vec::new();

@@ -111,9 +111,18 @@ fn check_linear(
     rec.finish().unwrap();
     let all = yt_all.to_f32(ctx).unwrap();
     let want = reference::linear_ref(wd, rows, cols, &x, batch);
-    assert_close(what, &all[y_off..y_off + batch * rows], &want, atol(cols), 1e-5);
+    assert_close(
+        what,
+        &all[y_off..y_off + batch * rows],
+        &want,
+        atol(cols),
+        1e-5,
+    );
     assert!(
-        all[..y_off].iter().chain(&all[y_off + batch * rows..]).all(|&v| v == -3.0),
+        all[..y_off]
+            .iter()
+            .chain(&all[y_off + batch * rows..])
+            .all(|&v| v == -3.0),
         "{what}: wrote outside y"
     );
 }
@@ -122,7 +131,15 @@ fn check_linear(
 fn linear_float_formats() {
     for (path, ctx) in paths() {
         let mut rng = Rng::new(1);
-        let shapes = [(1, 1), (7, 3), (65, 17), (129, 100), (7, 64), (33, 128), (1, 8)];
+        let shapes = [
+            (1, 1),
+            (7, 3),
+            (65, 17),
+            (129, 100),
+            (7, 64),
+            (33, 128),
+            (1, 8),
+        ];
         for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16] {
             for (i, &(rows, cols)) in shapes.iter().enumerate() {
                 let h = make(&mut rng, rows, cols, format);
@@ -130,7 +147,8 @@ fn linear_float_formats() {
                 let wd = h.dequant();
                 for (j, batch) in [1usize, 3, 17].into_iter().enumerate() {
                     let x_off = [0, 1, 4][(i + j) % 3];
-                    let what = format!("{path} {format:?} {rows}x{cols} batch {batch} x_off {x_off}");
+                    let what =
+                        format!("{path} {format:?} {rows}x{cols} batch {batch} x_off {x_off}");
                     check_linear(&ctx, &what, &m, &wd, batch, x_off, i % 2, &mut rng);
                 }
             }
@@ -163,12 +181,15 @@ fn linear_affine_formats() {
                 let h = make(&mut rng, rows, cols, format);
                 let m = Matrix::upload(&ctx, "w", &h.view(), None).unwrap();
                 let wd = h.dequant();
-                let batches: &[usize] = if case % 3 == 0 { &[1, 3, 17] } else { &[1, 3] };
+                let batches: &[usize] = if case.is_multiple_of(3) {
+                    &[1, 3, 17]
+                } else {
+                    &[1, 3]
+                };
                 for &batch in batches {
                     let x_off = [0, 1, 4][case % 3];
-                    let what = format!(
-                        "{path} {format:?} {rows}x{cols} batch {batch} x_off {x_off}"
-                    );
+                    let what =
+                        format!("{path} {format:?} {rows}x{cols} batch {batch} x_off {x_off}");
                     check_linear(&ctx, &what, &m, &wd, batch, x_off, case % 2, &mut rng);
                 }
                 case += 1;
@@ -208,9 +229,10 @@ fn linear_and_embedding_over_row_windows() {
             // gather ids from every window, with repeats
             let ids: Vec<u32> = vec![0, 199, 63, 64, 127, 128, 191, 192, 5, 5];
             let scale = 1.5f32;
-            let ids_t = GpuTensor::from_u32(&ctx, &[ids.len() + 1], &[[1u32].as_slice(), &ids].concat())
-                .unwrap()
-                .view(1, &[ids.len()]);
+            let ids_t =
+                GpuTensor::from_u32(&ctx, &[ids.len() + 1], &[[1u32].as_slice(), &ids].concat())
+                    .unwrap()
+                    .view(1, &[ids.len()]);
             let out = GpuTensor::zeros(&ctx, &[ids.len() * cols], DType::F32).unwrap();
             let mut rec = ctx.recorder();
             embedding(&mut rec, &m, &ids_t, &out, scale).unwrap();
@@ -224,7 +246,13 @@ fn linear_and_embedding_over_row_windows() {
                 })
                 .collect();
             let got = out.to_f32(&ctx).unwrap();
-            assert_close(&format!("{path} gather {format:?}"), &got, &want, 1e-6, 1e-6);
+            assert_close(
+                &format!("{path} gather {format:?}"),
+                &got,
+                &want,
+                1e-6,
+                1e-6,
+            );
         }
     }
 }
@@ -266,7 +294,13 @@ fn embedding_every_format() {
                 })
                 .collect();
             let got = out.to_f32(&ctx).unwrap();
-            assert_close(&format!("{path} embedding {format:?}"), &got, &want, 1e-6, 1e-6);
+            assert_close(
+                &format!("{path} embedding {format:?}"),
+                &got,
+                &want,
+                1e-6,
+                1e-6,
+            );
         }
     }
 }
@@ -326,11 +360,22 @@ fn lm_head_sized_matrix_uses_several_windows() {
         let y = yt.to_f32(&ctx).unwrap();
         let mut sample: Vec<usize> = (0..64).map(|_| rng.below(rows as u64) as usize).collect();
         sample.extend([0, rows - 1]);
-        sample.extend(m.windows.iter().skip(1).flat_map(|w| [w.row_start - 1, w.row_start]));
+        sample.extend(
+            m.windows
+                .iter()
+                .skip(1)
+                .flat_map(|w| [w.row_start - 1, w.row_start]),
+        );
         for r in sample {
             let wr = reference::host_matrix_row(&host, r).unwrap();
             let want = reference::linear_ref(&wr, 1, cols, &x, 1)[0];
-            assert_close(&format!("{path} lm_head row {r}"), &[y[r]], &[want], atol(cols), 1e-5);
+            assert_close(
+                &format!("{path} lm_head row {r}"),
+                &[y[r]],
+                &[want],
+                atol(cols),
+                1e-5,
+            );
         }
         drop(m);
         ctx.wait_idle().unwrap();

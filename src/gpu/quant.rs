@@ -61,7 +61,7 @@ pub fn quantize_affine(
 /// [`row_words`] words per row. Codes are masked to `bits` bits.
 pub fn pack_codes(codes: &[u32], cols: usize, bits: u32) -> Vec<u32> {
     let rw = row_words(cols, bits);
-    let rows = if cols == 0 { 0 } else { codes.len() / cols };
+    let rows = codes.len().checked_div(cols).unwrap_or(0);
     let mask = ((1u64 << bits) - 1) as u32;
     let mut out = vec![0u32; rows * rw];
     for r in 0..rows {
@@ -129,7 +129,10 @@ mod tests {
         }
         fn normal(&mut self) -> f32 {
             // sum of uniforms, roughly normal
-            (0..4).map(|_| self.next() as f32 / (1u64 << 31) as f32).sum::<f32>() - 2.0
+            (0..4)
+                .map(|_| self.next() as f32 / (1u64 << 31) as f32)
+                .sum::<f32>()
+                - 2.0
         }
     }
 
@@ -140,7 +143,8 @@ mod tests {
             for cols in [32usize, 64, 96, 160] {
                 let rows = 3;
                 let max = (1u32 << bits) - 1;
-                let mut codes: Vec<u32> = (0..rows * cols).map(|_| rng.next() % (max + 1)).collect();
+                let mut codes: Vec<u32> =
+                    (0..rows * cols).map(|_| rng.next() % (max + 1)).collect();
                 // extremes, so that straddling codes carry set high bits
                 codes[0] = max;
                 codes[cols - 1] = max;

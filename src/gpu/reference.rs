@@ -18,7 +18,13 @@ pub fn softcap(x: f32, c: f32) -> f32 {
 
 /// `y[b, r] = Σ_k x[b, k] · w[r, k]` (i.e. `y = x @ W^T`) with f64 accumulation, for a row-major
 /// dequantized `w: [rows, cols]` and `x: [batch, cols]`; returns `[batch, rows]`.
-pub fn linear_ref(w_dequant: &[f32], rows: usize, cols: usize, x: &[f32], batch: usize) -> Vec<f32> {
+pub fn linear_ref(
+    w_dequant: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    batch: usize,
+) -> Vec<f32> {
     let mut y = vec![0f32; batch * rows];
     for b in 0..batch {
         let xb = &x[b * cols..(b + 1) * cols];

@@ -71,7 +71,9 @@ fn with_format(spec: KernelSpec, format: WeightFormat) -> KernelSpec {
 
 fn storage(format: WeightFormat) -> &'static [Access] {
     match format {
-        WeightFormat::Affine { .. } => &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+        WeightFormat::Affine { .. } => {
+            &[Access::Read, Access::Read, Access::Read, Access::ReadWrite]
+        }
         _ => &[Access::Read, Access::Read, Access::ReadWrite],
     }
 }
@@ -190,7 +192,7 @@ pub fn linear(
         message: m,
     };
     let (rows, cols) = (w.rows, w.cols);
-    if cols == 0 || x.numel() % cols != 0 {
+    if cols == 0 || !x.numel().is_multiple_of(cols) {
         return Err(bad(format!(
             "x has {} elements, not a multiple of cols {cols}",
             x.numel()
