@@ -4,8 +4,9 @@
 // (0 f16, 1 bf16, 2 f32 scales/biases); otherwise W_FMT (0 f32, 1 f16, 2 bf16). WVEC: weights
 // bound as vec4<u32> (affine BITS 4/8; f32 with cols % 4 == 0; f16/bf16 with cols % 8 == 0).
 // XVEC: x bound as vec4<f32> (its element offset is a multiple of 4 and chunks are 4-aligned).
-// SUBGROUP: 8 rows per 64-invocation workgroup, each row reduced by one subgroup (subgroupAdd, no
-// workgroup memory; correct for any subgroup size); otherwise one invocation per row, 64 rows per
+// SUBGROUP: 32 rows per 64-invocation workgroup, each subgroup reducing 4 rows at a time (x and
+// sum(x) of a chunk loaded once for the 4 rows; subgroupAdd, no workgroup memory; correct for any
+// subgroup size); otherwise one invocation per row, 64 rows per
 // workgroup. Affine rows are processed in chunks of 32 codes (BITS words, within one group):
 // acc += scale * sum(q * x) + bias * sum(x).
 // Workgroup index = wid.x + wid.y * num_workgroups.x (2-D grid beyond 65535 workgroups).
@@ -72,25 +73,44 @@ fn scale_bias(i: u32) -> vec2<f32> {
     return unpack2x16float(w);
 }
 
-// sum over the 32 codes of chunk c of row `row`: (sum q * x, sum x).
-fn chunk_dot(row: u32, c: u32) -> vec2<f32> {
+//#if WVEC
+// BITS 4: the 8 codes of word w against x values a, b; BITS 8: the 4 codes against a.
+fn word_dot(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    if (BITS == 8u) {
+        let q = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+        return dot(q, a);
+    }
+    let qa = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+    let qb = vec4<f32>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+    return dot(qa, a) + dot(qb, b);
+}
+
+// sum q * x over the 32 codes of chunk c of row `row` (x of the chunk in xv). BITS 4 or 8: one
+// or two vec4<u32> loads, decoded with constant shifts.
+fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let base = (row * p.row_words + c * BITS) / 4u;
+    let v = wq[base];
+    if (BITS == 8u) {
+        let u = wq[base + 1u];
+        let z = vec4<f32>(0.0);
+        return word_dot(v.x, (*xv)[0], z) + word_dot(v.y, (*xv)[1], z)
+            + word_dot(v.z, (*xv)[2], z) + word_dot(v.w, (*xv)[3], z)
+            + word_dot(u.x, (*xv)[4], z) + word_dot(u.y, (*xv)[5], z)
+            + word_dot(u.z, (*xv)[6], z) + word_dot(u.w, (*xv)[7], z);
+    }
+    return word_dot(v.x, (*xv)[0], (*xv)[1]) + word_dot(v.y, (*xv)[2], (*xv)[3])
+        + word_dot(v.z, (*xv)[4], (*xv)[5]) + word_dot(v.w, (*xv)[6], (*xv)[7]);
+}
+//#else
+// sum q * x over the 32 codes of chunk c of row `row` (x of the chunk in xv). Generic bit-stream
+// decode (codes may straddle words for BITS 3, 5, 6).
+fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
     let base = row * p.row_words + c * BITS;
     var w: array<u32, {{BITS}}>;
-//#if WVEC
-    for (var i = 0u; i < BITS / 4u; i++) {
-        let v = wq[base / 4u + i];
-        w[4u * i] = v.x;
-        w[4u * i + 1u] = v.y;
-        w[4u * i + 2u] = v.z;
-        w[4u * i + 3u] = v.w;
-    }
-//#else
     for (var i = 0u; i < BITS; i++) {
         w[i] = wq[base + i];
     }
-//#endif
     var d = 0.0;
-    var sx = vec4<f32>(0.0);
     for (var m = 0u; m < 8u; m++) {
         let bit = m * 4u * BITS;
         let wi = bit / 32u;
@@ -100,23 +120,37 @@ fn chunk_dot(row: u32, c: u32) -> vec2<f32> {
             v = v | (w[min(wi + 1u, BITS - 1u)] << (32u - sh));
         }
         let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
-        let xv = x4(c * 32u + 4u * m);
-        d += dot(vec4<f32>(q), xv);
-        sx += xv;
+        d += dot(vec4<f32>(q), (*xv)[m]);
     }
-    return vec2<f32>(d, sx.x + sx.y + sx.z + sx.w);
+    return d;
 }
+//#endif
 
-// Partial dot product of row `row` over the chunks lane, lane + step, ...
-fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+// Partial dot products of rows row0 .. row0 + nr (nr <= 4) over the chunks lane, lane + step, ...:
+// x and sum(x) of a chunk are loaded once for all rows. Rows past the window are clamped (the
+// caller discards their results).
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
     let nchunks = p.cols / 32u;
-    var acc = 0.0;
+    var acc = vec4<f32>(0.0);
+    var xv: array<vec4<f32>, 8>;
     for (var c = lane; c < nchunks; c += step) {
-        let s = scale_bias(row * p.groups + (c * 32u) / GROUP);
-        let d = chunk_dot(row, c);
-        acc += s.x * d.x + s.y * d.y;
+        var sx4 = vec4<f32>(0.0);
+        for (var m = 0u; m < 8u; m++) {
+            xv[m] = x4(c * 32u + 4u * m);
+            sx4 += xv[m];
+        }
+        let sx = sx4.x + sx4.y + sx4.z + sx4.w;
+        for (var j = 0u; j < nr; j++) {
+            let row = min(row0 + j, p.rows - 1u);
+            let s = scale_bias(row * p.groups + (c * 32u) / GROUP);
+            acc[j] += s.x * chunk_dot(row, c, &xv) + s.y * sx;
+        }
     }
     return acc;
+}
+
+fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+    return rows_partial(row, lane, step, 1u).x;
 }
 //#else
 const W_FMT: u32 = {{W_FMT}}u;
@@ -172,11 +206,21 @@ fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
     return acc;
 }
 //#endif
+
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < nr; j++) {
+        acc[j] = row_partial(min(row0 + j, p.rows - 1u), lane, step);
+    }
+    return acc;
+}
 //#endif
 
 const WG: u32 = 64u;
-// Rows per workgroup on the subgroup path (the host dispatches ceil(rows / RPW) workgroups).
-const RPW: u32 = 8u;
+// Rows per subgroup step and per workgroup on the subgroup path (the host dispatches
+// ceil(rows / RPW) workgroups).
+const NR: u32 = 4u;
+const RPW: u32 = 32u;
 
 @compute @workgroup_size(64)
 fn main(
@@ -196,14 +240,18 @@ fn main(
     let first = subgroupBroadcastFirst(li);
     let sg = first / sgs;
     let nsg = (WG + sgs - 1u) / sgs;
-    for (var j = sg; j < RPW; j += nsg) {
-        let row = g * RPW + j;
-        if (row >= p.rows) {
+    for (var j = sg * NR; j < RPW; j += nsg * NR) {
+        let row0 = g * RPW + j;
+        if (row0 >= p.rows) {
             break;
         }
-        let s = subgroupAdd(row_partial(row, lane, sgs));
+        let s = subgroupAdd(rows_partial(row0, lane, sgs, NR));
         if (lane == 0u) {
-            ys[p.y_off + row] = s;
+            for (var i = 0u; i < NR; i++) {
+                if (row0 + i < p.rows) {
+                    ys[p.y_off + row0 + i] = s[i];
+                }
+            }
         }
     }
 //#else

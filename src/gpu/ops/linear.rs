@@ -38,7 +38,7 @@ struct GatherParams {
 }
 
 /// Rows per workgroup of the subgroup matvec (must match `RPW` in `matvec.wgsl`).
-const MATVEC_RPW_SUBGROUP: usize = 8;
+const MATVEC_RPW_SUBGROUP: usize = 32;
 /// Rows per workgroup of the fallback matvec (one invocation per row).
 const MATVEC_RPW_FALLBACK: usize = 64;
 /// Output tile edge of the matmul kernel.
