@@ -6,9 +6,9 @@
 // XVEC: x bound as vec4<f32> (its element offset is a multiple of 4 and chunks are 4-aligned).
 // SUBGROUP: 32 rows per 64-invocation workgroup, each subgroup reducing 4 rows at a time (x and
 // sum(x) of a chunk loaded once for the 4 rows; subgroupAdd, no workgroup memory; correct for any
-// subgroup size); otherwise one invocation per row, 64 rows per
-// workgroup. Affine rows are processed in chunks of 32 codes (BITS words, within one group):
-// acc += scale * sum(q * x) + bias * sum(x).
+// subgroup size); otherwise the same split over 8 groups of 8 invocations with one
+// workgroup-memory reduction at the end. Affine rows are processed in chunks of 32 codes (BITS
+// words, within one group): acc += scale * sum(q * x) + bias * sum(x).
 // Workgroup index = wid.x + wid.y * num_workgroups.x (2-D grid beyond 65535 workgroups).
 
 struct Params {
@@ -217,10 +217,12 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
 //#endif
 
 const WG: u32 = 64u;
-// Rows per subgroup step and per workgroup on the subgroup path (the host dispatches
-// ceil(rows / RPW) workgroups).
+// Rows per subgroup step and per workgroup (the host dispatches ceil(rows / RPW) workgroups).
 const NR: u32 = 4u;
 const RPW: u32 = 32u;
+//#ifnot SUBGROUP
+var<workgroup> red: array<vec4<f32>, 64>;
+//#endif
 
 @compute @workgroup_size(64)
 fn main(
@@ -255,10 +257,26 @@ fn main(
         }
     }
 //#else
-    let row = g * WG + li;
-    if (row >= p.rows) {
-        return;
+    // Same work split without subgroups: 8 groups of 8 invocations, each group 4 rows; the 8
+    // partial sums of a row are added through workgroup memory (one barrier, no loop).
+    let lane = li % 8u;
+    let row0 = g * RPW + (li / 8u) * NR;
+    var part = vec4<f32>(0.0);
+    if (row0 < p.rows) {
+        part = rows_partial(row0, lane, 8u, NR);
     }
-    ys[p.y_off + row] = row_partial(row, 0u, 1u);
+    red[li] = part;
+    workgroupBarrier();
+    if (lane == 0u && row0 < p.rows) {
+        var s = vec4<f32>(0.0);
+        for (var i = 0u; i < 8u; i++) {
+            s += red[li + i];
+        }
+        for (var i = 0u; i < NR; i++) {
+            if (row0 + i < p.rows) {
+                ys[p.y_off + row0 + i] = s[i];
+            }
+        }
+    }
 //#endif
 }

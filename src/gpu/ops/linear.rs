@@ -37,10 +37,8 @@ struct GatherParams {
     scale: f32,
 }
 
-/// Rows per workgroup of the subgroup matvec (must match `RPW` in `matvec.wgsl`).
-const MATVEC_RPW_SUBGROUP: usize = 32;
-/// Rows per workgroup of the fallback matvec (one invocation per row).
-const MATVEC_RPW_FALLBACK: usize = 64;
+/// Rows per workgroup of the matvec, both paths (must match `RPW` in `matvec.wgsl`).
+const MATVEC_RPW: usize = 32;
 /// Output tile edge of the matmul kernel.
 const MATMUL_TILE: usize = 32;
 
@@ -178,7 +176,7 @@ fn window_bufs<'a>(
 
 /// Records `y = x @ W^T`: `x` is `[batch, cols]` f32 (any element offset; a `[cols]` vector is
 /// batch 1), `y` is `[batch, rows]` f32. Batch 1 runs the decode matvec (subgroup reduction when
-/// the context has subgroups, one invocation per row otherwise); batch > 1 runs the tiled matmul.
+/// the context has subgroups, a one-barrier workgroup-memory reduction otherwise); batch > 1 runs the tiled matmul.
 /// Each row window of `w` is one dispatch writing its columns of `y`. `y` must not share a
 /// buffer with `x`.
 pub fn linear(
@@ -240,12 +238,12 @@ pub fn linear(
         bufs.push((&x.buffer).into());
         bufs.push((&y.buffer).into());
         if batch == 1 {
-            let rpw = if subgroups {
-                MATVEC_RPW_SUBGROUP
-            } else {
-                MATVEC_RPW_FALLBACK
-            };
-            rec.dispatch_linear(&kernel, &params, &bufs, win.rows.div_ceil(rpw) as u32)?;
+            rec.dispatch_linear(
+                &kernel,
+                &params,
+                &bufs,
+                win.rows.div_ceil(MATVEC_RPW) as u32,
+            )?;
         } else {
             let groups = [
                 win.rows.div_ceil(MATMUL_TILE) as u32,
