@@ -156,29 +156,38 @@ fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
 const W_FMT: u32 = {{W_FMT}}u;
 
 //#if WVEC
-fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
-    var acc = 0.0;
+// Partial dot products of rows row0 .. row0 + nr (nr <= 4) over the vec4 words lane, lane + step,
+// ...; x is loaded once for all rows. Rows past the window are clamped (results discarded).
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
     if (W_FMT == 0u) {
         let nv = p.cols / 4u;
-        let base = row * nv;
         for (var v = lane; v < nv; v += step) {
-            acc += dot(bitcast<vec4<f32>>(wq[base + v]), x4(4u * v));
+            let xa = x4(4u * v);
+            for (var j = 0u; j < nr; j++) {
+                let row = min(row0 + j, p.rows - 1u);
+                acc[j] += dot(bitcast<vec4<f32>>(wq[row * nv + v]), xa);
+            }
         }
     } else {
         let nv = p.cols / 8u;
-        let base = row * nv;
         for (var v = lane; v < nv; v += step) {
-            let q = wq[base + v];
-            var lo: vec4<f32>;
-            var hi: vec4<f32>;
-            if (W_FMT == 1u) {
-                lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-                hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-            } else {
-                lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
-                hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+            let xa = x4(8u * v);
+            let xb = x4(8u * v + 4u);
+            for (var j = 0u; j < nr; j++) {
+                let row = min(row0 + j, p.rows - 1u);
+                let q = wq[row * nv + v];
+                var lo: vec4<f32>;
+                var hi: vec4<f32>;
+                if (W_FMT == 1u) {
+                    lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+                    hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+                } else {
+                    lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+                    hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+                }
+                acc[j] += dot(lo, xa) + dot(hi, xb);
             }
-            acc += dot(lo, x4(8u * v)) + dot(hi, x4(8u * v + 4u));
         }
     }
     return acc;
@@ -205,7 +214,6 @@ fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
     }
     return acc;
 }
-//#endif
 
 fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
@@ -214,6 +222,7 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
     }
     return acc;
 }
+//#endif
 //#endif
 
 const WG: u32 = 64u;
