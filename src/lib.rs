@@ -9,5 +9,6 @@
 
 pub mod error;
 pub mod gpu;
+pub mod preprocess;
 
 pub use error::{Error, Result};
