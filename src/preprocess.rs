@@ -12,12 +12,23 @@
 //! 4. patchify: row-major patches, `(y, x, channel)` order inside a patch — [`preprocess`].
 //!
 //! Nothing here pads to `max_patches`: the engine takes exactly `grid.0 * grid.1` patches.
+//!
+//! Verified against the reference: [`target_size`] on 27 sizes (all budgets, extreme aspect ratios),
+//! and the resized bytes / `pixel_values` / positions bit-for-bit against PIL 13 and transformers 5.24
+//! (tests/preprocess.rs, goldens made by `tools/preprocess_golden.py`).
+//!
+//! Known differences from Python, all outside the 8-bit RGB path the goldens cover:
+//! - transformers' own `load_image(path)` does `convert("RGB")` (alpha dropped) before the processor, whose
+//!   `convert_to_rgb` composites alpha onto white only for PIL images handed to it directly; we always
+//!   composite onto white (transparent pixels often carry black or garbage RGB).
+//! - 16-bit inputs are scaled to 8 bits (`v / 257`, rounded); PIL's handling of 16-bit modes differs.
+//! - A truncated JPEG is detected by its missing end-of-image marker; PIL detects more cases.
 
 use std::borrow::Cow;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 /// The soft-token budgets the reference processor accepts (`_SUPPORTED_SOFT_TOKENS`).
 pub const SUPPORTED_SOFT_TOKENS: &[u32] = &[70, 140, 280, 560, 1120];
@@ -253,7 +264,10 @@ pub fn target_size(h: u32, w: u32, opts: &ImageOptions) -> Result<(u32, u32), Im
 /// Preprocesses a decoded image: RGB conversion (alpha composited onto white), resize per
 /// [`target_size`] with PIL-compatible bicubic resampling (skipped when the size is unchanged),
 /// rescale by 1/255 and patchify.
-pub fn preprocess(img: &DynamicImage, opts: &ImageOptions) -> Result<PreprocessedImage, ImageError> {
+pub fn preprocess(
+    img: &DynamicImage,
+    opts: &ImageOptions,
+) -> Result<PreprocessedImage, ImageError> {
     opts.validate()?;
     let (w, h) = (img.width(), img.height());
     let (th, tw) = target_size(h, w, opts)?;
@@ -496,11 +510,18 @@ pub fn load_image(path: &Path, opts: &ImageOptions) -> Result<DynamicImage, Imag
 }
 
 /// [`load_image`] on bytes already in memory; `path` only labels errors.
-pub fn load_image_from_bytes(bytes: &[u8], opts: &ImageOptions) -> Result<DynamicImage, ImageError> {
+pub fn load_image_from_bytes(
+    bytes: &[u8],
+    opts: &ImageOptions,
+) -> Result<DynamicImage, ImageError> {
     decode_image(bytes, Path::new("<memory>"), opts)
 }
 
-fn decode_image(bytes: &[u8], path: &Path, opts: &ImageOptions) -> Result<DynamicImage, ImageError> {
+fn decode_image(
+    bytes: &[u8],
+    path: &Path,
+    opts: &ImageOptions,
+) -> Result<DynamicImage, ImageError> {
     let err = |e: image::ImageError| map_image_error(e, path);
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -508,10 +529,24 @@ fn decode_image(bytes: &[u8], path: &Path, opts: &ImageOptions) -> Result<Dynami
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(ImageError::UnsupportedFormat {
             path: path.to_path_buf(),
             reason: "unrecognised file signature".into(),
+        });
+    };
+    // Decoders refuse zero dimensions with a generic format error; report them as such.
+    if let Some((width, height)) = header_dimensions(bytes, format) {
+        if width == 0 || height == 0 {
+            return Err(ImageError::ZeroSize { width, height });
+        }
+    }
+    // The JPEG decoder fills missing scan data with gray instead of failing (PIL raises
+    // "image file is truncated"): a JPEG without any end-of-image marker is truncated.
+    // (A truncated file that still contains an embedded thumbnail's EOI is not caught.)
+    if format == ImageFormat::Jpeg && !bytes.windows(2).any(|w| w == [0xff, 0xd9]) {
+        return Err(ImageError::Truncated {
+            path: path.to_path_buf(),
         });
     }
     // Allocation limit for the decoders: enough for the pixel limit at 8 bytes per pixel
@@ -545,6 +580,21 @@ fn decode_image(bytes: &[u8], path: &Path, opts: &ImageOptions) -> Result<Dynami
         Cow::Borrowed(_) => img,
         Cow::Owned(rgb) => DynamicImage::ImageRgb8(rgb),
     })
+}
+
+/// Width and height straight from a PNG or GIF header (for the zero-size check), if present.
+fn header_dimensions(bytes: &[u8], format: ImageFormat) -> Option<(u32, u32)> {
+    let be32 = |o: usize| Some(u32::from_be_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+    let le16 = |o: usize| {
+        Some(u32::from(u16::from_le_bytes(
+            bytes.get(o..o + 2)?.try_into().ok()?,
+        )))
+    };
+    match format {
+        ImageFormat::Png if bytes.get(12..16) == Some(b"IHDR") => Some((be32(16)?, be32(20)?)),
+        ImageFormat::Gif => Some((le16(6)?, le16(8)?)),
+        _ => None,
+    }
 }
 
 fn map_image_error(e: image::ImageError, path: &Path) -> ImageError {

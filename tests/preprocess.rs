@@ -15,7 +15,10 @@ fn opts(p: u32, k: u32, budget: u32) -> ImageOptions {
 
 /// `(height, width, patch, kernel, budget, target h, target w, soft tokens)`, pasted from
 /// `python3 tools/preprocess_golden.py sizes` (transformers 5.24 `get_aspect_ratio_preserving_size`).
-const REFERENCE_SIZES: &[(u32, u32, u32, u32, u32, u32, u32, u32)] = &[
+/// One row of [`REFERENCE_SIZES`].
+type SizeCase = (u32, u32, u32, u32, u32, u32, u32, u32);
+
+const REFERENCE_SIZES: &[SizeCase] = &[
     (768, 1024, 16, 3, 280, 672, 912, 266),
     (1080, 1920, 16, 3, 280, 576, 1056, 264),
     (224, 224, 16, 3, 280, 768, 768, 256),
@@ -70,7 +73,10 @@ fn soft_token_counts_end_to_end() {
         assert_eq!(out.grid, (th / p, tw / p));
         assert_eq!(out.num_soft_tokens, tokens);
         assert_eq!(out.positions.len(), ((th / p) * (tw / p)) as usize);
-        assert_eq!(out.pixel_values.len(), out.positions.len() * (3 * p * p) as usize);
+        assert_eq!(
+            out.pixel_values.len(),
+            out.positions.len() * (3 * p * p) as usize
+        );
         // A flat image stays flat through the normalised bicubic filter.
         assert!(out.pixel_values.chunks(3).all(|c| c
             == [
@@ -97,7 +103,10 @@ fn invalid_budget_and_options() {
         o.with_max_soft_tokens(300),
         Err(ImageError::InvalidBudget { given: 300, .. })
     ));
-    assert_eq!(o.with_max_soft_tokens(1120).expect("ok").max_soft_tokens, 1120);
+    assert_eq!(
+        o.with_max_soft_tokens(1120).expect("ok").max_soft_tokens,
+        1120
+    );
     // A hand-built struct with a bad budget is refused by the functions too.
     let raw = ImageOptions {
         max_soft_tokens: 123,
@@ -126,8 +135,11 @@ fn invalid_budget_and_options() {
 fn patch_order_and_positions() {
     // 84x108 at patch 4 / k 3 / budget 70 is already the target size: no resize.
     let (w, h) = (108u32, 84u32);
-    let img = RgbImage::from_fn(w, h, |x, y| Rgb([x as u8, y as u8, ((x * 7 + y * 3) % 256) as u8]));
-    let out = preprocess(&DynamicImage::ImageRgb8(img.clone()), &opts(4, 3, 70)).expect("preprocess");
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        Rgb([x as u8, y as u8, ((x * 7 + y * 3) % 256) as u8])
+    });
+    let out =
+        preprocess(&DynamicImage::ImageRgb8(img.clone()), &opts(4, 3, 70)).expect("preprocess");
     assert_eq!(out.resized, (84, 108));
     assert_eq!(out.grid, (21, 27));
     assert_eq!(out.num_soft_tokens, 63);
@@ -167,11 +179,19 @@ fn bicubic_matches_pil() {
     for c in cases {
         let name = c["name"].as_str().expect("name");
         let get = |k: &str| c[k].as_u64().expect(k) as u32;
-        let o = opts(get("patch_size"), get("pooling_kernel_size"), get("max_soft_tokens"));
+        let o = opts(
+            get("patch_size"),
+            get("pooling_kernel_size"),
+            get("max_soft_tokens"),
+        );
         let img = load_image(&dir.join(format!("{name}.png")), &o).expect("load");
         assert_eq!((img.height(), img.width()), (get("height"), get("width")));
         let (th, tw) = target_size(img.height(), img.width(), &o).expect("target");
-        assert_eq!((th, tw), (get("target_height"), get("target_width")), "{name}");
+        assert_eq!(
+            (th, tw),
+            (get("target_height"), get("target_width")),
+            "{name}"
+        );
         let want = std::fs::read(dir.join(format!("{name}.rgb"))).expect("rgb");
         let got = resize_bicubic_pil(&to_rgb8(&img), tw, th);
         assert_eq!(got.as_raw().len(), want.len());
@@ -217,7 +237,8 @@ fn alpha_composited_on_white_like_pil() {
         ([0, 0, 0, 127], [128, 128, 128]),
     ];
     let img = ImageBuffer::from_fn(px.len() as u32, 1, |x, _| Rgba(px[x as usize].0));
-    let rgb = to_rgb8(&DynamicImage::ImageRgba8(img));
+    let dynimg = DynamicImage::ImageRgba8(img);
+    let rgb = to_rgb8(&dynimg);
     for (i, (_, want)) in px.iter().enumerate() {
         assert_eq!(rgb.get_pixel(i as u32, 0).0, *want, "pixel {i}");
     }
@@ -257,7 +278,9 @@ fn encode(img: &DynamicImage, fmt: ImageFormat) -> Vec<u8> {
 }
 
 fn test_rgb(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| Rgb([(x * 20) as u8, (y * 30) as u8, ((x + y) * 10) as u8]))
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([(x * 20) as u8, (y * 30) as u8, ((x + y) * 10) as u8])
+    })
 }
 
 fn assert_rgb8(img: &DynamicImage, w: u32, h: u32) -> &RgbImage {
@@ -284,21 +307,35 @@ fn decodes_every_supported_format() {
         (ImageFormat::WebP, "webp"),
     ] {
         // Misleading extension: the format is guessed from the content.
-        let path = dir.file(&format!("rgb-{ext}.img"), &encode(&DynamicImage::ImageRgb8(rgb.clone()), fmt));
+        let path = dir.file(
+            &format!("rgb-{ext}.img"),
+            &encode(&DynamicImage::ImageRgb8(rgb.clone()), fmt),
+        );
         let img = load_image(&path, &o).unwrap_or_else(|e| panic!("{ext}: {e}"));
         assert_eq!(assert_rgb8(&img, 8, 6), &rgb, "{ext}");
     }
 
     // JPEG (lossy).
-    let path = dir.file("a.jpg", &encode(&DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Jpeg));
+    let path = dir.file(
+        "a.jpg",
+        &encode(&DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Jpeg),
+    );
     let img = load_image(&path, &o).expect("jpeg");
     let got = assert_rgb8(&img, 8, 6);
-    let max = got.as_raw().iter().zip(rgb.as_raw()).map(|(a, b)| a.abs_diff(*b)).max();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(rgb.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
     assert!(max.unwrap_or(0) < 40, "jpeg max diff {max:?}");
 
     // 16-bit gray PNG: replicated to RGB, scaled to 8 bits.
     let g16 = ImageBuffer::from_fn(5, 3, |x, y| Luma([(x * 10000 + y * 1000) as u16]));
-    let path = dir.file("g16.png", &encode(&DynamicImage::ImageLuma16(g16.clone()), ImageFormat::Png));
+    let path = dir.file(
+        "g16.png",
+        &encode(&DynamicImage::ImageLuma16(g16.clone()), ImageFormat::Png),
+    );
     let img = load_image(&path, &o).expect("gray16");
     let got = assert_rgb8(&img, 5, 3);
     for (x, y, p) in got.enumerate_pixels() {
@@ -308,8 +345,18 @@ fn decodes_every_supported_format() {
     }
 
     // RGBA PNG: composited onto white.
-    let rgba = ImageBuffer::from_fn(4, 2, |x, _| Rgba([200u8, 100, 0, if x == 0 { 0 } else { 128 * (x as u8 % 2) + 127 }]));
-    let path = dir.file("rgba.png", &encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png));
+    let rgba = ImageBuffer::from_fn(4, 2, |x, _| {
+        Rgba([
+            200u8,
+            100,
+            0,
+            if x == 0 { 0 } else { 128 * (x as u8 % 2) + 127 },
+        ])
+    });
+    let path = dir.file(
+        "rgba.png",
+        &encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png),
+    );
     let img = load_image(&path, &o).expect("rgba");
     let got = assert_rgb8(&img, 4, 2);
     assert_eq!(got.get_pixel(0, 0).0, [255, 255, 255]);
@@ -317,17 +364,31 @@ fn decodes_every_supported_format() {
 
     // Gray + alpha PNG.
     let la = ImageBuffer::from_fn(2, 1, |x, _| LumaA([100u8, if x == 0 { 255 } else { 0 }]));
-    let path = dir.file("la.png", &encode(&DynamicImage::ImageLumaA8(la), ImageFormat::Png));
+    let path = dir.file(
+        "la.png",
+        &encode(&DynamicImage::ImageLumaA8(la), ImageFormat::Png),
+    );
     let img = load_image(&path, &o).expect("gray alpha");
     let got = assert_rgb8(&img, 2, 1);
     assert_eq!(got.get_pixel(0, 0).0, [100; 3]);
     assert_eq!(got.get_pixel(1, 0).0, [255; 3]);
 
     // GIF (palette), first frame.
-    let path = dir.file("a.gif", &encode(&DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()), ImageFormat::Gif));
+    let path = dir.file(
+        "a.gif",
+        &encode(
+            &DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()),
+            ImageFormat::Gif,
+        ),
+    );
     let img = load_image(&path, &o).expect("gif");
     let got = assert_rgb8(&img, 8, 6);
-    let max = got.as_raw().iter().zip(rgb.as_raw()).map(|(a, b)| a.abs_diff(*b)).max();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(rgb.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
     assert!(max.unwrap_or(0) <= 24, "gif max diff {max:?}");
 
     // Palette PNG with a transparent entry (hand-made: the image crate writes no palette PNGs).
@@ -336,7 +397,11 @@ fn decodes_every_supported_format() {
     let got = assert_rgb8(&img, 3, 1);
     assert_eq!(got.get_pixel(0, 0).0, [255, 0, 0]);
     assert_eq!(got.get_pixel(1, 0).0, [0, 0, 255]);
-    assert_eq!(got.get_pixel(2, 0).0, [255, 255, 255], "transparent entry composited on white");
+    assert_eq!(
+        got.get_pixel(2, 0).0,
+        [255, 255, 255],
+        "transparent entry composited on white"
+    );
 }
 
 // --- tiny PNG writer (stored deflate blocks) for forged files -------------------------------
@@ -346,7 +411,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -375,7 +444,14 @@ fn zlib_stored(data: &[u8]) -> Vec<u8> {
     z
 }
 
-fn png(width: u32, height: u32, bit_depth: u8, color_type: u8, extra: &[(&[u8; 4], Vec<u8>)], raw: &[u8]) -> Vec<u8> {
+fn png(
+    width: u32,
+    height: u32,
+    bit_depth: u8,
+    color_type: u8,
+    extra: &[(&[u8; 4], Vec<u8>)],
+    raw: &[u8],
+) -> Vec<u8> {
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = Vec::new();
     ihdr.extend(width.to_be_bytes());
@@ -397,7 +473,10 @@ fn palette_png() -> Vec<u8> {
         1,
         8,
         3,
-        &[(b"PLTE", vec![255, 0, 0, 0, 0, 255, 0, 255, 0]), (b"tRNS", vec![255, 255, 0])],
+        &[
+            (b"PLTE", vec![255, 0, 0, 0, 0, 255, 0, 255, 0]),
+            (b"tRNS", vec![255, 255, 0]),
+        ],
         &[0, 0, 1, 2],
     )
 }
@@ -411,7 +490,11 @@ fn bad_images() {
     let bomb = png(40000, 40000, 8, 2, &[], &[0, 0, 0, 0]);
     let path = dir.file("bomb.png", &bomb);
     match load_image(&path, &o) {
-        Err(ImageError::TooLarge { width: 40000, height: 40000, limit }) => {
+        Err(ImageError::TooLarge {
+            width: 40000,
+            height: 40000,
+            limit,
+        }) => {
             assert_eq!(limit, o.max_pixels_decoded)
         }
         other => panic!("bomb: {other:?}"),
@@ -424,11 +507,17 @@ fn bad_images() {
     let png8 = encode(&DynamicImage::ImageRgb8(test_rgb(8, 6)), ImageFormat::Png);
     assert!(matches!(
         load_image_from_bytes(&png8, &small_limit),
-        Err(ImageError::TooLarge { width: 8, height: 6, limit: 10 })
+        Err(ImageError::TooLarge {
+            width: 8,
+            height: 6,
+            limit: 10
+        })
     ));
 
     // Truncated PNG.
-    let noisy = RgbImage::from_fn(64, 64, |x, y| Rgb([(x * 37 + y * 11) as u8, (x * y) as u8, (x ^ y) as u8]));
+    let noisy = RgbImage::from_fn(64, 64, |x, y| {
+        Rgb([(x * 37 + y * 11) as u8, (x * y) as u8, (x ^ y) as u8])
+    });
     let full = encode(&DynamicImage::ImageRgb8(noisy), ImageFormat::Png);
     let path = dir.file("trunc.png", &full[..full.len() / 2]);
     match load_image(&path, &o) {
@@ -436,19 +525,41 @@ fn bad_images() {
         other => panic!("truncated png: {other:?}"),
     }
     // Truncated JPEG (cut inside the entropy-coded data): an error, never a panic.
-    let jpg = encode(&DynamicImage::ImageRgb8(test_rgb(64, 64)), ImageFormat::Jpeg);
+    let jpg = encode(
+        &DynamicImage::ImageRgb8(test_rgb(64, 64)),
+        ImageFormat::Jpeg,
+    );
     let r = load_image_from_bytes(&jpg[..jpg.len() / 3], &o);
     assert!(
-        matches!(r, Err(ImageError::Truncated { .. }) | Err(ImageError::Unreadable { .. }) | Ok(_)),
+        matches!(r, Err(ImageError::Truncated { .. })),
         "truncated jpeg: {r:?}"
+    );
+    // Cut just before the end-of-image marker too.
+    let r = load_image_from_bytes(&jpg[..jpg.len() - 2], &o);
+    assert!(
+        matches!(r, Err(ImageError::Truncated { .. })),
+        "truncated jpeg: {r:?}"
+    );
+    // Truncated GIF: an error, never a panic.
+    let gif = encode(&DynamicImage::ImageRgb8(test_rgb(32, 32)), ImageFormat::Gif);
+    let r = load_image_from_bytes(&gif[..gif.len() / 2], &o);
+    assert!(
+        matches!(
+            r,
+            Err(ImageError::Truncated { .. }) | Err(ImageError::Unreadable { .. })
+        ),
+        "truncated gif: {r:?}"
     );
 
     // Zero width in the header.
     let zero = png(0, 4, 8, 2, &[], &[0]);
-    match load_image_from_bytes(&zero, &o) {
-        Err(ImageError::ZeroSize { .. }) | Err(ImageError::Unreadable { .. }) => {}
-        other => panic!("zero-size png: {other:?}"),
-    }
+    assert!(matches!(
+        load_image_from_bytes(&zero, &o),
+        Err(ImageError::ZeroSize {
+            width: 0,
+            height: 4
+        })
+    ));
 
     // Unknown bytes.
     let path = dir.file("notes.png", b"this is not an image at all, just text\n");
@@ -492,7 +603,13 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 fn exif_orientation_applied() {
     let o = opts(16, 3, 280);
     // 16x8: left half black, right half white (8x8 blocks, so JPEG keeps them clean).
-    let src = RgbImage::from_fn(16, 8, |x, _| if x < 8 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+    let src = RgbImage::from_fn(16, 8, |x, _| {
+        if x < 8 {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    });
     let jpg = encode(&DynamicImage::ImageRgb8(src), ImageFormat::Jpeg);
     let dark = |p: &Rgb<u8>| p.0.iter().all(|&v| v < 40);
     let bright = |p: &Rgb<u8>| p.0.iter().all(|&v| v > 215);
@@ -516,4 +633,109 @@ fn exif_orientation_applied() {
     let img = load_image_from_bytes(&with_exif_orientation(&jpg, 2), &o).expect("o2");
     let rgb = assert_rgb8(&img, 16, 8);
     assert!(bright(rgb.get_pixel(2, 4)) && dark(rgb.get_pixel(13, 4)));
+}
+
+#[test]
+fn large_photo_downscale() {
+    // 4000x3000 (HxW) at budget 280 -> 912x672, 266 tokens; a smooth gradient stays in range and monotone.
+    let img = RgbImage::from_fn(3000, 4000, |x, y| {
+        Rgb([(x / 12) as u8, (y / 16) as u8, 128])
+    });
+    let t = std::time::Instant::now();
+    let out = preprocess(&DynamicImage::ImageRgb8(img), &opts(16, 3, 280)).expect("preprocess");
+    eprintln!("4000x3000 -> {:?} in {:?}", out.resized, t.elapsed());
+    assert_eq!(out.resized, (912, 672));
+    assert_eq!(out.num_soft_tokens, 266);
+    assert!(out.pixel_values.iter().all(|v| (0.0..=1.0).contains(v)));
+    // Red grows along x inside the first patch row.
+    let p = 16usize;
+    let first_row: Vec<f32> = (0..p).map(|x| out.pixel_values[x * 3]).collect();
+    assert!(first_row.windows(2).all(|w| w[0] <= w[1]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Goldens from the reference processor (tests/fixtures/preprocess/, made by the fixtures tooling with
+// transformers' Gemma4ImageProcessorPil). Skipped with a note while the file is absent.
+
+#[test]
+fn reference_processor_golden() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess/golden.safetensors");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!("SKIP: {} not present", path.display());
+        return;
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let i64s = |name: &str| -> Vec<i64> {
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    };
+    let mut checked = 0;
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    for name in names.iter().filter(|n| n.ends_with(".info")) {
+        // "<W>x<H>.<budget>.info" = [resize_h, resize_w, grid_h, grid_w, num_patches, soft_tokens]
+        let stem = name.trim_end_matches(".info");
+        let (size, budget) = stem.split_once('.').expect("name");
+        let (w, h) = size.split_once('x').expect("size");
+        let (w, h, budget): (u32, u32, u32) = (
+            w.parse().expect("w"),
+            h.parse().expect("h"),
+            budget.parse().expect("budget"),
+        );
+        let info = i64s(name);
+        let o = opts(16, 3, budget);
+        let (th, tw) = target_size(h, w, &o).expect("target");
+        let (gh, gw) = (th / 16, tw / 16);
+        let got = [th, tw, gh, gw, gh * gw, gh * gw / 9].map(i64::from);
+        assert_eq!(&got[..], &info[..], "{stem}");
+        checked += 1;
+
+        // Full pixel check where the resized image is stored.
+        let Ok(resized) = st.tensor(&format!("{stem}.resized_u8")) else {
+            continue;
+        };
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            let f = |c: u32| ((x * 7 + y * 13 + c * 29) % 256) as u8;
+            Rgb([f(0), f(1), f(2)])
+        });
+        if let Ok(src) = st.tensor(&format!("{size}.source_u8")) {
+            assert_eq!(src.data(), img.as_raw().as_slice(), "{size} source formula");
+        }
+        let ours = resize_bicubic_pil(&img, tw, th);
+        assert_eq!(resized.shape(), &[th as usize, tw as usize, 3]);
+        let max = ours
+            .as_raw()
+            .iter()
+            .zip(resized.data())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
+        assert_eq!(max, 0, "{stem}: resized max |diff| {max}/255");
+        let pre = preprocess(&DynamicImage::ImageRgb8(img), &o).expect("preprocess");
+        let head = st
+            .tensor(&format!("{stem}.pixel_values_head"))
+            .expect("head");
+        let head: Vec<f32> = head
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        assert_eq!(
+            &pre.pixel_values[..head.len()],
+            &head[..],
+            "{stem} pixel_values head"
+        );
+        let pos = i64s(&format!("{stem}.image_position_ids_head"));
+        let ours_pos: Vec<i64> = pre.positions[..pos.len() / 2]
+            .iter()
+            .flat_map(|p| [i64::from(p[0]), i64::from(p[1])])
+            .collect();
+        assert_eq!(ours_pos, pos, "{stem} positions head");
+    }
+    assert!(checked >= 15, "only {checked} golden cases");
 }
