@@ -1,6 +1,7 @@
 //! The crate's error type.
 
 use crate::gpu::GpuError;
+use crate::preprocess::ImageError;
 use crate::weights::LoadError;
 
 /// Result alias used throughout the crate.
@@ -16,6 +17,9 @@ pub enum Error {
     /// Loading a checkpoint failed (missing or corrupt files, config/weights mismatch).
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Image decoding or preprocessing failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// A caller passed arguments that do not fit together (shapes, lengths, ids).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod gpu;
+pub mod preprocess;
 pub mod registry;
 pub mod weights;
 
