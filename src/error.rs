@@ -1,6 +1,8 @@
 //! The crate's error type.
 
 use crate::gpu::GpuError;
+use crate::preprocess::ImageError;
+use crate::weights::LoadError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -12,6 +14,12 @@ pub enum Error {
     /// A GPU-side failure (no adapter, validation, out of memory, device lost, ...).
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// Loading a checkpoint failed (missing or corrupt files, config/weights mismatch).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Image decoding or preprocessing failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// A caller passed arguments that do not fit together (shapes, lengths, ids).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -7,7 +7,11 @@
 //! (weights, text decoder, vision tower) ↔ generation and chat API.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod error;
 pub mod gpu;
+pub mod preprocess;
+pub mod registry;
+pub mod weights;
 
 pub use error::{Error, Result};

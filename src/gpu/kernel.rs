@@ -249,6 +249,9 @@ pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("rope", include_str!("../../wgsl/rope.wgsl")),
     ("attention", include_str!("../../wgsl/attention.wgsl")),
     ("kvcache", include_str!("../../wgsl/kvcache.wgsl")),
+    ("matvec", include_str!("../../wgsl/matvec.wgsl")),
+    ("matmul", include_str!("../../wgsl/matmul.wgsl")),
+    ("gather", include_str!("../../wgsl/gather.wgsl")),
 ];
 
 /// The source of a WGSL file by name.

@@ -9,6 +9,7 @@ mod error;
 mod kernel;
 mod matrix;
 pub mod ops;
+pub mod quant;
 mod recorder;
 pub mod reference;
 mod tensor;

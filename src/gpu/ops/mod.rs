@@ -18,6 +18,9 @@ pub use attention::{
 };
 pub use norm::{rms_norm, rms_norm_inplace};
 pub use rope::{rope, rope_2d, rope_2d_inv_freq, rope_inv_freq};
+pub mod linear;
+
+pub use linear::{embedding, linear};
 
 use crate::gpu::KernelSpec;
 
@@ -32,5 +35,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(norm::all_specs());
     v.extend(rope::all_specs());
     v.extend(attention::all_specs());
+    v.extend(linear::all_specs());
     v
 }

@@ -1,0 +1,162 @@
+//! Typed errors of the checkpoint loader. Every message names the file or tensor and says what
+//! to do about it.
+
+use std::path::PathBuf;
+
+use crate::gpu::GpuError;
+
+/// Everything that can go wrong while reading a checkpoint (never a panic).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// A tensor the model needs is not in the checkpoint.
+    #[error(
+        "tensor {key} is missing (needed by {module}{}); the checkpoint is incomplete or was \
+         saved for a different config: re-download it, or check num_hidden_layers / \
+         num_kv_shared_layers in config.json",
+        if *kv_shared { ", a KV-shared layer" } else { ", a KV-producing layer" }
+    )]
+    MissingTensor {
+        /// The key looked for (canonical form, e.g. `language_model.layers.3.self_attn.k_proj.weight`).
+        key: String,
+        /// The module that needs it.
+        module: String,
+        /// Whether the layer is KV-shared (text layers; false elsewhere).
+        kv_shared: bool,
+    },
+    /// A tensor has a different shape than the config implies.
+    #[error(
+        "tensor {key} has shape {found:?} but the config implies {expected:?}; config.json and \
+         the weights do not belong together (wrong variant or a half-converted checkpoint)"
+    )]
+    ShapeMismatch {
+        /// Key in the file.
+        key: String,
+        /// Shape derived from the config.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor has an element type the loader cannot use here.
+    #[error("tensor {key} has dtype {found} but {expected} is required; re-convert the checkpoint")]
+    WrongDtype {
+        /// Key in the file.
+        key: String,
+        /// What is accepted.
+        expected: String,
+        /// What the file has.
+        found: String,
+    },
+    /// A quantized tensor does not agree with its quantization parameters.
+    #[error(
+        "quantized tensor {key}: {reason}; check the \"quantization\" block of config.json \
+         (bits, group_size and per-module overrides)"
+    )]
+    QuantizationMismatch {
+        /// Key of the quantized weight.
+        key: String,
+        /// What disagrees.
+        reason: String,
+    },
+    /// A safetensors file is not well formed.
+    #[error("{path} is corrupt: {reason}; re-download it")]
+    CorruptFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The header length field of a safetensors file is beyond the file or implausibly large.
+    #[error(
+        "{path}: the header length field says {header_len} bytes but the file has {file_len} \
+         bytes; the file is truncated or not a safetensors file: re-download it"
+    )]
+    HeaderTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Declared header length.
+        header_len: u64,
+        /// Size of the file.
+        file_len: u64,
+    },
+    /// A tensor's byte range lies outside the file's data section.
+    #[error(
+        "{path}: tensor {key} occupies bytes {start}..{end} of the data section but it has only \
+         {data_len} bytes; the file is truncated or corrupt: re-download it"
+    )]
+    TensorOutOfBounds {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// Start offset (relative to the data section).
+        start: u64,
+        /// End offset.
+        end: u64,
+        /// Length of the data section.
+        data_len: u64,
+    },
+    /// Two tensors share bytes.
+    #[error(
+        "{path}: tensors {first} and {second} overlap in the data section; the file is corrupt: \
+         re-download it"
+    )]
+    OverlappingTensors {
+        /// The file.
+        path: PathBuf,
+        /// One tensor.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// `config.json` (or an index file) is not valid or misses a required field.
+    #[error("{path}: field {field:?}: {reason}; fix config.json or re-download it")]
+    MalformedConfig {
+        /// The file.
+        path: PathBuf,
+        /// The field (dotted path; empty for the whole file).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The config describes a model this crate does not run.
+    #[error(
+        "{path}: model_type {model_type:?} is not supported; this crate loads Gemma 4 checkpoints \
+         (model_type \"gemma4\" or \"gemma4_text\")"
+    )]
+    UnsupportedModelType {
+        /// The config file.
+        path: PathBuf,
+        /// Its model_type.
+        model_type: String,
+    },
+    /// A feature of the config is not implemented.
+    #[error("unsupported checkpoint: {what}")]
+    Unsupported {
+        /// What.
+        what: String,
+    },
+    /// A file the checkpoint needs does not exist.
+    #[error("{path} does not exist: {hint}")]
+    MissingFile {
+        /// The file.
+        path: PathBuf,
+        /// What to do.
+        hint: String,
+    },
+    /// An I/O error.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Uploading to the GPU failed.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// Resolving or downloading a registry model failed.
+    #[error("{0}")]
+    Registry(String),
+}

@@ -1,0 +1,863 @@
+//! The one weight loader for both model halves (text decoder and vision tower), for HF and MLX
+//! checkpoint layouts, float or MLX affine-quantized.
+//!
+//! ```text
+//! Checkpoint::open(dir)      config.json + mmap'd, validated safetensors (single file or index + shards)
+//!   .plan()                  CPU only: builds and validates the tree of host tensors, and maps
+//!                            every stored key to its role (module, dropped, unexpected, ...)
+//!   .upload(ctx, opts)       the same construction, uploading to the GPU → ModelWeights
+//! load(ctx, dir, opts)       open + upload
+//! ```
+//!
+//! The tree is built *from the config* (sanitize by construction): KV-shared text layers
+//! (`i >= num_hidden_layers - num_kv_shared_layers`) own no k_proj/v_proj/k_norm, so such
+//! tensors in a file are dropped and their absence is normal; the rule is scoped to text keys
+//! (vision layers with the same index keep theirs). A Linear/Embedding is quantized iff its
+//! `.scales` tensor exists; bits and group come from the per-module override, else the global
+//! `quantization` entry, and are checked against the shapes.
+//!
+//! Upload formats ([`LoadOptions`]): norms and small vectors are always f32 [`GpuTensor`]s;
+//! float matrices are converted to `float_format`; quantized matrices stay in their stored
+//! affine format; `quantize_on_load` quantizes float matrices of the text decoder and
+//! `embed_vision` (not the vision tower, as `mlx_vlm.convert` does) whose input width is a
+//! multiple of the group size.
+
+mod error;
+pub mod host;
+pub mod keys;
+pub mod quant;
+pub mod quantize;
+mod report;
+pub mod safetensors;
+mod tree;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use error::LoadError;
+pub use host::{HostLinear, HostQuant, HostTable, HostVector};
+pub use report::LoadReport;
+pub use tree::{
+    ClippedLinear, ModelWeights, PerLayerTable, TextLayer, TextWeights, VisionLayer, VisionWeights,
+};
+
+use crate::config::Gemma4Config;
+use crate::gpu::{GpuContext, GpuTensor, HostMatrix, Matrix, WeightFormat};
+use keys::KeyKind;
+use quant::QuantRules;
+use safetensors::{StDType, StoredTensor, TensorStore};
+
+/// Storage format for float matrices on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FloatFormat {
+    /// f16 (half the memory of f32; the default).
+    #[default]
+    F16,
+    /// f32.
+    F32,
+    /// As stored (bf16 checkpoints stay bf16).
+    Native,
+}
+
+/// How to upload a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Format of float matrices.
+    pub float_format: FloatFormat,
+    /// Quantize float text matrices on load to `(bits, group)` (MLX affine).
+    pub quantize_on_load: Option<(u32, u32)>,
+    /// Upload the PLE table (`embed_tokens_per_layer`) instead of keeping it mmap'd on the host.
+    pub per_layer_table_on_gpu: bool,
+}
+
+/// What a stored tensor is used for (see [`Plan::roles`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Part of this module (canonical path).
+    Module(String),
+    /// A K/V tensor of a KV-shared text layer, dropped by construction.
+    DroppedKvShared,
+    /// Dropped for another reason (clip scalars with `use_clipped_linears` off, vision tensors
+    /// of a text-only config).
+    Dropped(&'static str),
+    /// An audio-tower tensor (never read).
+    Audio,
+    /// Ignored by every loader (tied lm_head, rotary buffers, clip scalars outside the tower).
+    Ignored(&'static str),
+    /// No module claims it.
+    Unexpected,
+}
+
+/// The CPU-only result of [`Checkpoint::plan`].
+#[derive(Debug)]
+pub struct Plan {
+    /// The tree of validated host tensors.
+    pub weights: ModelWeights<HostLinear, HostVector>,
+    /// Every stored key → its role.
+    pub roles: BTreeMap<String, Role>,
+}
+
+/// An opened checkpoint: config plus mapped, validated tensors.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The parsed config.
+    pub config: Gemma4Config,
+    /// The stored tensors.
+    pub store: TensorStore,
+    rules: QuantRules,
+    /// canonical key → stored key
+    canon: BTreeMap<String, String>,
+    /// stored key → role for keys that are not model tensors
+    side: BTreeMap<String, Role>,
+    /// stored keys whose canonical path duplicates another one's
+    duplicates: Vec<String>,
+}
+
+impl Checkpoint {
+    /// Reads `dir/config.json` and maps the safetensors files of `dir`.
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        let config = Gemma4Config::from_dir(dir)?;
+        let store = TensorStore::open_dir(dir)?;
+        let rules = QuantRules::new(config.quantization.as_ref());
+        let mut canon = BTreeMap::new();
+        let mut side = BTreeMap::new();
+        let mut duplicates = Vec::new();
+        for key in store.tensors.keys() {
+            match keys::classify(key) {
+                KeyKind::Model(c) => {
+                    use std::collections::btree_map::Entry;
+                    match canon.entry(c) {
+                        Entry::Occupied(_) => duplicates.push(key.clone()),
+                        Entry::Vacant(v) => {
+                            v.insert(key.clone());
+                        }
+                    }
+                }
+                KeyKind::Audio => {
+                    side.insert(key.clone(), Role::Audio);
+                }
+                KeyKind::Ignored(why) => {
+                    side.insert(key.clone(), Role::Ignored(why));
+                }
+            }
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            store,
+            rules,
+            canon,
+            side,
+            duplicates,
+        })
+    }
+
+    /// Builds and validates the whole tree on the CPU (no GPU), listing every key's role.
+    pub fn plan(&self) -> Result<Plan, LoadError> {
+        let mut sink = HostSink;
+        let (weights, roles) = self.build(&mut sink, false)?;
+        Ok(Plan { weights, roles })
+    }
+
+    /// Builds the tree and uploads it to the GPU.
+    pub fn upload(&self, ctx: &GpuContext, opts: &LoadOptions) -> Result<ModelWeights, LoadError> {
+        let mut sink = GpuSink {
+            ctx,
+            opts,
+            uploaded: 0,
+            formats: BTreeMap::new(),
+        };
+        let (mut w, _) = self.build(&mut sink, opts.per_layer_table_on_gpu)?;
+        w.report.bytes_uploaded = sink.uploaded;
+        w.report.uploaded_by_format = sink.formats;
+        ctx.wait_idle()?;
+        Ok(w)
+    }
+
+    fn build<S: Sink>(
+        &self,
+        sink: &mut S,
+        ple_on_gpu: bool,
+    ) -> Result<Built<S::M, S::V>, LoadError> {
+        let start = Instant::now();
+        let mut b = Builder {
+            ck: self,
+            sink,
+            used: BTreeMap::new(),
+            formats: BTreeMap::new(),
+        };
+        let text = b.text(ple_on_gpu)?;
+        let vision = match &self.config.vision_config {
+            Some(_) => Some(b.vision()?),
+            None => None,
+        };
+        let Builder { used, formats, .. } = b;
+        // Roles of every stored key.
+        let t = &self.config.text_config;
+        let mut roles = self.side.clone();
+        let mut report = LoadReport {
+            files: self.store.files.len(),
+            bytes_mapped: self.store.bytes_mapped,
+            tensors_by_format: formats,
+            ..Default::default()
+        };
+        for (c, raw) in &self.canon {
+            let role = if let Some(m) = used.get(c) {
+                Role::Module(m.clone())
+            } else if keys::text_kv_layer(c).is_some_and(|i| t.is_kv_shared(i)) {
+                Role::DroppedKvShared
+            } else if keys::is_vision_clip(c)
+                && !self
+                    .config
+                    .vision_config
+                    .as_ref()
+                    .is_some_and(|v| v.use_clipped_linears)
+            {
+                Role::Dropped("clip scalar with use_clipped_linears off")
+            } else if self.config.vision_config.is_none()
+                && (c.starts_with("vision_tower.") || c.starts_with("embed_vision."))
+            {
+                Role::Dropped("vision tensor of a text-only config")
+            } else {
+                Role::Unexpected
+            };
+            roles.insert(raw.clone(), role);
+        }
+        for d in &self.duplicates {
+            roles.insert(d.clone(), Role::Unexpected);
+        }
+        for (k, r) in &roles {
+            match r {
+                Role::DroppedKvShared | Role::Dropped(_) => report.dropped += 1,
+                Role::Audio => report.audio_skipped += 1,
+                Role::Ignored(_) => report.ignored += 1,
+                Role::Unexpected => report.unexpected.push(k.clone()),
+                Role::Module(_) => {}
+            }
+        }
+        if !report.unexpected.is_empty() {
+            let shown: Vec<&str> = report
+                .unexpected
+                .iter()
+                .take(5)
+                .map(String::as_str)
+                .collect();
+            log::warn!(
+                "{}: {} unexpected tensor(s) ignored (e.g. {}); the checkpoint has tensors this \
+                 config does not use",
+                self.dir.display(),
+                report.unexpected.len(),
+                shown.join(", ")
+            );
+        }
+        if let PerLayerTable::Host(h) = &text.embed_per_layer {
+            report.bytes_host = h.bytes();
+        }
+        report.elapsed = start.elapsed();
+        Ok((
+            ModelWeights {
+                text,
+                vision,
+                report,
+            },
+            roles,
+        ))
+    }
+}
+
+/// Loads the checkpoint in `dir` onto the GPU.
+pub fn load(ctx: &GpuContext, dir: &Path, opts: &LoadOptions) -> Result<ModelWeights, LoadError> {
+    let ck = Checkpoint::open(dir)?;
+    let w = ck.upload(ctx, opts)?;
+    log::info!("{}: {}", dir.display(), w.report);
+    Ok(w)
+}
+
+/// Whether a matrix belongs to the text side (eligible for quantize-on-load) or the vision tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixRole {
+    /// Text decoder or `embed_vision`.
+    Text,
+    /// Vision tower.
+    Vision,
+}
+
+/// Where the builder puts leaves: host tensors (plan) or GPU buffers (upload).
+pub trait Sink {
+    /// Matrix leaf.
+    type M;
+    /// Vector leaf.
+    type V;
+    /// Takes a validated matrix.
+    fn matrix(&mut self, lin: &HostLinear, role: MatrixRole) -> Result<Self::M, LoadError>;
+    /// Takes a validated f32 vector.
+    fn vector(&mut self, key: &str, shape: &[usize], data: Vec<f32>) -> Result<Self::V, LoadError>;
+}
+
+/// The CPU-only sink.
+#[derive(Debug)]
+pub struct HostSink;
+
+impl Sink for HostSink {
+    type M = HostLinear;
+    type V = HostVector;
+    fn matrix(&mut self, lin: &HostLinear, _: MatrixRole) -> Result<HostLinear, LoadError> {
+        Ok(lin.clone())
+    }
+    fn vector(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        data: Vec<f32>,
+    ) -> Result<HostVector, LoadError> {
+        Ok(HostVector {
+            key: key.to_string(),
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+}
+
+/// A tree plus the role of every stored key.
+type Built<M, V> = (ModelWeights<M, V>, BTreeMap<String, Role>);
+
+/// Format, data, scales, biases of a matrix about to be uploaded.
+type Payload<'a> = (WeightFormat, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
+
+struct GpuSink<'a> {
+    ctx: &'a GpuContext,
+    opts: &'a LoadOptions,
+    uploaded: u64,
+    formats: BTreeMap<String, usize>,
+}
+
+impl Sink for GpuSink<'_> {
+    type M = Matrix;
+    type V = GpuTensor;
+    fn matrix(&mut self, lin: &HostLinear, role: MatrixRole) -> Result<Matrix, LoadError> {
+        let (rows, cols) = (lin.rows, lin.cols);
+        let owned: (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let (format, data, scales, biases): Payload<'_> = if let Some(q) = &lin.quant {
+            let st = host::scale_dtype(&q.scales)?;
+            if q.biases.dtype != q.scales.dtype {
+                return Err(LoadError::WrongDtype {
+                    key: q.biases.key.clone(),
+                    expected: format!("{} like the scales", q.scales.dtype),
+                    found: q.biases.dtype.name().into(),
+                });
+            }
+            (
+                WeightFormat::Affine {
+                    bits: q.bits,
+                    group: q.group as u32,
+                    scales: st,
+                },
+                &lin.weight.bytes[..],
+                Some(&q.scales.bytes[..]),
+                Some(&q.biases.bytes[..]),
+            )
+        } else if let Some((bits, group)) = self.opts.quantize_on_load.filter(|&(b, g)| {
+            role == MatrixRole::Text
+                && g > 0
+                && cols.is_multiple_of(g as usize)
+                && (cols * b as usize).is_multiple_of(32)
+        }) {
+            let qz = quantize::quantize_rows(rows, cols, bits, group as usize, |r, out| {
+                lin.row_f32(r, out)
+            });
+            owned = (
+                bytemuck::cast_slice(&qz.words).to_vec(),
+                Some(qz.scales),
+                Some(qz.biases),
+            );
+            (
+                WeightFormat::Affine {
+                    bits,
+                    group,
+                    scales: qz.scale_dtype,
+                },
+                &owned.0,
+                owned.1.as_deref(),
+                owned.2.as_deref(),
+            )
+        } else {
+            let dt = lin.weight.dtype;
+            match (self.opts.float_format, dt) {
+                (FloatFormat::Native, StDType::F32) | (FloatFormat::F32, StDType::F32) => {
+                    (WeightFormat::F32, &lin.weight.bytes[..], None, None)
+                }
+                (FloatFormat::Native, StDType::BF16) => {
+                    (WeightFormat::BF16, &lin.weight.bytes[..], None, None)
+                }
+                (FloatFormat::Native, StDType::F16) | (FloatFormat::F16, StDType::F16) => {
+                    (WeightFormat::F16, &lin.weight.bytes[..], None, None)
+                }
+                (FloatFormat::F32, _) => {
+                    owned = (lin.to_float_bytes(false), None, None);
+                    (WeightFormat::F32, &owned.0, None, None)
+                }
+                _ => {
+                    owned = (lin.to_float_bytes(true), None, None);
+                    (WeightFormat::F16, &owned.0, None, None)
+                }
+            }
+        };
+        let host = HostMatrix {
+            rows,
+            cols,
+            format,
+            data,
+            scales,
+            biases,
+        };
+        let m = Matrix::upload(self.ctx, &lin.path, &host, None)?;
+        self.uploaded += m.bytes();
+        let name = match format {
+            WeightFormat::F32 => "f32".to_string(),
+            WeightFormat::F16 => "f16".to_string(),
+            WeightFormat::BF16 => "bf16".to_string(),
+            WeightFormat::Affine { bits, .. } => format!("affine{bits}"),
+        };
+        *self.formats.entry(name).or_default() += 1;
+        Ok(m)
+    }
+
+    fn vector(
+        &mut self,
+        _key: &str,
+        shape: &[usize],
+        data: Vec<f32>,
+    ) -> Result<GpuTensor, LoadError> {
+        self.uploaded += (data.len() * 4) as u64;
+        Ok(GpuTensor::from_f32(self.ctx, shape, &data)?)
+    }
+}
+
+struct Builder<'a, S: Sink> {
+    ck: &'a Checkpoint,
+    sink: &'a mut S,
+    /// canonical key → module that consumed it
+    used: BTreeMap<String, String>,
+    formats: BTreeMap<String, usize>,
+}
+
+impl<S: Sink> Builder<'_, S> {
+    fn get(&self, key: &str) -> Option<&StoredTensor> {
+        self.ck
+            .canon
+            .get(key)
+            .and_then(|raw| self.ck.store.tensors.get(raw))
+    }
+
+    fn require(
+        &mut self,
+        key: &str,
+        module: &str,
+        kv_shared: bool,
+    ) -> Result<StoredTensor, LoadError> {
+        let t = self
+            .get(key)
+            .cloned()
+            .ok_or_else(|| LoadError::MissingTensor {
+                key: key.to_string(),
+                module: module.to_string(),
+                kv_shared,
+            })?;
+        self.used.insert(key.to_string(), module.to_string());
+        Ok(t)
+    }
+
+    fn vector(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        module: &str,
+        kv_shared: bool,
+    ) -> Result<S::V, LoadError> {
+        let t = self.require(key, module, kv_shared)?;
+        if t.shape != shape {
+            return Err(LoadError::ShapeMismatch {
+                key: t.key.clone(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        let data = t.to_f32()?;
+        self.sink.vector(key, shape, data)
+    }
+
+    fn vec1(&mut self, key: &str, n: usize, module: &str, kv: bool) -> Result<S::V, LoadError> {
+        self.vector(key, &[n], module, kv)
+    }
+
+    /// A scalar tensor (`[]` or `[1]`); None when absent and not required.
+    fn scalar(
+        &mut self,
+        key: &str,
+        module: &str,
+        required: bool,
+    ) -> Result<Option<f32>, LoadError> {
+        let t = if required {
+            self.require(key, module, false)?
+        } else {
+            match self.get(key).cloned() {
+                Some(t) => {
+                    self.used.insert(key.to_string(), module.to_string());
+                    t
+                }
+                None => return Ok(None),
+            }
+        };
+        if t.numel() != 1 || t.shape.len() > 1 {
+            return Err(LoadError::ShapeMismatch {
+                key: t.key.clone(),
+                expected: vec![1],
+                found: t.shape.clone(),
+            });
+        }
+        let v = t.to_f32()?;
+        Ok(v.first().copied())
+    }
+
+    /// Validates module `path` as a `[rows, cols]` Linear/Embedding (`path.weight`, plus
+    /// `.scales`/`.biases` when quantized).
+    fn host_linear(
+        &mut self,
+        path: &str,
+        rows: usize,
+        cols: usize,
+        kv_shared: bool,
+    ) -> Result<HostLinear, LoadError> {
+        let wkey = format!("{path}.weight");
+        let w = self.require(&wkey, path, kv_shared)?;
+        let skey = format!("{path}.scales");
+        let quant = if self.get(&skey).is_some() {
+            let p = self.ck.rules.params_for(path)?;
+            let s = self.require(&skey, path, kv_shared)?;
+            let b = self.require(&format!("{path}.biases"), path, kv_shared)?;
+            if w.dtype != StDType::U32 {
+                return Err(LoadError::WrongDtype {
+                    key: w.key.clone(),
+                    expected: "u32 (packed codes of a quantized weight)".into(),
+                    found: w.dtype.name().into(),
+                });
+            }
+            for t in [&s, &b] {
+                host::scale_dtype(t)?;
+            }
+            quant::check_shapes(&w.key, rows, cols, p, &w.shape, &s.shape, &b.shape)?;
+            Some(HostQuant {
+                bits: p.bits,
+                group: p.group_size as usize,
+                scales: s,
+                biases: b,
+            })
+        } else {
+            if !w.dtype.is_model_float() {
+                return Err(LoadError::WrongDtype {
+                    key: w.key.clone(),
+                    expected: "f32, f16 or bf16 (or u32 with .scales/.biases)".into(),
+                    found: w.dtype.name().into(),
+                });
+            }
+            if w.shape != [rows, cols] {
+                return Err(LoadError::ShapeMismatch {
+                    key: w.key.clone(),
+                    expected: vec![rows, cols],
+                    found: w.shape.clone(),
+                });
+            }
+            None
+        };
+        let lin = HostLinear {
+            path: path.to_string(),
+            rows,
+            cols,
+            weight: w,
+            quant,
+        };
+        *self.formats.entry(lin.format_name()).or_default() += 1;
+        Ok(lin)
+    }
+
+    fn linear(
+        &mut self,
+        path: &str,
+        rows: usize,
+        cols: usize,
+        kv_shared: bool,
+        role: MatrixRole,
+    ) -> Result<S::M, LoadError> {
+        let lin = self.host_linear(path, rows, cols, kv_shared)?;
+        self.sink.matrix(&lin, role)
+    }
+
+    fn text(&mut self, ple_on_gpu: bool) -> Result<TextWeights<S::M, S::V>, LoadError> {
+        let cfg = self.ck.config.text_config.clone();
+        if !cfg.tie_word_embeddings {
+            return Err(LoadError::Unsupported {
+                what: "tie_word_embeddings = false (a separate lm_head) is not implemented".into(),
+            });
+        }
+        let h = cfg.hidden_size;
+        let n = cfg.num_hidden_layers;
+        let p = cfg.hidden_size_per_layer_input;
+        let tx = MatrixRole::Text;
+        let embed_tokens =
+            self.linear("language_model.embed_tokens", cfg.vocab_size, h, false, tx)?;
+        let (embed_per_layer, per_layer_model_projection, per_layer_projection_norm) = if cfg
+            .has_ple()
+        {
+            let path = "language_model.embed_tokens_per_layer";
+            let table = if ple_on_gpu {
+                PerLayerTable::Gpu(self.linear(
+                    path,
+                    cfg.vocab_size_per_layer_input,
+                    n * p,
+                    false,
+                    tx,
+                )?)
+            } else {
+                let lin = self.host_linear(path, cfg.vocab_size_per_layer_input, n * p, false)?;
+                PerLayerTable::Host(HostTable { linear: lin })
+            };
+            let proj = self.linear(
+                "language_model.per_layer_model_projection",
+                n * p,
+                h,
+                false,
+                tx,
+            )?;
+            let norm = self.vec1(
+                "language_model.per_layer_projection_norm.weight",
+                p,
+                "language_model.per_layer_projection_norm",
+                false,
+            )?;
+            (table, Some(proj), Some(norm))
+        } else {
+            (PerLayerTable::None, None, None)
+        };
+        let norm = self.vec1(
+            "language_model.norm.weight",
+            h,
+            "language_model.norm",
+            false,
+        )?;
+        let mut layers = Vec::with_capacity(n);
+        for i in 0..n {
+            let pre = format!("language_model.layers.{i}");
+            let sh = cfg.is_kv_shared(i);
+            let hd = cfg.layer_head_dim(i);
+            let nh = cfg.num_attention_heads;
+            let kv = cfg.layer_kv_heads(i);
+            let inter = cfg.intermediate(i);
+            let m = |s: &str| format!("{pre}.{s}");
+            let nv = |b: &mut Self, s: &str, len: usize| {
+                b.vec1(&format!("{pre}.{s}.weight"), len, &format!("{pre}.{s}"), sh)
+            };
+            let input_layernorm = nv(self, "input_layernorm", h)?;
+            let post_attention_layernorm = nv(self, "post_attention_layernorm", h)?;
+            let pre_feedforward_layernorm = nv(self, "pre_feedforward_layernorm", h)?;
+            let post_feedforward_layernorm = nv(self, "post_feedforward_layernorm", h)?;
+            let q_proj = self.linear(&m("self_attn.q_proj"), nh * hd, h, sh, tx)?;
+            let k_proj = if sh {
+                None
+            } else {
+                Some(self.linear(&m("self_attn.k_proj"), kv * hd, h, sh, tx)?)
+            };
+            let v_proj = if sh || cfg.k_eq_v(i) {
+                None
+            } else {
+                Some(self.linear(&m("self_attn.v_proj"), kv * hd, h, sh, tx)?)
+            };
+            let o_proj = self.linear(&m("self_attn.o_proj"), h, nh * hd, sh, tx)?;
+            let q_norm = nv(self, "self_attn.q_norm", hd)?;
+            let k_norm = if sh {
+                None
+            } else {
+                Some(nv(self, "self_attn.k_norm", hd)?)
+            };
+            let gate_proj = self.linear(&m("mlp.gate_proj"), inter, h, sh, tx)?;
+            let up_proj = self.linear(&m("mlp.up_proj"), inter, h, sh, tx)?;
+            let down_proj = self.linear(&m("mlp.down_proj"), h, inter, sh, tx)?;
+            let (per_layer_input_gate, per_layer_projection, post_per_layer_input_norm) =
+                if cfg.has_ple() {
+                    (
+                        Some(self.linear(&m("per_layer_input_gate"), p, h, sh, tx)?),
+                        Some(self.linear(&m("per_layer_projection"), h, p, sh, tx)?),
+                        Some(nv(self, "post_per_layer_input_norm", h)?),
+                    )
+                } else {
+                    (None, None, None)
+                };
+            let layer_scalar = self.scalar(&m("layer_scalar"), &pre, true)?.unwrap_or(1.0);
+            layers.push(TextLayer {
+                input_layernorm,
+                post_attention_layernorm,
+                pre_feedforward_layernorm,
+                post_feedforward_layernorm,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+                gate_proj,
+                up_proj,
+                down_proj,
+                per_layer_input_gate,
+                per_layer_projection,
+                post_per_layer_input_norm,
+                layer_scalar,
+            });
+        }
+        Ok(TextWeights {
+            embed_tokens,
+            embed_per_layer,
+            per_layer_model_projection,
+            per_layer_projection_norm,
+            norm,
+            layers,
+        })
+    }
+
+    fn clipped(
+        &mut self,
+        path: &str,
+        rows: usize,
+        cols: usize,
+        clip: bool,
+    ) -> Result<ClippedLinear<S::M>, LoadError> {
+        let w = self.linear(
+            &format!("{path}.linear"),
+            rows,
+            cols,
+            false,
+            MatrixRole::Vision,
+        )?;
+        let mut b = [None; 4];
+        if clip {
+            for (slot, name) in
+                b.iter_mut()
+                    .zip(["input_min", "input_max", "output_min", "output_max"])
+            {
+                *slot = self
+                    .scalar(&format!("{path}.{name}"), path, false)?
+                    .filter(|v| v.is_finite());
+            }
+        }
+        Ok(ClippedLinear {
+            w,
+            input_min: b[0],
+            input_max: b[1],
+            output_min: b[2],
+            output_max: b[3],
+        })
+    }
+
+    fn vision(&mut self) -> Result<VisionWeights<S::M, S::V>, LoadError> {
+        let Some(v) = self.ck.config.vision_config.clone() else {
+            return Err(LoadError::Unsupported {
+                what: "no vision_config".into(),
+            });
+        };
+        let h = self.ck.config.text_config.hidden_size;
+        let hv = v.hidden_size;
+        let hd = v.head_dim();
+        let nh = v.num_attention_heads;
+        let kv = v.kv_heads();
+        let iv = v.intermediate_size;
+        let clip = v.use_clipped_linears;
+        let input_proj = self.linear(
+            "vision_tower.patch_embedder.input_proj",
+            hv,
+            v.patch_values(),
+            false,
+            MatrixRole::Vision,
+        )?;
+        let position_table = self.vector(
+            "vision_tower.patch_embedder.position_embedding_table",
+            &[2, v.position_embedding_size, hv],
+            "vision_tower.patch_embedder",
+            false,
+        )?;
+        let mut layers = Vec::with_capacity(v.num_hidden_layers);
+        for j in 0..v.num_hidden_layers {
+            let pre = format!("vision_tower.encoder.layers.{j}");
+            let nv = |b: &mut Self, s: &str, len: usize| {
+                b.vec1(
+                    &format!("{pre}.{s}.weight"),
+                    len,
+                    &format!("{pre}.{s}"),
+                    false,
+                )
+            };
+            let m = |s: &str| format!("{pre}.{s}");
+            layers.push(VisionLayer {
+                input_layernorm: nv(self, "input_layernorm", hv)?,
+                post_attention_layernorm: nv(self, "post_attention_layernorm", hv)?,
+                pre_feedforward_layernorm: nv(self, "pre_feedforward_layernorm", hv)?,
+                post_feedforward_layernorm: nv(self, "post_feedforward_layernorm", hv)?,
+                q_norm: nv(self, "self_attn.q_norm", hd)?,
+                k_norm: nv(self, "self_attn.k_norm", hd)?,
+                q_proj: self.clipped(&m("self_attn.q_proj"), nh * hd, hv, clip)?,
+                k_proj: self.clipped(&m("self_attn.k_proj"), kv * hd, hv, clip)?,
+                v_proj: self.clipped(&m("self_attn.v_proj"), kv * hd, hv, clip)?,
+                o_proj: self.clipped(&m("self_attn.o_proj"), hv, nh * hd, clip)?,
+                gate_proj: self.clipped(&m("mlp.gate_proj"), iv, hv, clip)?,
+                up_proj: self.clipped(&m("mlp.up_proj"), iv, hv, clip)?,
+                down_proj: self.clipped(&m("mlp.down_proj"), hv, iv, clip)?,
+            });
+        }
+        let embedding_projection = self.linear(
+            "embed_vision.embedding_projection",
+            h,
+            hv,
+            false,
+            MatrixRole::Text,
+        )?;
+        let (std_bias, std_scale) = if v.standardize {
+            (
+                Some(self.vec1("vision_tower.std_bias", hv, "vision_tower", false)?),
+                Some(self.vec1("vision_tower.std_scale", hv, "vision_tower", false)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(VisionWeights {
+            input_proj,
+            position_table,
+            layers,
+            embedding_projection,
+            std_bias,
+            std_scale,
+        })
+    }
+}
+
+impl Plan {
+    /// The stored key of every tensor with role `Module(m)` for module `m`.
+    pub fn keys_of(&self, module: &str) -> Vec<&str> {
+        self.roles
+            .iter()
+            .filter(|(_, r)| matches!(r, Role::Module(m) if m == module))
+            .map(|(k, _)| k.as_str())
+            .collect()
+    }
+}
+
+/// All tensor keys (stored form) of a checkpoint with their canonical path, for diagnostics.
+pub fn canonical_keys(store: &TensorStore) -> BTreeSet<String> {
+    store
+        .tensors
+        .keys()
+        .filter_map(|k| match keys::classify(k) {
+            KeyKind::Model(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,1104 @@
+//! The checkpoint loader on tiny checkpoints written by the test itself (HF and MLX layouts,
+//! float and quantized, single file and sharded), plus every broken-input error.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gemma_wgpu::config::Gemma4Config;
+use gemma_wgpu::gpu::ScaleDType;
+use gemma_wgpu::weights::quant::{dequantize_row, words_of};
+use gemma_wgpu::weights::quantize::quantize_affine_with;
+use gemma_wgpu::weights::{
+    Checkpoint, FloatFormat, LoadError, LoadOptions, PerLayerTable, Role, load,
+};
+use safetensors::Dtype;
+
+use common::Rng;
+
+// Tiny model: H 64, 4 text layers [s, f, s, f], 2 KV-shared (first_shared 2), PLE 32,
+// vision 4 layers (deeper than the first shared text layer), Hv 64.
+const H: usize = 64;
+const N: usize = 4;
+const P: usize = 32;
+const V: usize = 96;
+const HV: usize = 64;
+const VL: usize = 4;
+const POS: usize = 8;
+
+fn config_json(extra: &str) -> String {
+    format!(
+        r#"{{
+  "model_type": "gemma4",
+  "text_config": {{
+    "hidden_size": {H}, "num_hidden_layers": {N}, "intermediate_size": 128,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "global_head_dim": 64,
+    "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+    "num_kv_shared_layers": 2, "use_double_wide_mlp": true, "hidden_size_per_layer_input": {P},
+    "vocab_size": {V}, "vocab_size_per_layer_input": {V}, "sliding_window": 16
+  }},
+  "vision_config": {{
+    "hidden_size": {HV}, "intermediate_size": 128, "num_hidden_layers": {VL},
+    "num_attention_heads": 2, "head_dim": 32, "patch_size": 2, "position_embedding_size": {POS},
+    "use_clipped_linears": true, "rope_parameters": {{"rope_type": "axial", "rope_theta": 100}}
+  }},
+  "audio_config": {{"hidden_size": 32}},
+  "eos_token_id": [1, 106]{extra}
+}}"#
+    )
+}
+
+/// (canonical-ish HF key, shape, values, quantizable)
+struct T {
+    key: String,
+    shape: Vec<usize>,
+    vals: Vec<f32>,
+    linear: bool,
+}
+
+fn tiny_tensors(with_shared_kv: bool, seed: u64) -> Vec<T> {
+    let mut rng = Rng::new(seed);
+    let mut v = Vec::new();
+    let mut add = |key: String, shape: Vec<usize>, linear: bool, rng: &mut Rng| {
+        let n: usize = shape.iter().product();
+        let vals = (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+        v.push(T {
+            key,
+            shape,
+            vals,
+            linear,
+        });
+    };
+    let t = "model.language_model";
+    add(
+        format!("{t}.embed_tokens.weight"),
+        vec![V, H],
+        true,
+        &mut rng,
+    );
+    add(
+        format!("{t}.embed_tokens_per_layer.weight"),
+        vec![V, N * P],
+        true,
+        &mut rng,
+    );
+    add(
+        format!("{t}.per_layer_model_projection.weight"),
+        vec![N * P, H],
+        true,
+        &mut rng,
+    );
+    add(
+        format!("{t}.per_layer_projection_norm.weight"),
+        vec![P],
+        false,
+        &mut rng,
+    );
+    add(format!("{t}.norm.weight"), vec![H], false, &mut rng);
+    for i in 0..N {
+        let full = i % 2 == 1;
+        let hd = if full { 64 } else { 32 };
+        let shared = i >= 2;
+        let inter = if shared { 256 } else { 128 };
+        let l = format!("{t}.layers.{i}");
+        for n in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+            "post_per_layer_input_norm",
+        ] {
+            add(format!("{l}.{n}.weight"), vec![H], false, &mut rng);
+        }
+        add(
+            format!("{l}.self_attn.q_proj.weight"),
+            vec![2 * hd, H],
+            true,
+            &mut rng,
+        );
+        if !shared || with_shared_kv {
+            add(
+                format!("{l}.self_attn.k_proj.weight"),
+                vec![hd, H],
+                true,
+                &mut rng,
+            );
+            add(
+                format!("{l}.self_attn.v_proj.weight"),
+                vec![hd, H],
+                true,
+                &mut rng,
+            );
+            add(
+                format!("{l}.self_attn.k_norm.weight"),
+                vec![hd],
+                false,
+                &mut rng,
+            );
+        }
+        add(
+            format!("{l}.self_attn.o_proj.weight"),
+            vec![H, 2 * hd],
+            true,
+            &mut rng,
+        );
+        add(
+            format!("{l}.self_attn.q_norm.weight"),
+            vec![hd],
+            false,
+            &mut rng,
+        );
+        add(
+            format!("{l}.mlp.gate_proj.weight"),
+            vec![inter, H],
+            true,
+            &mut rng,
+        );
+        add(
+            format!("{l}.mlp.up_proj.weight"),
+            vec![inter, H],
+            true,
+            &mut rng,
+        );
+        add(
+            format!("{l}.mlp.down_proj.weight"),
+            vec![H, inter],
+            true,
+            &mut rng,
+        );
+        add(
+            format!("{l}.per_layer_input_gate.weight"),
+            vec![P, H],
+            true,
+            &mut rng,
+        );
+        add(
+            format!("{l}.per_layer_projection.weight"),
+            vec![H, P],
+            true,
+            &mut rng,
+        );
+        add(format!("{l}.layer_scalar"), vec![1], false, &mut rng);
+    }
+    let vt = "model.vision_tower";
+    add(
+        format!("{vt}.patch_embedder.input_proj.weight"),
+        vec![HV, 12],
+        false,
+        &mut rng,
+    );
+    add(
+        format!("{vt}.patch_embedder.position_embedding_table"),
+        vec![2, POS, HV],
+        false,
+        &mut rng,
+    );
+    for j in 0..VL {
+        let l = format!("{vt}.encoder.layers.{j}");
+        for n in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ] {
+            add(format!("{l}.{n}.weight"), vec![HV], false, &mut rng);
+        }
+        add(
+            format!("{l}.self_attn.q_norm.weight"),
+            vec![32],
+            false,
+            &mut rng,
+        );
+        add(
+            format!("{l}.self_attn.k_norm.weight"),
+            vec![32],
+            false,
+            &mut rng,
+        );
+        for (n, r, c) in [
+            ("self_attn.q_proj", 64, HV),
+            ("self_attn.k_proj", 64, HV),
+            ("self_attn.v_proj", 64, HV),
+            ("self_attn.o_proj", HV, 64),
+            ("mlp.gate_proj", 128, HV),
+            ("mlp.up_proj", 128, HV),
+            ("mlp.down_proj", HV, 128),
+        ] {
+            add(
+                format!("{l}.{n}.linear.weight"),
+                vec![r, c],
+                false,
+                &mut rng,
+            );
+            for b in ["input_min", "input_max", "output_min", "output_max"] {
+                add(format!("{l}.{n}.{b}"), vec![], false, &mut rng);
+            }
+        }
+    }
+    add(
+        "model.embed_vision.embedding_projection.weight".into(),
+        vec![H, HV],
+        true,
+        &mut rng,
+    );
+    // Tensors every loader ignores or skips.
+    add(
+        "model.audio_tower.layers.0.ffw.weight".into(),
+        vec![4, 4],
+        false,
+        &mut rng,
+    );
+    add(
+        format!("{t}.layers.0.self_attn.rotary_emb.inv_freq"),
+        vec![4],
+        false,
+        &mut rng,
+    );
+    v
+}
+
+fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+        .collect()
+}
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A tensor to write: (key, dtype, shape, bytes).
+type W = (String, Dtype, Vec<usize>, Vec<u8>);
+
+fn write_st(path: &Path, tensors: &[W]) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, d, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gemma-wgpu-loader-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn hf_writes(ts: &[T], dtype: Dtype) -> Vec<W> {
+    ts.iter()
+        .map(|t| {
+            let b = if dtype == Dtype::BF16 {
+                bf16_bytes(&t.vals)
+            } else {
+                f32_bytes(&t.vals)
+            };
+            (t.key.clone(), dtype, t.shape.clone(), b)
+        })
+        .collect()
+}
+
+fn write_hf(name: &str, ts: &[T], dtype: Dtype) -> PathBuf {
+    let d = tmpdir(name);
+    std::fs::write(d.join("config.json"), config_json("")).unwrap();
+    write_st(&d.join("model.safetensors"), &hf_writes(ts, dtype));
+    d
+}
+
+fn mlx_key(hf: &str) -> String {
+    if let Some(r) = hf.strip_prefix("model.language_model.") {
+        format!("language_model.model.{r}")
+    } else {
+        hf.strip_prefix("model.").unwrap_or(hf).to_string()
+    }
+}
+
+fn bits_for(key: &str) -> u32 {
+    if key.contains(".mlp.") { 8 } else { 4 }
+}
+
+/// MLX copy: text linears + embed_vision quantized (4-bit, MLP 8-bit, group 32, bf16 scales).
+/// Returns the directory and the dequantized values of every quantized tensor (HF key → values).
+fn write_mlx(name: &str, ts: &[T], with_override: bool) -> (PathBuf, BTreeMap<String, Vec<f32>>) {
+    let d = tmpdir(name);
+    let mut w = Vec::new();
+    let mut deq = BTreeMap::new();
+    let mut overrides = String::new();
+    for t in ts {
+        let mk = mlx_key(&t.key);
+        if !t.linear {
+            w.push((mk, Dtype::BF16, t.shape.clone(), bf16_bytes(&t.vals)));
+            continue;
+        }
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let bits = bits_for(&t.key);
+        let q = quantize_affine_with(&t.vals, rows, cols, bits, 32, ScaleDType::BF16);
+        let module = mk.strip_suffix(".weight").unwrap().to_string();
+        if bits == 8 {
+            overrides.push_str(&format!(r#", "{module}": {{"group_size": 32, "bits": 8}}"#));
+        }
+        let s: Vec<f32> = q
+            .scales
+            .chunks(2)
+            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect();
+        let b: Vec<f32> = q
+            .biases
+            .chunks(2)
+            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect();
+        let wpr = cols * bits as usize / 32;
+        let ng = cols / 32;
+        let mut vals = vec![0f32; rows * cols];
+        for r in 0..rows {
+            let words = words_of(bytemuck::cast_slice(&q.words[r * wpr..(r + 1) * wpr]));
+            dequantize_row(
+                &words,
+                &s[r * ng..(r + 1) * ng],
+                &b[r * ng..(r + 1) * ng],
+                bits,
+                32,
+                &mut vals[r * cols..(r + 1) * cols],
+            );
+        }
+        deq.insert(t.key.clone(), vals);
+        w.push((
+            format!("{module}.weight"),
+            Dtype::U32,
+            vec![rows, wpr],
+            bytemuck::cast_slice(&q.words).to_vec(),
+        ));
+        w.push((
+            format!("{module}.scales"),
+            Dtype::BF16,
+            vec![rows, ng],
+            q.scales,
+        ));
+        w.push((
+            format!("{module}.biases"),
+            Dtype::BF16,
+            vec![rows, ng],
+            q.biases,
+        ));
+    }
+    if !with_override {
+        overrides.clear();
+    }
+    let quant = format!(
+        r#", "quantization": {{"group_size": 32, "bits": 4, "mode": "affine"{overrides}}}"#
+    );
+    std::fs::write(d.join("config.json"), config_json(&quant)).unwrap();
+    write_st(&d.join("model.safetensors"), &w);
+    (d, deq)
+}
+
+fn ctx() -> Option<gemma_wgpu::gpu::GpuContext> {
+    common::gpu()
+}
+
+fn read_matrix(ctx: &gemma_wgpu::gpu::GpuContext, m: &gemma_wgpu::gpu::Matrix) -> Vec<u8> {
+    let mut out = Vec::new();
+    for w in &m.windows {
+        out.extend(ctx.read_bytes(&w.data, 0, w.data.size()).unwrap());
+        if let Some(sb) = &w.scale_bias {
+            out.extend(ctx.read_bytes(sb, 0, sb.size()).unwrap());
+        }
+    }
+    out
+}
+
+// (a) ------------------------------------------------------------------------------------------
+
+#[test]
+fn redundant_shared_kv_tensors_are_dropped() {
+    let with = write_hf("a-with", &tiny_tensors(true, 1), Dtype::BF16);
+    // The same model without the redundant tensors of the KV-shared layers 2 and 3.
+    let ts_with = tiny_tensors(true, 1);
+    let ts_without: Vec<T> = ts_with
+        .into_iter()
+        .filter(|t| {
+            !(t.key.contains("layers.2.self_attn.k")
+                || t.key.contains("layers.2.self_attn.v")
+                || t.key.contains("layers.3.self_attn.k")
+                || t.key.contains("layers.3.self_attn.v"))
+                || t.key.contains("vision")
+        })
+        .collect();
+    let without = write_hf("a-without", &ts_without, Dtype::BF16);
+
+    let cw = Checkpoint::open(&with).unwrap();
+    let pw = cw.plan().unwrap();
+    let co = Checkpoint::open(&without).unwrap();
+    let po = co.plan().unwrap();
+    assert_eq!(
+        pw.weights.report.dropped, 6,
+        "2 shared layers x (k_proj, v_proj, k_norm)"
+    );
+    assert_eq!(po.weights.report.dropped, 0);
+    for r in [&pw.weights.report, &po.weights.report] {
+        assert!(r.unexpected.is_empty(), "{:?}", r.unexpected);
+        assert_eq!(r.audio_skipped, 1);
+        assert_eq!(r.ignored, 1);
+    }
+    assert_eq!(
+        pw.roles["model.language_model.layers.3.self_attn.k_proj.weight"],
+        Role::DroppedKvShared
+    );
+    for (i, l) in pw.weights.text.layers.iter().enumerate() {
+        assert_eq!(l.k_proj.is_some(), i < 2);
+        assert_eq!(l.v_proj.is_some(), i < 2);
+        assert_eq!(l.k_norm.is_some(), i < 2);
+    }
+    // Same tree, same values.
+    let mw = pw.weights.matrices();
+    let mo = po.weights.matrices();
+    assert_eq!(mw.len(), mo.len());
+    for ((na, a), (nb, b)) in mw.iter().zip(&mo) {
+        assert_eq!(na, nb);
+        assert_eq!(a.to_f32(), b.to_f32(), "{na}");
+    }
+    let Some(ctx) = ctx() else { return };
+    let opts = LoadOptions {
+        float_format: FloatFormat::F32,
+        ..Default::default()
+    };
+    let gw = load(&ctx, &with, &opts).unwrap();
+    let go = load(&ctx, &without, &opts).unwrap();
+    assert_eq!(gw.report.bytes_uploaded, go.report.bytes_uploaded);
+    assert!(gw.report.bytes_host > 0);
+    let (mw, mo) = (gw.matrices(), go.matrices());
+    assert_eq!(mw.len(), mo.len());
+    for ((na, a), (_, b)) in mw.iter().zip(&mo) {
+        assert_eq!(read_matrix(&ctx, a), read_matrix(&ctx, b), "{na}");
+    }
+    let s = gw.report.to_string();
+    assert!(s.contains("6 dropped"), "{s}");
+}
+
+// (b) ------------------------------------------------------------------------------------------
+
+#[test]
+fn vision_layers_keep_kv_and_clip_bounds() {
+    let ts = tiny_tensors(true, 2);
+    let d = write_hf("b", &ts, Dtype::F32);
+    let plan = Checkpoint::open(&d).unwrap().plan().unwrap();
+    let vis = plan.weights.vision.as_ref().unwrap();
+    assert_eq!(vis.layers.len(), VL);
+    let first_shared = 2;
+    assert!(VL > first_shared);
+    for (j, l) in vis.layers.iter().enumerate() {
+        for (n, cl) in [
+            ("q", &l.q_proj),
+            ("k", &l.k_proj),
+            ("v", &l.v_proj),
+            ("o", &l.o_proj),
+            ("gate", &l.gate_proj),
+            ("up", &l.up_proj),
+            ("down", &l.down_proj),
+        ] {
+            assert!(
+                cl.input_min.is_some()
+                    && cl.input_max.is_some()
+                    && cl.output_min.is_some()
+                    && cl.output_max.is_some(),
+                "vision layer {j} {n}_proj lost clip bounds"
+            );
+        }
+        let key = format!("model.vision_tower.encoder.layers.{j}.self_attn.k_proj.linear.weight");
+        assert!(matches!(&plan.roles[&key], Role::Module(_)), "{key}");
+        let b = format!("model.vision_tower.encoder.layers.{j}.self_attn.v_proj.output_max");
+        assert!(matches!(&plan.roles[&b], Role::Module(_)), "{b}");
+    }
+    // The bound equals the stored value.
+    let want = ts
+        .iter()
+        .find(|t| t.key == "model.vision_tower.encoder.layers.3.self_attn.k_proj.input_min")
+        .unwrap()
+        .vals[0];
+    assert_eq!(vis.layers[3].k_proj.input_min, Some(want));
+    assert_eq!(plan.weights.report.dropped, 6);
+}
+
+// (c) ------------------------------------------------------------------------------------------
+
+fn hf_from_dequantized(name: &str, ts: &[T], deq: &BTreeMap<String, Vec<f32>>) -> PathBuf {
+    let ts2: Vec<T> = ts
+        .iter()
+        .map(|t| T {
+            key: t.key.clone(),
+            shape: t.shape.clone(),
+            vals: deq.get(&t.key).cloned().unwrap_or_else(|| {
+                // Float tensors of the MLX copy are bf16: round the same way.
+                t.vals
+                    .iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f32())
+                    .collect()
+            }),
+            linear: t.linear,
+        })
+        .collect();
+    write_hf(name, &ts2, Dtype::F32)
+}
+
+#[test]
+fn mlx_quantized_and_hf_layouts_agree() {
+    let ts = tiny_tensors(true, 3);
+    let (mlx, deq) = write_mlx("c-mlx", &ts, true);
+    let hf = hf_from_dequantized("c-hf", &ts, &deq);
+    let pm = Checkpoint::open(&mlx).unwrap().plan().unwrap();
+    let ph = Checkpoint::open(&hf).unwrap().plan().unwrap();
+    let rm = &pm.weights.report;
+    assert!(rm.unexpected.is_empty(), "{:?}", rm.unexpected);
+    assert_eq!(
+        rm.dropped,
+        2 * (3 + 3 + 1),
+        "k/v weight+scales+biases and k_norm"
+    );
+    assert!(
+        rm.tensors_by_format["affine8"] == 3 * N,
+        "{:?}",
+        rm.tensors_by_format
+    );
+    assert!(rm.tensors_by_format.contains_key("affine4"));
+    let (mm, mh) = (pm.weights.matrices(), ph.weights.matrices());
+    assert_eq!(mm.len(), mh.len());
+    for ((na, a), (nb, b)) in mm.iter().zip(&mh) {
+        assert_eq!(na, nb);
+        assert_eq!(a.to_f32(), b.to_f32(), "{na}");
+    }
+    // Dequantized weights are within quantization error of the source.
+    let src = &ts
+        .iter()
+        .find(|t| t.key == "model.language_model.layers.0.mlp.up_proj.weight")
+        .unwrap()
+        .vals;
+    let got = pm.weights.text.layers[0].up_proj.to_f32();
+    let max = src
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 2.0 / 255.0, "8-bit error {max}");
+    // Norms agree too.
+    assert_eq!(pm.weights.text.norm.data, ph.weights.text.norm.data);
+
+    let Some(ctx) = ctx() else { return };
+    let g = load(&ctx, &mlx, &LoadOptions::default()).unwrap();
+    assert_eq!(g.text.layers[0].gate_proj.format.bits(), Some(8));
+    assert_eq!(g.text.layers[0].q_proj.format.bits(), Some(4));
+    let gh = load(
+        &ctx,
+        &hf,
+        &LoadOptions {
+            quantize_on_load: Some((4, 32)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(gh.text.layers[1].down_proj.format.bits(), Some(4));
+    assert!(gh.report.uploaded_by_format.contains_key("affine4"));
+}
+
+trait Bits {
+    fn bits(&self) -> Option<u32>;
+}
+impl Bits for gemma_wgpu::gpu::WeightFormat {
+    fn bits(&self) -> Option<u32> {
+        match self {
+            gemma_wgpu::gpu::WeightFormat::Affine { bits, .. } => Some(*bits),
+            _ => None,
+        }
+    }
+}
+
+// (d) ------------------------------------------------------------------------------------------
+
+#[test]
+fn config_head_dim_forms_and_required_fields() {
+    let p = Path::new("config.json");
+    let a = Gemma4Config::from_json_str(&config_json(""), p).unwrap();
+    let per_layer = config_json("").replace(
+        r#""global_head_dim": 64,"#,
+        r#""per_layer_config": {"1": {"head_dim": 64}, "3": {"head_dim": 64}},"#,
+    );
+    assert!(per_layer.contains("per_layer_config"));
+    let b = Gemma4Config::from_json_str(&per_layer, p).unwrap();
+    for i in 0..N {
+        assert_eq!(
+            a.text_config.layer_head_dim(i),
+            b.text_config.layer_head_dim(i)
+        );
+    }
+    let t = &a.text_config;
+    assert_eq!(
+        (0..N).map(|i| t.layer_head_dim(i)).collect::<Vec<_>>(),
+        [32, 64, 32, 64]
+    );
+    assert_eq!(t.first_shared(), 2);
+    assert_eq!(
+        (0..N).map(|i| t.is_kv_shared(i)).collect::<Vec<_>>(),
+        [false, false, true, true]
+    );
+    assert_eq!(t.kv_source(2), Some(0));
+    assert_eq!(t.kv_source(3), Some(1));
+    assert_eq!(t.intermediate(1), 128);
+    assert_eq!(t.intermediate(2), 256);
+    assert_eq!(t.layer_kv_heads(1), 1);
+    assert_eq!(t.rope(1).partial_rotary_factor, 0.25);
+    assert_eq!(t.rms_norm_eps, 1e-6);
+    assert!(t.tie_word_embeddings);
+    assert_eq!(a.eos_token_id.to_vec(), [1, 106]);
+    assert!(a.audio_config.is_some());
+    let v = a.vision_config.as_ref().unwrap();
+    assert_eq!(v.rope_parameters.rope_type, "axial");
+    assert_eq!(v.kv_heads(), 2);
+    assert!(v.use_clipped_linears);
+
+    // quantization_config alias with a `false` override.
+    let q = config_json(
+        r#", "quantization_config": {"group_size": 64, "bits": 4, "language_model.model.layers.0.mlp.down_proj": false, "language_model.model.layers.1.mlp.up_proj": {"bits": 8}}"#,
+    );
+    let c = Gemma4Config::from_json_str(&q, p).unwrap();
+    let qc = c.quantization.unwrap();
+    assert_eq!(qc.global.bits, 4);
+    assert_eq!(qc.overrides.len(), 2);
+
+    // Missing required fields name the field.
+    for (field, want) in [
+        (r#""hidden_size": 64, "#, "text_config.hidden_size"),
+        (
+            r#""layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],"#,
+            "text_config.layer_types",
+        ),
+    ] {
+        let s = config_json("").replace(field, "");
+        match Gemma4Config::from_json_str(&s, p) {
+            Err(LoadError::MalformedConfig { field, .. }) => assert_eq!(field, want),
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+    let s = config_json("").replace(
+        r#""intermediate_size": 128, "num_hidden_layers": 4,"#,
+        r#""num_hidden_layers": 4,"#,
+    );
+    match Gemma4Config::from_json_str(&s, p) {
+        Err(e @ LoadError::MalformedConfig { .. }) => {
+            assert!(
+                e.to_string().contains("vision_config.intermediate_size"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // layer_types length must match.
+    let s = config_json("").replace(
+        r#""num_hidden_layers": 4, "intermediate_size": 128"#,
+        r#""num_hidden_layers": 5, "intermediate_size": 128"#,
+    );
+    assert!(matches!(
+        Gemma4Config::from_json_str(&s, p),
+        Err(LoadError::MalformedConfig { .. })
+    ));
+    // A shared full layer with no earlier full layer to read K/V from.
+    let s = config_json("").replace(
+        r#"["sliding_attention", "full_attention", "sliding_attention", "full_attention"]"#,
+        r#"["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]"#,
+    );
+    match Gemma4Config::from_json_str(&s, p) {
+        Err(e @ LoadError::MalformedConfig { .. }) => {
+            assert!(e.to_string().contains("KV-shared layer 3"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Text-only model type.
+    let text_only = r#"{"model_type": "gemma4_text", "hidden_size": 64, "num_hidden_layers": 2,
+        "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "layer_types": ["sliding_attention", "full_attention"]}"#;
+    let c = Gemma4Config::from_json_str(text_only, p).unwrap();
+    assert!(c.vision_config.is_none());
+    assert_eq!(c.text_config.layer_head_dim(1), 512);
+}
+
+// (e) ------------------------------------------------------------------------------------------
+
+fn expect_err(dir: &Path) -> LoadError {
+    match Checkpoint::open(dir).and_then(|c| c.plan().map(|_| ())) {
+        Ok(()) => panic!("{} loaded but should fail", dir.display()),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.len() > 30, "unhelpful message: {m}");
+            e
+        }
+    }
+}
+
+fn write_raw(path: &Path, header: &str, data_len: usize) {
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    b.extend(std::iter::repeat_n(0u8, data_len));
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn broken_files_give_typed_errors() {
+    let ts = tiny_tensors(false, 4);
+    let good = write_hf("e-good", &ts, Dtype::BF16);
+    let st = good.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let variant = |name: &str, f: &dyn Fn(&Path)| {
+        let d = tmpdir(name);
+        std::fs::copy(good.join("config.json"), d.join("config.json")).unwrap();
+        std::fs::write(d.join("model.safetensors"), &bytes).unwrap();
+        f(&d);
+        d
+    };
+    // Truncated file: the last tensor ends beyond the data.
+    let d = variant("e-trunc", &|d| {
+        std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() - 10]).unwrap()
+    });
+    assert!(matches!(
+        expect_err(&d),
+        LoadError::TensorOutOfBounds { .. }
+    ));
+    let d = variant("e-trunc8", &|d| {
+        std::fs::write(d.join("model.safetensors"), &bytes[..5]).unwrap()
+    });
+    assert!(matches!(expect_err(&d), LoadError::CorruptFile { .. }));
+    // Header length beyond the file.
+    let d = variant("e-hdr", &|d| {
+        let mut b = bytes.clone();
+        b[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        std::fs::write(d.join("model.safetensors"), b).unwrap()
+    });
+    match expect_err(&d) {
+        LoadError::HeaderTooLarge { .. } => {}
+        e => panic!("{e:?}"),
+    }
+    // Header length corrupt inside the file: header JSON cut.
+    let d = variant("e-hdr2", &|d| {
+        let mut b = bytes.clone();
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap());
+        b[..8].copy_from_slice(&(n / 2).to_le_bytes());
+        std::fs::write(d.join("model.safetensors"), b).unwrap()
+    });
+    assert!(matches!(expect_err(&d), LoadError::CorruptFile { .. }));
+    // Offsets outside the data.
+    let d = variant("e-oob", &|d| {
+        write_raw(
+            &d.join("model.safetensors"),
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#,
+            16,
+        )
+    });
+    assert!(matches!(
+        expect_err(&d),
+        LoadError::TensorOutOfBounds { .. }
+    ));
+    // Overlapping tensors.
+    let d = variant("e-overlap", &|d| {
+        write_raw(
+            &d.join("model.safetensors"),
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
+            16,
+        )
+    });
+    assert!(matches!(
+        expect_err(&d),
+        LoadError::OverlappingTensors { .. }
+    ));
+    // Shape vs byte length of the dtype.
+    let d = variant("e-dsize", &|d| {
+        write_raw(
+            &d.join("model.safetensors"),
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+            16,
+        )
+    });
+    assert!(matches!(expect_err(&d), LoadError::CorruptFile { .. }));
+
+    let rewrite = |name: &str, f: &dyn Fn(&mut Vec<W>)| {
+        let mut w = hf_writes(&ts, Dtype::BF16);
+        f(&mut w);
+        let d = tmpdir(name);
+        std::fs::write(d.join("config.json"), config_json("")).unwrap();
+        write_st(&d.join("model.safetensors"), &w);
+        d
+    };
+    // Deleted tensor of a producer layer.
+    let d = rewrite("e-del", &|w| {
+        w.retain(|t| t.0 != "model.language_model.layers.1.self_attn.k_proj.weight")
+    });
+    match expect_err(&d) {
+        LoadError::MissingTensor {
+            key,
+            module,
+            kv_shared,
+        } => {
+            assert_eq!(key, "language_model.layers.1.self_attn.k_proj.weight");
+            assert_eq!(module, "language_model.layers.1.self_attn.k_proj");
+            assert!(!kv_shared);
+        }
+        e => panic!("{e:?}"),
+    }
+    // Deleted tensor of a shared layer (q_proj): kv_shared = true in the error.
+    let d = rewrite("e-del2", &|w| {
+        w.retain(|t| t.0 != "model.language_model.layers.3.self_attn.q_proj.weight")
+    });
+    let e = expect_err(&d);
+    assert!(
+        matches!(
+            e,
+            LoadError::MissingTensor {
+                kv_shared: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("KV-shared"));
+    // Reshaped tensor.
+    let d = rewrite("e-shape", &|w| {
+        let t = w
+            .iter_mut()
+            .find(|t| t.0 == "model.language_model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        t.2 = vec![64, 128];
+    });
+    match expect_err(&d) {
+        LoadError::ShapeMismatch {
+            expected, found, ..
+        } => {
+            assert_eq!(expected, [128, 64]);
+            assert_eq!(found, [64, 128]);
+        }
+        e => panic!("{e:?}"),
+    }
+    // Wrong dtype.
+    let d = rewrite("e-dtype", &|w| {
+        let t = w
+            .iter_mut()
+            .find(|t| t.0 == "model.language_model.norm.weight")
+            .unwrap();
+        t.1 = Dtype::I16;
+    });
+    assert!(matches!(expect_err(&d), LoadError::WrongDtype { .. }));
+    // Broken JSON config.
+    let d = variant("e-json", &|d| {
+        std::fs::write(d.join("config.json"), "{\"model_type\": ").unwrap()
+    });
+    assert!(matches!(expect_err(&d), LoadError::MalformedConfig { .. }));
+    // Unsupported model type.
+    let d = variant("e-type", &|d| {
+        std::fs::write(
+            d.join("config.json"),
+            config_json("").replace("\"gemma4\"", "\"gemma3n\""),
+        )
+        .unwrap()
+    });
+    match expect_err(&d) {
+        e @ LoadError::UnsupportedModelType { .. } => assert!(e.to_string().contains("gemma3n")),
+        e => panic!("{e:?}"),
+    }
+    // Missing files.
+    let d = variant("e-noconf", &|d| {
+        std::fs::remove_file(d.join("config.json")).unwrap()
+    });
+    assert!(matches!(expect_err(&d), LoadError::MissingFile { .. }));
+    let d = variant("e-noweights", &|d| {
+        std::fs::remove_file(d.join("model.safetensors")).unwrap()
+    });
+    assert!(matches!(expect_err(&d), LoadError::MissingFile { .. }));
+    assert!(matches!(
+        expect_err(&good.join("nonexistent")),
+        LoadError::MissingFile { .. }
+    ));
+    // Quantization mismatch: 8-bit MLP payloads without the per-module override.
+    let (d, _) = write_mlx("e-quant", &ts, false);
+    match expect_err(&d) {
+        e @ LoadError::QuantizationMismatch { .. } => {
+            let m = e.to_string();
+            assert!(m.contains("implies 8 bits"), "{m}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // Scales present but no quantization block at all.
+    let (d, _) = write_mlx("e-quant2", &ts, true);
+    std::fs::write(d.join("config.json"), config_json("")).unwrap();
+    assert!(matches!(
+        expect_err(&d),
+        LoadError::QuantizationMismatch { .. }
+    ));
+    // A shard listed in the index is missing.
+    let d = variant("e-shard", &|d| {
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"model.language_model.norm.weight": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap()
+    });
+    assert!(matches!(expect_err(&d), LoadError::MissingFile { .. }));
+
+    // Unexpected extra tensors are a warning, never fatal.
+    let d = rewrite("e-extra", &|w| {
+        w.push((
+            "model.language_model.mystery.weight".into(),
+            Dtype::F32,
+            vec![2],
+            vec![0; 8],
+        ))
+    });
+    let p = Checkpoint::open(&d).unwrap().plan().unwrap();
+    assert_eq!(
+        p.weights.report.unexpected,
+        ["model.language_model.mystery.weight"]
+    );
+    assert_eq!(
+        p.roles["model.language_model.mystery.weight"],
+        Role::Unexpected
+    );
+}
+
+// (f) ------------------------------------------------------------------------------------------
+
+#[test]
+fn sharded_index_loads_like_one_file() {
+    let ts = tiny_tensors(true, 5);
+    let single = write_hf("f-single", &ts, Dtype::BF16);
+    let d = tmpdir("f-sharded");
+    std::fs::write(d.join("config.json"), config_json("")).unwrap();
+    let w = hf_writes(&ts, Dtype::BF16);
+    let (a, b) = w.split_at(w.len() / 2);
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    write_st(&d.join(names[0]), a);
+    write_st(&d.join(names[1]), b);
+    let mut map = serde_json::Map::new();
+    for (part, name) in [(a, names[0]), (b, names[1])] {
+        for t in part {
+            map.insert(t.0.clone(), serde_json::Value::String(name.into()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
+    std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let ps = Checkpoint::open(&single).unwrap().plan().unwrap();
+    let pd = Checkpoint::open(&d).unwrap().plan().unwrap();
+    assert_eq!(pd.weights.report.files, 2);
+    let (ms, md) = (ps.weights.matrices(), pd.weights.matrices());
+    assert_eq!(ms.len(), md.len());
+    for ((na, x), (_, y)) in ms.iter().zip(&md) {
+        assert_eq!(x.to_f32(), y.to_f32(), "{na}");
+    }
+    let Some(ctx) = ctx() else { return };
+    let g = load(&ctx, &d, &LoadOptions::default()).unwrap();
+    assert_eq!(g.text.layers.len(), N);
+    assert!(g.vision.is_some());
+    assert_eq!(g.report.files, 2);
+}
+
+// (g) ------------------------------------------------------------------------------------------
+
+#[test]
+fn ple_host_gather_matches_dequantized_rows() {
+    let ts = tiny_tensors(true, 6);
+    let (mlx, deq) = write_mlx("g-mlx", &ts, true);
+    let hf = write_hf("g-hf", &ts, Dtype::BF16);
+    let ids = [0u32, 5, 95, 5];
+    let cols = N * P;
+    // Quantized table.
+    let pm = Checkpoint::open(&mlx).unwrap().plan().unwrap();
+    let PerLayerTable::Host(table) = &pm.weights.text.embed_per_layer else {
+        panic!("table not on host")
+    };
+    assert_eq!((table.rows(), table.cols()), (V, cols));
+    let mut out = vec![0f32; ids.len() * cols];
+    table.gather(&ids, &mut out).unwrap();
+    let want = &deq["model.language_model.embed_tokens_per_layer.weight"];
+    for (t, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            &out[t * cols..(t + 1) * cols],
+            &want[id as usize * cols..(id as usize + 1) * cols]
+        );
+    }
+    // Float (bf16) table.
+    let ph = Checkpoint::open(&hf).unwrap().plan().unwrap();
+    let PerLayerTable::Host(table) = &ph.weights.text.embed_per_layer else {
+        panic!("table not on host")
+    };
+    table.gather(&ids, &mut out).unwrap();
+    let src = &ts
+        .iter()
+        .find(|t| t.key == "model.language_model.embed_tokens_per_layer.weight")
+        .unwrap()
+        .vals;
+    for (t, &id) in ids.iter().enumerate() {
+        for k in 0..cols {
+            let w = half::bf16::from_f32(src[id as usize * cols + k]).to_f32();
+            assert_eq!(out[t * cols + k], w);
+        }
+    }
+    // Errors, not panics.
+    assert!(table.gather(&[V as u32], &mut out[..cols]).is_err());
+    assert!(table.gather(&ids, &mut out[..cols]).is_err());
+    // On the GPU when asked.
+    let Some(ctx) = ctx() else { return };
+    let g = load(
+        &ctx,
+        &mlx,
+        &LoadOptions {
+            per_layer_table_on_gpu: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(g.text.embed_per_layer, PerLayerTable::Gpu(_)));
+    assert_eq!(g.report.bytes_host, 0);
+}
+
+// Clip bounds are dropped when use_clipped_linears is off; a text-only config drops the vision
+// tensors; both are counted, never fatal.
+#[test]
+fn clip_bounds_off_and_text_only_configs() {
+    let ts = tiny_tensors(false, 7);
+    let d = write_hf("h-noclip", &ts, Dtype::BF16);
+    let cfg = config_json(r#", "tie_word_embeddings": true"#)
+        .replace(
+            r#""use_clipped_linears": true"#,
+            r#""use_clipped_linears": false"#,
+        )
+        .replace(
+            r#""sliding_window": 16"#,
+            r#""sliding_window": 16, "pad_token_id": null"#,
+        );
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let p = Checkpoint::open(&d).unwrap().plan().unwrap();
+    let vis = p.weights.vision.as_ref().unwrap();
+    assert!(
+        vis.layers
+            .iter()
+            .all(|l| !l.q_proj.is_clipped() && !l.down_proj.is_clipped())
+    );
+    assert_eq!(p.weights.report.dropped, VL * 7 * 4);
+    assert!(p.weights.report.unexpected.is_empty());
+    assert_eq!(vis.position_table.shape, [2, POS, HV]);
+
+    let text_only = r#"{"model_type": "gemma4", "text_config": {
+        "hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "global_head_dim": 64,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        "num_kv_shared_layers": 2, "use_double_wide_mlp": true, "hidden_size_per_layer_input": 32,
+        "vocab_size": 96, "vocab_size_per_layer_input": 96}}"#;
+    std::fs::write(d.join("config.json"), text_only).unwrap();
+    let p = Checkpoint::open(&d).unwrap().plan().unwrap();
+    assert!(p.weights.vision.is_none());
+    let vision_tensors = 2 + VL * (6 + 7 * 5) + 1;
+    assert_eq!(p.weights.report.dropped, vision_tensors);
+    assert!(p.weights.report.unexpected.is_empty());
+}

@@ -1,0 +1,163 @@
+// Tiled matrix-matrix product Y[b, row] = sum_k X[b, k] * W[row, k] over one row window of a
+// weight matrix (prefill, vision tower). A 64-invocation workgroup computes a 32 (batch) x 32 (rows)
+// output tile, each invocation 4 x 4 outputs; K is walked in tiles of 32: invocations 0..31
+// dequantize one weight row's 32 values each into workgroup memory, invocations 32..63 load one
+// x row's 32 values each; then every invocation accumulates its 4 x 4 block from workgroup memory.
+// Same defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT; otherwise W_FMT.
+// Grid: x = row tiles, y = batch tiles. No subgroup operations (one kernel for both paths).
+
+struct Params {
+    rows: u32,      // rows of this window
+    cols: u32,
+    row_words: u32, // affine: u32 words per row
+    groups: u32,    // affine: groups per row
+    x_off: u32,     // element offset of x[0, 0]
+    y_off: u32,     // element offset of y[0, row_start]
+    y_stride: u32,  // elements between consecutive batch rows of y
+    batch: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> wq: array<u32>;
+//#if AFFINE
+@group(0) @binding(2) var<storage, read> sb: array<u32>;
+@group(0) @binding(3) var<storage, read> xs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ys: array<f32>;
+//#else
+@group(0) @binding(2) var<storage, read> xs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ys: array<f32>;
+//#endif
+
+const T: u32 = 32u;   // tile edge (batch, rows, K)
+const TP: u32 = 33u;  // padded row stride in workgroup memory
+
+var<workgroup> xt: array<f32, 1056>; // [T batch][TP]
+var<workgroup> wt: array<f32, 1056>; // [T rows][TP]
+
+//#if AFFINE
+const BITS: u32 = {{BITS}}u;
+const GROUP: u32 = {{GROUP}}u;
+const SB_FMT: u32 = {{SB_FMT}}u;
+const MASK: u32 = (1u << BITS) - 1u;
+
+fn scale_bias(i: u32) -> vec2<f32> {
+    if (SB_FMT == 2u) {
+        return vec2<f32>(bitcast<f32>(sb[2u * i]), bitcast<f32>(sb[2u * i + 1u]));
+    }
+    let w = sb[i];
+    if (SB_FMT == 1u) {
+        return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+    }
+    return unpack2x16float(w);
+}
+
+// Dequantizes the 32 values of K tile kc of row `row` into wt[slot].
+fn load_w(row: u32, kc: u32, slot: u32) {
+    let base = row * p.row_words + kc * BITS;
+    var w: array<u32, {{BITS}}>;
+    for (var i = 0u; i < BITS; i++) {
+        w[i] = wq[base + i];
+    }
+    let s = scale_bias(row * p.groups + (kc * T) / GROUP);
+    for (var m = 0u; m < 8u; m++) {
+        let bit = m * 4u * BITS;
+        let wi = bit / 32u;
+        let sh = bit % 32u;
+        var v = w[wi] >> sh;
+        if (sh + 4u * BITS > 32u) {
+            v = v | (w[min(wi + 1u, BITS - 1u)] << (32u - sh));
+        }
+        let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
+        let d = vec4<f32>(q) * s.x + s.y;
+        let o = slot * TP + 4u * m;
+        wt[o] = d.x;
+        wt[o + 1u] = d.y;
+        wt[o + 2u] = d.z;
+        wt[o + 3u] = d.w;
+    }
+}
+//#else
+const W_FMT: u32 = {{W_FMT}}u;
+
+fn wel(e: u32) -> f32 {
+    if (W_FMT == 0u) {
+        return bitcast<f32>(wq[e]);
+    }
+    let w = wq[e / 2u];
+    if (W_FMT == 1u) {
+        let h = unpack2x16float(w);
+        return select(h.x, h.y, (e & 1u) == 1u);
+    }
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
+}
+
+fn load_w(row: u32, kc: u32, slot: u32) {
+    let base = row * p.cols;
+    for (var i = 0u; i < T; i++) {
+        let k = kc * T + i;
+        var v = 0.0;
+        if (k < p.cols) {
+            v = wel(base + k);
+        }
+        wt[slot * TP + i] = v;
+    }
+}
+//#endif
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r0 = wid.x * T;
+    let b0 = wid.y * T;
+    let tx = li % 8u;
+    let ty = li / 8u;
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    let nk = (p.cols + T - 1u) / T;
+    for (var kc = 0u; kc < nk; kc++) {
+        if (li < T) {
+            let row = r0 + li;
+            if (row < p.rows) {
+                load_w(row, kc, li);
+            } else {
+                for (var i = 0u; i < T; i++) {
+                    wt[li * TP + i] = 0.0;
+                }
+            }
+        } else {
+            let bl = li - T;
+            let b = b0 + bl;
+            for (var i = 0u; i < T; i++) {
+                let k = kc * T + i;
+                var v = 0.0;
+                if (b < p.batch && k < p.cols) {
+                    v = xs[p.x_off + b * p.cols + k];
+                }
+                xt[bl * TP + i] = v;
+            }
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < T; k++) {
+            let xv = vec4<f32>(xt[ty * TP + k], xt[(ty + 8u) * TP + k], xt[(ty + 16u) * TP + k], xt[(ty + 24u) * TP + k]);
+            let wv = vec4<f32>(wt[tx * TP + k], wt[(tx + 8u) * TP + k], wt[(tx + 16u) * TP + k], wt[(tx + 24u) * TP + k]);
+            for (var i = 0u; i < 4u; i++) {
+                let xi = xv[i];
+                acc[i * 4u] += xi * wv.x;
+                acc[i * 4u + 1u] += xi * wv.y;
+                acc[i * 4u + 2u] += xi * wv.z;
+                acc[i * 4u + 3u] += xi * wv.w;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let b = b0 + ty + 8u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let row = r0 + tx + 8u * j;
+            if (b < p.batch && row < p.rows) {
+                ys[p.y_off + b * p.y_stride + row] = acc[i * 4u + j];
+            }
+        }
+    }
+}

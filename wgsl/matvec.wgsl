@@ -1,0 +1,291 @@
+// Decode matvec y[row] = sum_k W[row, k] * x[k] over one row window of a weight matrix.
+//
+// Defines: AFFINE (MLX affine codes) with BITS (2,3,4,5,6,8), GROUP (32,64,128) and SB_FMT
+// (0 f16, 1 bf16, 2 f32 scales/biases); otherwise W_FMT (0 f32, 1 f16, 2 bf16). WVEC: weights
+// bound as vec4<u32> (affine BITS 4/8; f32 with cols % 4 == 0; f16/bf16 with cols % 8 == 0).
+// XVEC: x bound as vec4<f32> (its element offset is a multiple of 4 and chunks are 4-aligned).
+// SUBGROUP: 32 rows per 64-invocation workgroup, each subgroup reducing 4 rows at a time (x and
+// sum(x) of a chunk loaded once for the 4 rows; subgroupAdd, no workgroup memory; correct for any
+// subgroup size); otherwise the same split over 8 groups of 8 invocations with one
+// workgroup-memory reduction at the end. Affine rows are processed in chunks of 32 codes (BITS
+// words, within one group): acc += scale * sum(q * x) + bias * sum(x).
+// Workgroup index = wid.x + wid.y * num_workgroups.x (2-D grid beyond 65535 workgroups).
+
+struct Params {
+    rows: u32,      // rows of this window
+    cols: u32,
+    row_words: u32, // affine: u32 words per row
+    groups: u32,    // affine: groups per row
+    x_off: u32,     // element offset of x
+    y_off: u32,     // element offset of y[row_start]
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+//#if WVEC
+@group(0) @binding(1) var<storage, read> wq: array<vec4<u32>>;
+//#else
+@group(0) @binding(1) var<storage, read> wq: array<u32>;
+//#endif
+//#if AFFINE
+@group(0) @binding(2) var<storage, read> sb: array<u32>;
+//#if XVEC
+@group(0) @binding(3) var<storage, read> xs: array<vec4<f32>>;
+//#else
+@group(0) @binding(3) var<storage, read> xs: array<f32>;
+//#endif
+@group(0) @binding(4) var<storage, read_write> ys: array<f32>;
+//#else
+//#if XVEC
+@group(0) @binding(2) var<storage, read> xs: array<vec4<f32>>;
+//#else
+@group(0) @binding(2) var<storage, read> xs: array<f32>;
+//#endif
+@group(0) @binding(3) var<storage, read_write> ys: array<f32>;
+//#endif
+
+// Four consecutive x values starting at element k (k % 4 == 0 when XVEC).
+fn x4(k: u32) -> vec4<f32> {
+//#if XVEC
+    return xs[(p.x_off + k) / 4u];
+//#else
+    let i = p.x_off + k;
+    return vec4<f32>(xs[i], xs[i + 1u], xs[i + 2u], xs[i + 3u]);
+//#endif
+}
+
+//#if AFFINE
+const BITS: u32 = {{BITS}}u;
+const GROUP: u32 = {{GROUP}}u;
+const SB_FMT: u32 = {{SB_FMT}}u;
+const MASK: u32 = (1u << BITS) - 1u;
+
+// (scale, bias) of group index i of this window.
+fn scale_bias(i: u32) -> vec2<f32> {
+    if (SB_FMT == 2u) {
+        return vec2<f32>(bitcast<f32>(sb[2u * i]), bitcast<f32>(sb[2u * i + 1u]));
+    }
+    let w = sb[i];
+    if (SB_FMT == 1u) {
+        return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+    }
+    return unpack2x16float(w);
+}
+
+//#if WVEC
+// BITS 4: the 8 codes of word w against x values a, b; BITS 8: the 4 codes against a.
+fn word_dot(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    if (BITS == 8u) {
+        let q = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+        return dot(q, a);
+    }
+    let qa = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+    let qb = vec4<f32>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+    return dot(qa, a) + dot(qb, b);
+}
+
+// sum q * x over the 32 codes of chunk c of row `row` (x of the chunk in xv). BITS 4 or 8: one
+// or two vec4<u32> loads, decoded with constant shifts.
+fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let base = (row * p.row_words + c * BITS) / 4u;
+    let v = wq[base];
+    if (BITS == 8u) {
+        let u = wq[base + 1u];
+        let z = vec4<f32>(0.0);
+        return word_dot(v.x, (*xv)[0], z) + word_dot(v.y, (*xv)[1], z)
+            + word_dot(v.z, (*xv)[2], z) + word_dot(v.w, (*xv)[3], z)
+            + word_dot(u.x, (*xv)[4], z) + word_dot(u.y, (*xv)[5], z)
+            + word_dot(u.z, (*xv)[6], z) + word_dot(u.w, (*xv)[7], z);
+    }
+    return word_dot(v.x, (*xv)[0], (*xv)[1]) + word_dot(v.y, (*xv)[2], (*xv)[3])
+        + word_dot(v.z, (*xv)[4], (*xv)[5]) + word_dot(v.w, (*xv)[6], (*xv)[7]);
+}
+//#else
+// sum q * x over the 32 codes of chunk c of row `row` (x of the chunk in xv). Generic bit-stream
+// decode (codes may straddle words for BITS 3, 5, 6).
+fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let base = row * p.row_words + c * BITS;
+    var w: array<u32, {{BITS}}>;
+    for (var i = 0u; i < BITS; i++) {
+        w[i] = wq[base + i];
+    }
+    var d = 0.0;
+    for (var m = 0u; m < 8u; m++) {
+        let bit = m * 4u * BITS;
+        let wi = bit / 32u;
+        let sh = bit % 32u;
+        var v = w[wi] >> sh;
+        if (sh + 4u * BITS > 32u) {
+            v = v | (w[min(wi + 1u, BITS - 1u)] << (32u - sh));
+        }
+        let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
+        d += dot(vec4<f32>(q), (*xv)[m]);
+    }
+    return d;
+}
+//#endif
+
+// Partial dot products of rows row0 .. row0 + nr (nr <= 4) over the chunks lane, lane + step, ...:
+// x and sum(x) of a chunk are loaded once for all rows. Rows past the window are clamped (the
+// caller discards their results).
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
+    let nchunks = p.cols / 32u;
+    var acc = vec4<f32>(0.0);
+    var xv: array<vec4<f32>, 8>;
+    for (var c = lane; c < nchunks; c += step) {
+        var sx4 = vec4<f32>(0.0);
+        for (var m = 0u; m < 8u; m++) {
+            xv[m] = x4(c * 32u + 4u * m);
+            sx4 += xv[m];
+        }
+        let sx = sx4.x + sx4.y + sx4.z + sx4.w;
+        for (var j = 0u; j < nr; j++) {
+            let row = min(row0 + j, p.rows - 1u);
+            let s = scale_bias(row * p.groups + (c * 32u) / GROUP);
+            acc[j] += s.x * chunk_dot(row, c, &xv) + s.y * sx;
+        }
+    }
+    return acc;
+}
+
+fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+    return rows_partial(row, lane, step, 1u).x;
+}
+//#else
+const W_FMT: u32 = {{W_FMT}}u;
+
+//#if WVEC
+// Partial dot products of rows row0 .. row0 + nr (nr <= 4) over the vec4 words lane, lane + step,
+// ...; x is loaded once for all rows. Rows past the window are clamped (results discarded).
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    if (W_FMT == 0u) {
+        let nv = p.cols / 4u;
+        for (var v = lane; v < nv; v += step) {
+            let xa = x4(4u * v);
+            for (var j = 0u; j < nr; j++) {
+                let row = min(row0 + j, p.rows - 1u);
+                acc[j] += dot(bitcast<vec4<f32>>(wq[row * nv + v]), xa);
+            }
+        }
+    } else {
+        let nv = p.cols / 8u;
+        for (var v = lane; v < nv; v += step) {
+            let xa = x4(8u * v);
+            let xb = x4(8u * v + 4u);
+            for (var j = 0u; j < nr; j++) {
+                let row = min(row0 + j, p.rows - 1u);
+                let q = wq[row * nv + v];
+                var lo: vec4<f32>;
+                var hi: vec4<f32>;
+                if (W_FMT == 1u) {
+                    lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+                    hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+                } else {
+                    lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+                    hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+                }
+                acc[j] += dot(lo, xa) + dot(hi, xb);
+            }
+        }
+    }
+    return acc;
+}
+//#else
+// Weight element e (row-major index within the window).
+fn wel(e: u32) -> f32 {
+    if (W_FMT == 0u) {
+        return bitcast<f32>(wq[e]);
+    }
+    let w = wq[e / 2u];
+    if (W_FMT == 1u) {
+        let h = unpack2x16float(w);
+        return select(h.x, h.y, (e & 1u) == 1u);
+    }
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
+}
+
+fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+    var acc = 0.0;
+    let base = row * p.cols;
+    for (var k = lane; k < p.cols; k += step) {
+        acc += wel(base + k) * xs[p.x_off + k];
+    }
+    return acc;
+}
+
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < nr; j++) {
+        acc[j] = row_partial(min(row0 + j, p.rows - 1u), lane, step);
+    }
+    return acc;
+}
+//#endif
+//#endif
+
+const WG: u32 = 64u;
+// Rows per subgroup step and per workgroup (the host dispatches ceil(rows / RPW) workgroups).
+const NR: u32 = 4u;
+const RPW: u32 = 32u;
+//#ifnot SUBGROUP
+var<workgroup> red: array<vec4<f32>, 64>;
+//#endif
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+//#if SUBGROUP
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) sgs: u32,
+//#endif
+) {
+    let g = wid.x + wid.y * nwg.x;
+//#if SUBGROUP
+    // Subgroup index derived from the invocation index (subgroups of a 1-D workgroup are
+    // consecutive); `first` is the same for every lane of a subgroup, so control flow stays
+    // uniform within each subgroup.
+    let first = subgroupBroadcastFirst(li);
+    let sg = first / sgs;
+    let nsg = (WG + sgs - 1u) / sgs;
+    for (var j = sg * NR; j < RPW; j += nsg * NR) {
+        let row0 = g * RPW + j;
+        if (row0 >= p.rows) {
+            break;
+        }
+        let s = subgroupAdd(rows_partial(row0, lane, sgs, NR));
+        if (lane == 0u) {
+            for (var i = 0u; i < NR; i++) {
+                if (row0 + i < p.rows) {
+                    ys[p.y_off + row0 + i] = s[i];
+                }
+            }
+        }
+    }
+//#else
+    // Same work split without subgroups: 8 groups of 8 invocations, each group 4 rows; the 8
+    // partial sums of a row are added through workgroup memory (one barrier, no loop).
+    let lane = li % 8u;
+    let row0 = g * RPW + (li / 8u) * NR;
+    var part = vec4<f32>(0.0);
+    if (row0 < p.rows) {
+        part = rows_partial(row0, lane, 8u, NR);
+    }
+    red[li] = part;
+    workgroupBarrier();
+    if (lane == 0u && row0 < p.rows) {
+        var s = vec4<f32>(0.0);
+        for (var i = 0u; i < 8u; i++) {
+            s += red[li + i];
+        }
+        for (var i = 0u; i < NR; i++) {
+            if (row0 + i < p.rows) {
+                ys[p.y_off + row0 + i] = s[i];
+            }
+        }
+    }
+//#endif
+}
