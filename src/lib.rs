@@ -10,8 +10,11 @@
 pub mod config;
 pub mod error;
 pub mod gpu;
+pub mod model;
 pub mod preprocess;
 pub mod registry;
+pub mod text;
+pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::Gemma4Config;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::preprocess::{self, ImageOptions};
 use crate::text::{Logits, TextDecoder};
 use crate::vision::{ImagePatches, VisionEncoder};
 use crate::weights::{FloatFormat, LoadOptions, LoadReport};
@@ -117,12 +118,50 @@ impl Model {
         self.vision.as_ref()
     }
 
+    /// Image preprocessing options: patch size and pooling kernel from the vision config; the
+    /// soft-token budget from [`ModelOptions::max_soft_tokens`], else the checkpoint's
+    /// `processor_config.json`, else the vision config's `default_output_length`.
+    pub fn image_options(&self) -> Result<ImageOptions> {
+        let vc =
+            self.config.vision_config.as_ref().ok_or_else(|| {
+                Error::InvalidArgument("this checkpoint has no vision tower".into())
+            })?;
+        let budget = match self.options.max_soft_tokens {
+            Some(b) => b,
+            None => processor_budget(&self.dir).unwrap_or(vc.default_output_length as u32),
+        };
+        Ok(ImageOptions::from_vision_config(
+            vc.patch_size as u32,
+            vc.pooling_kernel_size as u32,
+            budget,
+        )?)
+    }
+
+    /// Decodes and preprocesses an image file (any supported format, EXIF-oriented).
+    pub fn prepare_image_file(&self, path: &Path) -> Result<ImagePatches> {
+        let opts = self.image_options()?;
+        let img = preprocess::load_image(path, &opts)?;
+        self.prepare_image(&img)
+    }
+
+    /// Preprocesses a decoded image into patches for the tower.
+    pub fn prepare_image(&self, img: &image::DynamicImage) -> Result<ImagePatches> {
+        let opts = self.image_options()?;
+        let p = preprocess::preprocess(img, &opts)?;
+        Ok(ImagePatches {
+            pixel_values: p.pixel_values,
+            positions: p.positions,
+            grid: p.grid,
+        })
+    }
+
     /// Reads pre-patchified pixels from a safetensors file with `pixel_values` `[n, 3·p·p]` f32
     /// and `image_position_ids` `[n, 2]` i64 (x, y); padding rows (-1, -1) are dropped.
     pub fn prepare_pixel_values_file(&self, path: &Path) -> Result<ImagePatches> {
-        let vc = self.config.vision_config.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("this checkpoint has no vision tower".into())
-        })?;
+        let vc =
+            self.config.vision_config.as_ref().ok_or_else(|| {
+                Error::InvalidArgument("this checkpoint has no vision tower".into())
+            })?;
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -139,10 +178,7 @@ impl Model {
         let pos = get("image_position_ids")?;
         let width = vc.patch_values();
         let pv_shape: Vec<usize> = pv.shape().iter().copied().filter(|&d| d != 1).collect();
-        if pv.dtype() != safetensors::Dtype::F32
-            || pv_shape.len() != 2
-            || pv_shape[1] != width
-        {
+        if pv.dtype() != safetensors::Dtype::F32 || pv_shape.len() != 2 || pv_shape[1] != width {
             return Err(Error::InvalidArgument(format!(
                 "{}: pixel_values must be f32 [n, {width}], found {:?} {:?}",
                 path.display(),
@@ -291,4 +327,17 @@ impl Model {
             greedy: out,
         })
     }
+}
+
+/// The soft-token budget of `processor_config.json` (`image_processor.max_soft_tokens`, or
+/// the top-level `image_seq_length`), if the file exists and says.
+fn processor_budget(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("processor_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("image_processor")
+        .and_then(|p| p.get("max_soft_tokens"))
+        .or_else(|| v.get("max_soft_tokens"))
+        .or_else(|| v.get("image_seq_length"))
+        .and_then(|x| x.as_u64())
+        .map(|x| x as u32)
 }

@@ -93,8 +93,8 @@ impl TextDecoder {
             let f = match (0..cfg.num_hidden_layers).find(|&i| cfg.layer_types[i] == t) {
                 Some(i) => {
                     let r = cfg.rope(i);
-                    let partial = (r.rope_type == "proportional")
-                        .then_some(r.partial_rotary_factor as f32);
+                    let partial =
+                        (r.rope_type == "proportional").then_some(r.partial_rotary_factor as f32);
                     ops::rope_inv_freq(cfg.layer_head_dim(i), r.rope_theta, partial)
                 }
                 None => vec![0.0; 1],
@@ -375,7 +375,8 @@ impl TextDecoder {
                     for v in buf.iter_mut() {
                         *v *= table_scale;
                     }
-                    self.ctx.write(&ple_tok.buffer, 0, bytemuck::cast_slice(buf));
+                    self.ctx
+                        .write(&ple_tok.buffer, 0, bytemuck::cast_slice(buf));
                 }
                 PerLayerTable::Gpu(m) => {
                     ops::embedding(rec, m, &ids_t, &ple_tok, table_scale)?;
@@ -392,7 +393,12 @@ impl TextDecoder {
                 Error::InvalidArgument("per_layer_model_projection missing".into())
             })?;
             ops::linear(rec, proj, &h, &ple)?;
-            elementwise_inplace(rec, Elementwise::Scale((hdim as f32).powf(-0.5)), &ple, None)?;
+            elementwise_inplace(
+                rec,
+                Elementwise::Scale((hdim as f32).powf(-0.5)),
+                &ple,
+                None,
+            )?;
             let ple_rows = ple.view(0, &[l * nl, p]);
             ops::rms_norm(
                 rec,
@@ -401,7 +407,12 @@ impl TextDecoder {
                 &ple_rows,
                 eps,
             )?;
-            elementwise_inplace(rec, Elementwise::Add, &ple, Some((&ple_tok, BLayout::Broadcast)))?;
+            elementwise_inplace(
+                rec,
+                Elementwise::Add,
+                &ple,
+                Some((&ple_tok, BLayout::Broadcast)),
+            )?;
             elementwise_inplace(rec, Elementwise::Scale(0.5f32.sqrt()), &ple, None)?;
         }
 
@@ -410,7 +421,11 @@ impl TextDecoder {
             let hd = c.layer_head_dim(i);
             let nh = c.num_attention_heads;
             let nkv = c.layer_kv_heads(i);
-            let inv_freq = &self.inv_freq[if lt == LayerType::SlidingAttention { 0 } else { 1 }];
+            let inv_freq = &self.inv_freq[if lt == LayerType::SlidingAttention {
+                0
+            } else {
+                1
+            }];
 
             // --- attention ---
             ops::rms_norm(rec, &h, Some(&layer.input_layernorm), &xn, eps)?;
@@ -478,37 +493,24 @@ impl TextDecoder {
             }
             let o = ws.o.view(0, &[l, hdim]);
             ops::linear(rec, &layer.o_proj, &attn.view(0, &[l, nh * hd]), &o)?;
-            ops::rms_norm(
-                rec,
-                &o,
-                Some(&layer.post_attention_layernorm),
-                &o,
-                eps,
-            )?;
+            ops::rms_norm(rec, &o, Some(&layer.post_attention_layernorm), &o, eps)?;
             elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
 
             // --- MLP ---
             let inter = c.intermediate(i);
-            ops::rms_norm(
-                rec,
-                &h,
-                Some(&layer.pre_feedforward_layernorm),
-                &xn,
-                eps,
-            )?;
+            ops::rms_norm(rec, &h, Some(&layer.pre_feedforward_layernorm), &xn, eps)?;
             let gate = ws.gate.view(0, &[l, inter]);
             let up = ws.up.view(0, &[l, inter]);
             ops::linear(rec, &layer.gate_proj, &xn, &gate)?;
             ops::linear(rec, &layer.up_proj, &xn, &up)?;
-            elementwise_inplace(rec, Elementwise::GeluMul, &gate, Some((&up, BLayout::Broadcast)))?;
-            ops::linear(rec, &layer.down_proj, &gate, &o)?;
-            ops::rms_norm(
+            elementwise_inplace(
                 rec,
-                &o,
-                Some(&layer.post_feedforward_layernorm),
-                &o,
-                eps,
+                Elementwise::GeluMul,
+                &gate,
+                Some((&up, BLayout::Broadcast)),
             )?;
+            ops::linear(rec, &layer.down_proj, &gate, &o)?;
+            ops::rms_norm(rec, &o, Some(&layer.post_feedforward_layernorm), &o, eps)?;
             elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
 
             // --- per-layer input ---

@@ -99,7 +99,7 @@ impl VisionEncoder {
         keep_pooled: bool,
     ) -> Result<(GpuTensor, Option<GpuTensor>)> {
         let c = &self.cfg;
-        let p = c.patch_size as usize;
+        let p = c.patch_size;
         let k = c.pooling_kernel_size as u32;
         let n = img.positions.len();
         let (gh, gw) = img.grid;
@@ -146,7 +146,10 @@ impl VisionEncoder {
             pos: GpuTensor::from_u32(
                 ctx,
                 &[n, 2],
-                &img.positions.iter().flat_map(|p| [p[0], p[1]]).collect::<Vec<_>>(),
+                &img.positions
+                    .iter()
+                    .flat_map(|p| [p[0], p[1]])
+                    .collect::<Vec<_>>(),
             )?,
             ids: GpuTensor::from_u32(
                 ctx,
@@ -174,8 +177,18 @@ impl VisionEncoder {
         ops::linear(&mut rec, &self.w.input_proj, &pixels, &b.x)?;
         let pe = z(&[2 * n, hv])?;
         ops::embedding(&mut rec, &self.pos_table, &b.ids, &pe, 1.0)?;
-        elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&pe.view(0, &[n, hv]), BLayout::Broadcast)))?;
-        elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&pe.view(n * hv, &[n, hv]), BLayout::Broadcast)))?;
+        elementwise_inplace(
+            &mut rec,
+            Elementwise::Add,
+            &b.x,
+            Some((&pe.view(0, &[n, hv]), BLayout::Broadcast)),
+        )?;
+        elementwise_inplace(
+            &mut rec,
+            Elementwise::Add,
+            &b.x,
+            Some((&pe.view(n * hv, &[n, hv]), BLayout::Broadcast)),
+        )?;
 
         let eps = c.rms_norm_eps as f32;
         let shape = AttnShape {
@@ -199,7 +212,12 @@ impl VisionEncoder {
             ops::rms_norm(&mut rec, &kh, Some(&layer.k_norm), &kh, eps)?;
             ops::rms_norm(&mut rec, &vh, None, &vh, eps)?;
             ops::rope_2d(&mut rec, &b.q.view(0, &[n, nh, hd]), &b.pos, &self.inv_freq)?;
-            ops::rope_2d(&mut rec, &b.k.view(0, &[n, nkv, hd]), &b.pos, &self.inv_freq)?;
+            ops::rope_2d(
+                &mut rec,
+                &b.k.view(0, &[n, nkv, hd]),
+                &b.pos,
+                &self.inv_freq,
+            )?;
             ops::attention_prefill(
                 &mut rec,
                 &b.q.view(0, &[n, nh, hd]),
@@ -210,16 +228,49 @@ impl VisionEncoder {
                 0,
             )?;
             self.clipped(&mut rec, &layer.o_proj, &b.attn, &b.o, &b.clip_in)?;
-            ops::rms_norm(&mut rec, &b.o, Some(&layer.post_attention_layernorm), &b.o, eps)?;
-            elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&b.o, BLayout::Broadcast)))?;
+            ops::rms_norm(
+                &mut rec,
+                &b.o,
+                Some(&layer.post_attention_layernorm),
+                &b.o,
+                eps,
+            )?;
+            elementwise_inplace(
+                &mut rec,
+                Elementwise::Add,
+                &b.x,
+                Some((&b.o, BLayout::Broadcast)),
+            )?;
 
-            ops::rms_norm(&mut rec, &b.x, Some(&layer.pre_feedforward_layernorm), &b.xn, eps)?;
+            ops::rms_norm(
+                &mut rec,
+                &b.x,
+                Some(&layer.pre_feedforward_layernorm),
+                &b.xn,
+                eps,
+            )?;
             self.clipped(&mut rec, &layer.gate_proj, &b.xn, &b.gate, &b.clip_in)?;
             self.clipped(&mut rec, &layer.up_proj, &b.xn, &b.up, &b.clip_in)?;
-            elementwise_inplace(&mut rec, Elementwise::GeluMul, &b.gate, Some((&b.up, BLayout::Broadcast)))?;
+            elementwise_inplace(
+                &mut rec,
+                Elementwise::GeluMul,
+                &b.gate,
+                Some((&b.up, BLayout::Broadcast)),
+            )?;
             self.clipped(&mut rec, &layer.down_proj, &b.gate, &b.o, &b.clip_in)?;
-            ops::rms_norm(&mut rec, &b.o, Some(&layer.post_feedforward_layernorm), &b.o, eps)?;
-            elementwise_inplace(&mut rec, Elementwise::Add, &b.x, Some((&b.o, BLayout::Broadcast)))?;
+            ops::rms_norm(
+                &mut rec,
+                &b.o,
+                Some(&layer.post_feedforward_layernorm),
+                &b.o,
+                eps,
+            )?;
+            elementwise_inplace(
+                &mut rec,
+                Elementwise::Add,
+                &b.x,
+                Some((&b.o, BLayout::Broadcast)),
+            )?;
         }
         ops::avg_pool_2d(&mut rec, &b.x, &pooled, gh, gw, k, (hv as f32).sqrt())?;
         ops::rms_norm(&mut rec, &pooled, None, &normed, eps)?;
