@@ -36,12 +36,13 @@ fn text_only(case: &str, chunk: usize) {
     let g = fx.golden();
     let prompt = ids(&g.i64("text_input_ids").data);
     let out = model.logits_and_greedy(&prompt, &[], 0).unwrap();
-    compare(
+    let r = compare(
         &format!("{case} text_logits (chunk {chunk})"),
         &out.logits,
         &g.f32("text_logits"),
         TOL,
     );
+    assert!(r.max_abs <= TOL, "{case}: max |Δlogits| {} > {TOL}", r.max_abs);
 }
 
 /// The golden's images, split by `num_patches`.
@@ -108,12 +109,13 @@ fn full(case: &str, chunk: usize) {
         );
     }
     let out = model.logits_and_greedy(&prompt, &images, 16).unwrap();
-    compare(
+    let r = compare(
         &format!("{case} logits (chunk {chunk})"),
         &out.logits,
         &g.f32("logits"),
         TOL,
     );
+    assert!(r.max_abs <= TOL, "{case}: max |Δlogits| {} > {TOL}", r.max_abs);
     let want = ids(&g.i64("greedy").data);
     assert_eq!(out.greedy, want, "{case}: greedy continuation differs");
 }
