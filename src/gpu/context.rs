@@ -336,6 +336,10 @@ impl GpuContext {
                 limit_name: "max_buffer_size",
             });
         }
+        self.inner
+            .counters
+            .buffers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.scoped(label, || {
             self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -378,6 +382,10 @@ impl GpuContext {
         size: u64,
     ) -> Result<Vec<u8>, GpuError> {
         let padded = size.next_multiple_of(4).max(4);
+        self.inner
+            .counters
+            .buffers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let staging = self.scoped("readback staging", || {
             self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),

@@ -83,9 +83,21 @@ pub struct Counters {
     pub dispatches: AtomicU64,
     /// Queue submits.
     pub submits: AtomicU64,
+    /// GPU buffers created by the engine.
+    pub buffers: AtomicU64,
+    /// Bind groups created (cache misses).
+    pub bind_groups: AtomicU64,
 }
 
 impl Counters {
+    /// (buffers, bind groups) created so far.
+    pub fn allocations(&self) -> (u64, u64) {
+        (
+            self.buffers.load(Ordering::Relaxed),
+            self.bind_groups.load(Ordering::Relaxed),
+        )
+    }
+
     /// (dispatches, submits) so far.
     pub fn snapshot(&self) -> (u64, u64) {
         (
@@ -102,6 +114,19 @@ pub struct Recorder {
     params: Vec<u8>,
     commands: Vec<Command>,
     slot: u32,
+    stats: RecorderStats,
+}
+
+/// What one recorder did: dispatches recorded and submits made (including early submits when
+/// the parameter arena filled up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Dispatches recorded.
+    pub dispatches: u64,
+    /// Queue submits.
+    pub submits: u64,
+    /// Buffer-to-buffer copies recorded.
+    pub copies: u64,
 }
 
 impl GpuContext {
@@ -114,6 +139,7 @@ impl GpuContext {
             params: Vec::new(),
             commands: Vec::new(),
             slot,
+            stats: RecorderStats::default(),
         }
     }
 
@@ -126,6 +152,7 @@ impl GpuContext {
         if let Some(a) = self.inner.arenas.lock().ok().and_then(|mut v| v.pop()) {
             return Ok(a);
         }
+        self.inner.counters.buffers.fetch_add(1, Ordering::Relaxed);
         let buffer = self.scoped("parameter arena", || {
             self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("param-arena"),
@@ -142,6 +169,11 @@ impl Recorder {
     /// The context this recorder belongs to.
     pub fn ctx(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Dispatches, submits and copies of this recorder so far.
+    pub fn stats(&self) -> RecorderStats {
+        self.stats
     }
 
     /// Number of commands recorded and not yet submitted.
@@ -235,6 +267,7 @@ impl Recorder {
             .counters
             .dispatches
             .fetch_add(1, Ordering::Relaxed);
+        self.stats.dispatches += 1;
         Ok(())
     }
 
@@ -269,6 +302,7 @@ impl Recorder {
         if size == 0 {
             return;
         }
+        self.stats.copies += 1;
         self.commands.push(Command::Copy {
             src: src.clone(),
             src_offset,
@@ -336,6 +370,11 @@ impl Recorder {
                         entries: &entries,
                     })
             })?;
+        self.ctx
+            .inner
+            .counters
+            .bind_groups
+            .fetch_add(1, Ordering::Relaxed);
         cache.insert(key, bg.clone());
         Ok(bg)
     }
@@ -393,6 +432,7 @@ impl Recorder {
             ctx.queue().submit(Some(enc.finish()));
         })?;
         ctx.inner.counters.submits.fetch_add(1, Ordering::Relaxed);
+        self.stats.submits += 1;
         if let Some(a) = arena
             && let Ok(mut pool) = ctx.inner.arenas.lock()
         {

@@ -20,7 +20,7 @@ use crate::gpu::ops::{
     self, AttnMask, AttnScratch, AttnShape, BLayout, Elementwise, KvLayout, SampleScratch,
     elementwise, elementwise_inplace,
 };
-use crate::gpu::{DType, GpuContext, GpuTensor, Recorder};
+use crate::gpu::{DType, GpuContext, GpuTensor, Readback, Recorder, RecorderStats};
 use crate::weights::{PerLayerTable, TextWeights};
 
 /// Which logits a forward pass produces.
@@ -77,7 +77,17 @@ pub struct Workspace {
     token: GpuTensor,
     attn_scratch: AttnScratch,
     sample_scratch: SampleScratch,
+    readback: Readback,
     host_ple: Vec<f32>,
+    last_step: RecorderStats,
+}
+
+impl Workspace {
+    /// Dispatches, submits and copies of the last decode step (the debug counter of the
+    /// decode loop: one submit per token).
+    pub fn last_step_stats(&self) -> RecorderStats {
+        self.last_step
+    }
 }
 
 impl TextDecoder {
@@ -166,7 +176,9 @@ impl TextDecoder {
             token: GpuTensor::zeros(ctx, &[1], DType::U32)?,
             attn_scratch: AttnScratch::new(ctx, c.num_attention_heads, 64, max_hd)?,
             sample_scratch: SampleScratch::new(ctx, c.vocab_size)?,
+            readback: Readback::new(ctx, 4)?,
             host_ple: vec![0.0; chunk * np],
+            last_step: RecorderStats::default(),
         })
     }
 
@@ -242,10 +254,12 @@ impl TextDecoder {
             &ws.token,
             &ws.sample_scratch,
         )?;
+        ws.readback.record(&mut rec, &ws.token.buffer, 0, 4)?;
         rec.submit()?;
-        let id = self.ctx.read_u32(&ws.token.buffer, 0, 1)?;
+        ws.last_step = rec.stats();
+        let id = ws.readback.read_u32(&self.ctx)?;
         cache.advance(1);
-        Ok(id[0])
+        Ok(id)
     }
 
     /// Greedy generation of up to `max_new` tokens after the prompt (the prompt is prefilled
