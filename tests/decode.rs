@@ -44,3 +44,45 @@ fn one_submit_and_no_allocations_per_decoded_token() {
         per_token as f64 / layers as f64
     );
 }
+
+#[test]
+fn context_overflow_is_a_typed_error() {
+    let Some(ctx) = common::gpu() else {
+        return;
+    };
+    let dir = common::golden::fixtures_dir().join("e2b-like");
+    let model = Model::load_with(&ctx, &dir, &ModelOptions::default()).unwrap();
+    let text = model.text();
+    let (mut cache, mut ws) = text.new_session(8, 4).unwrap();
+    let ids: Vec<u32> = (10..20).collect();
+    let err = text
+        .forward(
+            &mut cache,
+            &mut ws,
+            &ids,
+            None,
+            gemma_wgpu::text::Logits::Last,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, gemma_wgpu::Error::InvalidArgument(ref m) if m.contains("maximum context of 8")),
+        "{err}"
+    );
+    assert_eq!(
+        cache.position(),
+        0,
+        "a rejected prompt leaves the cache untouched"
+    );
+    // an out-of-vocabulary id is an error too, not a panic
+    let (mut cache, mut ws) = text.new_session(8, 4).unwrap();
+    let err = text
+        .forward(
+            &mut cache,
+            &mut ws,
+            &[2, 100000],
+            None,
+            gemma_wgpu::text::Logits::Last,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+}

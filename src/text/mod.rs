@@ -193,9 +193,24 @@ impl TextDecoder {
         media: Option<&GpuTensor>,
         logits: Logits,
     ) -> Result<Vec<f32>> {
+        let n = ids.len();
+        // Check the whole prompt before running any of it, so a failure leaves the cache as it was.
+        if cache.position() + n > cache.max_context() {
+            return Err(Error::InvalidArgument(format!(
+                "context overflow: position {} + {n} tokens exceeds the maximum context of {} \
+                 (raise it when creating the session)",
+                cache.position(),
+                cache.max_context()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {} ids",
+                self.cfg.vocab_size
+            )));
+        }
         let mut out = Vec::new();
         let mut media_row = 0usize;
-        let n = ids.len();
         let mut start = 0;
         while start < n {
             let len = ws.chunk.min(n - start);
