@@ -382,49 +382,11 @@ impl GpuContext {
         size: u64,
     ) -> Result<Vec<u8>, GpuError> {
         let padded = size.next_multiple_of(4).max(4);
-        self.inner
-            .counters
-            .buffers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let staging = self.scoped("readback staging", || {
-            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size: padded,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
-        let mut enc = self
-            .inner
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
-            });
-        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
-        self.scoped("readback copy", || {
-            self.inner.queue.submit(Some(enc.finish()));
-        })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
-        let out = {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| GpuError::BufferMap(e.to_string()))?;
-            view[..size as usize].to_vec()
-        };
-        staging.unmap();
-        self.check_health()?;
-        Ok(out)
+        let staging = super::readback::Readback::new(self, padded)?;
+        let mut rec = self.recorder();
+        staging.record(&mut rec, buffer, offset, padded)?;
+        rec.submit()?;
+        staging.read(self, size)
     }
 
     /// Reads `len` f32 values starting at element `offset`.
