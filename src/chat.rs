@@ -278,7 +278,9 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
 
-/// `tojson` as Hugging Face registers it: JSON with non-ASCII kept, optional `indent`.
+/// `tojson` as Hugging Face registers it: JSON with non-ASCII kept, Python's `", "`/`": "`
+/// separators, optional `indent`. Object keys come out sorted (the order of `serde_json` maps),
+/// where Python would keep insertion order.
 fn tojson(
     value: Value,
     kwargs: minijinja::value::Kwargs,
