@@ -7,13 +7,16 @@
 //! (weights, text decoder, vision tower) ↔ generation and chat API.
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod gpu;
 pub mod model;
 pub mod preprocess;
 pub mod registry;
 pub mod text;
+pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
