@@ -183,3 +183,18 @@ fn mlx_mixed_multimodal() {
 fn two_images() {
     full("two-images", 64);
 }
+
+/// End to end from an image file: PNG → the crate's preprocessing → tower → decoder reproduces
+/// transformers' greedy caption tokens for the chat golden's prompt ids.
+#[test]
+fn image_file_end_to_end() {
+    let fx = Fixture::open("chat");
+    let Some(model) = load(&fx, 512) else {
+        return;
+    };
+    let g = fx.golden();
+    let prompt = ids(&g.i64("caption_ids").data);
+    let image = model.prepare_image_file(&fx.dir.join("image.png")).unwrap();
+    let out = model.logits_and_greedy(&prompt, &[image], 16).unwrap();
+    assert_eq!(out.greedy, ids(&g.i64("caption_greedy").data));
+}
