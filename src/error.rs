@@ -23,6 +23,23 @@ pub enum Error {
     /// A caller passed arguments that do not fit together (shapes, lengths, ids).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Loading the tokenizer, encoding or decoding failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be found, parsed or rendered.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The prompt's image placeholders do not match the images supplied.
+    #[error(
+        "the prompt has {placeholders} image placeholder token(s) but {images} image(s) were \
+         given; pass one image per image placeholder (one Content::Image per image)"
+    )]
+    ImageTokenMismatch {
+        /// Image placeholder tokens found in the prompt.
+        placeholders: usize,
+        /// Images (soft-token counts) supplied.
+        images: usize,
+    },
     /// An I/O error with the path it concerns.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -7,14 +7,23 @@
 //! (weights, text decoder, vision tower) ↔ generation and chat API.
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod gpu;
 pub mod model;
 pub mod preprocess;
 pub mod registry;
+pub mod session;
 pub mod text;
+pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use generation::{GenerationOptions, Sampling};
+pub use model::{Model, ModelBuilder, ModelOptions};
+pub use session::{
+    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationStats, ImageInput, Reply,
+};
