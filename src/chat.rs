@@ -279,7 +279,10 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
 }
 
 /// `tojson` as Hugging Face registers it: JSON with non-ASCII kept, optional `indent`.
-fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, minijinja::Error> {
+fn tojson(
+    value: Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     // Accepted and ignored (Python's defaults are what we produce anyway).
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
@@ -443,7 +446,11 @@ impl ChatTemplate {
         extra: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String> {
         let msgs: Vec<serde_json::Value> = messages.iter().map(Message::to_hf_json).collect();
-        self.render_json(&serde_json::Value::Array(msgs), add_generation_prompt, extra)
+        self.render_json(
+            &serde_json::Value::Array(msgs),
+            add_generation_prompt,
+            extra,
+        )
     }
 
     /// Renders messages already in the Hugging Face JSON structure (content a string or a
@@ -458,7 +465,10 @@ impl ChatTemplate {
         for (k, v) in &self.tokens {
             ctx.insert(k.clone(), Value::from(v.clone()));
         }
-        ctx.insert("messages".into(), Value::from(minijinja::value::Serde(messages)));
+        ctx.insert(
+            "messages".into(),
+            Value::from(minijinja::value::Serde(messages)),
+        );
         ctx.insert(
             "add_generation_prompt".into(),
             Value::from(add_generation_prompt),

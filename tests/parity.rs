@@ -42,7 +42,11 @@ fn text_only(case: &str, chunk: usize) {
         &g.f32("text_logits"),
         TOL,
     );
-    assert!(r.max_abs <= TOL, "{case}: max |Δlogits| {} > {TOL}", r.max_abs);
+    assert!(
+        r.max_abs <= TOL,
+        "{case}: max |Δlogits| {} > {TOL}",
+        r.max_abs
+    );
 }
 
 /// The golden's images, split by `num_patches`.
@@ -115,7 +119,11 @@ fn full(case: &str, chunk: usize) {
         &g.f32("logits"),
         TOL,
     );
-    assert!(r.max_abs <= TOL, "{case}: max |Δlogits| {} > {TOL}", r.max_abs);
+    assert!(
+        r.max_abs <= TOL,
+        "{case}: max |Δlogits| {} > {TOL}",
+        r.max_abs
+    );
     let want = ids(&g.i64("greedy").data);
     assert_eq!(out.greedy, want, "{case}: greedy continuation differs");
 }
