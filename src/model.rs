@@ -461,15 +461,13 @@ pub struct ModelBuilder {
 }
 
 impl ModelBuilder {
-    /// A builder for a registry name, Hugging Face repository id or local checkpoint directory.
-    /// Floats are uploaded as f16 by default.
+    /// A builder for a registry name, Hugging Face repository id or local checkpoint directory,
+    /// with [`ModelOptions::default`] (floats uploaded as stored).
     pub fn new(name_or_dir: impl Into<String>) -> Self {
-        let mut options = ModelOptions::default();
-        options.load.float_format = FloatFormat::F16;
         ModelBuilder {
             source: name_or_dir.into(),
             ctx: None,
-            options,
+            options: ModelOptions::default(),
             allow_download: true,
         }
     }
@@ -486,7 +484,7 @@ impl ModelBuilder {
         self
     }
 
-    /// Storage format of float matrices (default f16).
+    /// Storage format of float matrices (default [`FloatFormat::Native`]: as stored).
     pub fn with_float_format(mut self, format: FloatFormat) -> Self {
         self.options.load.float_format = format;
         self

@@ -6,8 +6,9 @@
 //!
 //! A turn renders the whole conversation with the checkpoint's chat template, tokenizes it,
 //! expands every image placeholder to `boi`, the image's soft tokens, `eoi`, and prefills only
-//! the tokens the KV cache does not hold yet (the previously processed tokens must be a prefix
-//! of the new prompt, else the cache is reset and everything is prefilled again). Each decode
+//! the tokens the KV cache does not hold yet: normally the previously processed tokens are a
+//! prefix of the new prompt; otherwise the cache is rewound to the longest common prefix when
+//! no sliding-window key it needs was overwritten since, else reset and everything prefilled. Each decode
 //! step is **one** submit: the decoder for one token, the repetition penalty (in place on the
 //! GPU logits, over a preallocated buffer of the distinct ids seen so far) and the selection
 //! (`argmax`, or `sample` with a host-drawn uniform number from a seeded RNG); only the 4-byte
@@ -429,23 +430,36 @@ impl Generation {
             )));
         }
 
-        // KV reuse: the processed tokens must be a prefix of the new prompt, and no image's
-        // soft tokens may straddle the boundary; at least one token must remain to prefill.
+        // KV reuse: keep the longest common prefix of the processed tokens and the new prompt
+        // (normally all processed tokens), rewinding the cache when that is safe; no image's
+        // soft tokens may straddle the boundary, and at least one token must remain to prefill.
         let image_token = model.config().image_token_id;
         let runs = image_runs(&ids, image_token);
-        let mut pos = st.cache.position();
-        let reusable = !st.dirty
-            && pos <= st.history.len()
-            && pos < ids.len()
-            && ids[..pos] == st.history[..pos]
-            && runs.iter().all(|&(s, e)| e <= pos || s >= pos);
-        if !reusable {
-            st.cache.reset();
+        let processed = st.cache.position().min(st.history.len());
+        let mut pos = if st.dirty {
+            0
+        } else {
+            st.history[..processed]
+                .iter()
+                .zip(&ids)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(ids.len() - 1)
+        };
+        if let Some(&(s, _)) = runs.iter().find(|&&(s, e)| s < pos && pos < e) {
+            pos = s;
+        }
+        if pos < st.cache.position() && !st.cache.can_truncate_to(pos) {
             pos = 0;
         }
+        if pos == 0 {
+            st.cache.reset();
+        } else {
+            st.cache.truncate(pos);
+        }
         st.dirty = true;
-        st.messages = messages;
-        st.images = all_images;
+        let old_messages = std::mem::replace(&mut st.messages, messages);
+        let old_images = std::mem::replace(&mut st.images, all_images);
         let first_new_image = runs.iter().filter(|&&(_, e)| e <= pos).count();
         let media = concat_features(model, &st.images[first_new_image..])?;
 
@@ -461,9 +475,11 @@ impl Generation {
         let logits = match logits {
             Ok(l) => l,
             Err(e) => {
-                // The cache may hold part of the suffix: start over next time.
+                // The cache may hold part of the suffix: start over next time, without this turn.
                 st.cache.reset();
                 st.history.clear();
+                st.messages = old_messages;
+                st.images = old_images;
                 return Err(e);
             }
         };
@@ -600,8 +616,10 @@ impl Generation {
                     Ok(t) => t,
                     Err(e) => return Some(Err(e)),
                 };
-                let (mut out, _) = self.stops.push(&tail);
-                if !self.stops.stopped() {
+                let (mut out, stopped) = self.stops.push(&tail);
+                if stopped {
+                    self.finish = Some(FinishReason::StopString);
+                } else {
                     out.push_str(&self.stops.finish());
                 }
                 if out.is_empty() {
@@ -781,6 +799,20 @@ impl ChatSession {
     /// The logits (`[vocab]`) at the last prompt position of the latest turn, as prefilled.
     pub fn last_prompt_logits(&self) -> Option<Vec<f32>> {
         lock(&self.state).last_logits.clone()
+    }
+
+    /// Replaces the text of the latest model reply (e.g. after post-processing it). The next
+    /// turn renders the conversation with it and reuses the KV cache up to the first token that
+    /// differs. Returns false when the conversation has no reply yet.
+    pub fn set_last_reply(&mut self, text: impl Into<String>) -> bool {
+        let mut st = lock(&self.state);
+        match st.messages.last_mut() {
+            Some(m) if m.role == Role::Assistant => {
+                m.content = vec![Content::Text(text.into())];
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forgets the conversation (the system prompt stays; buffers are kept).
