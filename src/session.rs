@@ -1007,7 +1007,9 @@ impl TextStream<'_> {
             return Err(e);
         }
         let Some(mut g) = self.generation.take() else {
-            return Err(Error::InvalidArgument("the generation did not start".into()));
+            return Err(Error::InvalidArgument(
+                "the generation did not start".into(),
+            ));
         };
         while let Some(d) = g.next_delta(self.model, &mut self.state) {
             if let Err(e) = d {

@@ -307,9 +307,7 @@ fn cancellation_stops_within_one_token() {
     assert_eq!(r.tokens[..], full.tokens[..r.tokens.len()]);
     // The token whose text was delivered is the last one generated.
     let tok = m.tokenizer().unwrap();
-    let before = tok
-        .decode(&r.tokens[..r.tokens.len() - 1], true)
-        .unwrap();
+    let before = tok.decode(&r.tokens[..r.tokens.len() - 1], true).unwrap();
     assert!(before.is_empty() || r.tokens.len() == 1 || !r.text.is_empty());
     assert!(!token.is_cancelled(), "the generation consumed the request");
 
@@ -353,7 +351,9 @@ fn errors_are_typed_and_clear() {
         .to_string();
     assert!(e.contains("image.png"), "{e}");
     // Unknown model names suggest known ones.
-    let e = Model::from_pretrained("gemma-4-E2B-qat").unwrap_err().to_string();
+    let e = Model::from_pretrained("gemma-4-E2B-qat")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("did you mean"), "{e}");
 }
 

@@ -10,7 +10,13 @@ use gemma_wgpu::gpu::{DType, GpuTensor, reference};
 fn penalty_matches_reference() {
     let mut rng = Rng::new(7);
     for (path, ctx) in paths() {
-        for &(vocab, n_ids) in &[(1usize, 1usize), (7, 3), (1000, 0), (1000, 65), (262144, 300)] {
+        for &(vocab, n_ids) in &[
+            (1usize, 1usize),
+            (7, 3),
+            (1000, 0),
+            (1000, 65),
+            (262144, 300),
+        ] {
             for &penalty in &[1.3f32, 0.7, 1.0] {
                 let logits = rng.normals(vocab, 4.0);
                 // distinct ids, plus one out-of-range id that must be ignored
@@ -45,7 +51,10 @@ fn penalty_matches_reference() {
                 repetition_penalty(&mut rec, &lt, &it, ids.len(), penalty).unwrap();
                 rec.finish().unwrap();
                 let got = lt.to_f32(&ctx).unwrap();
-                assert_eq!(got, want, "{path}: vocab {vocab}, {n_ids} ids, penalty {penalty}");
+                assert_eq!(
+                    got, want,
+                    "{path}: vocab {vocab}, {n_ids} ids, penalty {penalty}"
+                );
             }
         }
     }
