@@ -123,6 +123,11 @@ impl Message {
 /// A built-in Gemma 4 (E2B/E4B) chat template for checkpoints that ship none (spec §6): a
 /// leading system turn for a system prompt and/or thinking, content items concatenated in order
 /// with text trimmed, `assistant` written as `model`, bare `<|image|>` placeholders.
+///
+/// It renders plain chats (system, user, assistant; images; thinking on/off) exactly like the
+/// official E2B/E4B template, including its quirk of writing each text item of a list-form
+/// system message as `trim(text) + ' '` (so `Message::system("Be terse.")` gives
+/// `<|turn>system\nBe terse. <turn|>`). Tools and thinking history are not supported.
 pub const BUILTIN_GEMMA4_TEMPLATE: &str = r#"{{- bos_token -}}
 {%- set loop_messages = messages -%}
 {%- set thinking = enable_thinking is defined and enable_thinking -%}
@@ -134,7 +139,7 @@ pub const BUILTIN_GEMMA4_TEMPLATE: &str = r#"{{- bos_token -}}
 {{- messages[0]['content'] | trim -}}
 {%- else -%}
 {%- for item in messages[0]['content'] -%}
-{%- if item['type'] == 'text' -%}{{- item['text'] | trim -}}{%- endif -%}
+{%- if item['type'] == 'text' -%}{{- item['text'] | trim + ' ' -}}{%- endif -%}
 {%- endfor -%}
 {%- endif -%}
 {%- set loop_messages = messages[1:] -%}
@@ -278,7 +283,9 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
 
-/// `tojson` as Hugging Face registers it: JSON with non-ASCII kept, optional `indent`.
+/// `tojson` as Hugging Face registers it: JSON with non-ASCII kept, Python's `", "`/`": "`
+/// separators, optional `indent`. Object keys come out sorted (the order of `serde_json` maps),
+/// where Python would keep insertion order.
 fn tojson(
     value: Value,
     kwargs: minijinja::value::Kwargs,
