@@ -62,7 +62,7 @@ pub struct Selection<'a> {
     pub logits: &'a GpuTensor,
     /// Where the selected token id goes (u32 `[1]`).
     pub out: &'a GpuTensor,
-    /// Scratch for [`ops::argmax`] / [`ops::sample`] / [`ops::top_k`].
+    /// Scratch for [`ops::argmax`] / [`ops::sample()`] / [`ops::top_k`].
     pub scratch: &'a SampleScratch,
 }
 
@@ -245,7 +245,7 @@ impl TextDecoder {
 
     /// One decode step with a caller-chosen token selection: feeds `token` at the cache
     /// position, records the decoder, then `select` (which must write the next token id into
-    /// [`Selection::out`], e.g. with [`ops::sample`] or [`ops::argmax`], optionally after
+    /// [`Selection::out`], e.g. with [`ops::sample()`] or [`ops::argmax`], optionally after
     /// in-place logit processing such as [`ops::repetition_penalty`]) into the **same**
     /// recorder; one submit, and only the 4-byte id is read back. Advances the cache by one.
     pub fn step_with(
