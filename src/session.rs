@@ -714,7 +714,7 @@ impl Generation {
 /// ```no_run
 /// use gemma_wgpu::{Model, GenerationOptions};
 /// let model = Model::load("path/to/gemma-4-E2B-it")?;
-/// let mut chat = model.chat().with_system("Answer briefly.");
+/// let mut chat = model.chat()?.with_system("Answer briefly.");
 /// let opts = GenerationOptions::default();
 /// let r = chat.send("What is in this picture?", vec!["cat.jpg".into()], &opts)?;
 /// println!("{}", r.text);
