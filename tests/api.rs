@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
 use common::golden::{Golden, fixtures_dir};
+use gemma_wgpu::chat::Message;
 use gemma_wgpu::gpu::reference;
 use gemma_wgpu::{
     CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationOptions, ImageInput, Model,
@@ -43,6 +44,24 @@ fn image() -> PathBuf {
     fixtures_dir().join("chat/image.png")
 }
 
+/// The greedy 16-token caption (computed once per test binary).
+fn full_caption() -> Reply {
+    static R: OnceLock<Reply> = OnceLock::new();
+    R.get_or_init(|| {
+        model()
+            .unwrap()
+            .caption_reply(image(), &greedy(16))
+            .unwrap()
+    })
+    .clone()
+}
+
+/// A short text-only one-shot prompt (no image: cheap).
+fn hello(m: &Model, opts: &GenerationOptions) -> Reply {
+    m.generate(None, Message::user("Hello there."), vec![], opts)
+        .unwrap()
+}
+
 /// Greedy, `n` tokens, no stop tokens (as the golden was generated).
 fn greedy(n: usize) -> GenerationOptions {
     GenerationOptions::default()
@@ -57,7 +76,7 @@ fn caption_and_ask_match_the_golden() {
     let g = golden();
     let tok = m.tokenizer().unwrap();
 
-    let r = m.caption_reply(image(), &greedy(16)).unwrap();
+    let r = full_caption();
     assert_eq!(r.prompt_ids, ids(&g, "caption_ids"), "caption prompt");
     assert_eq!(r.tokens, ids(&g, "caption_greedy"), "caption tokens");
     assert_eq!(r.finish, FinishReason::MaxTokens);
@@ -171,7 +190,7 @@ fn stop_tokens_and_stop_strings_end_generation() {
     assert_eq!(r.finish, FinishReason::StopToken(stop));
 
     // Stop string: a piece from the middle of the full text; the text ends before it.
-    let text = m.caption_with(image(), &greedy(16)).unwrap();
+    let text = full_caption().text;
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     assert!(chars.len() >= 4, "caption text too short: {text:?}");
     let at = chars[chars.len() / 2].0;
@@ -209,7 +228,7 @@ fn block_on_stream(mut s: gemma_wgpu::session::AsyncTextStream) -> Vec<String> {
 #[test]
 fn streamed_deltas_concatenate_to_the_text() {
     let Some(m) = model() else { return };
-    let want = m.caption_with(image(), &greedy(16)).unwrap();
+    let want = full_caption().text;
 
     let mut chat = m.chat().unwrap();
     let deltas: Vec<String> = chat
@@ -259,9 +278,9 @@ fn sampled(seed: u64) -> GenerationOptions {
 #[test]
 fn seeds_make_sampling_reproducible() {
     let Some(m) = model() else { return };
-    let a = m.caption_reply(image(), &sampled(1)).unwrap().tokens;
-    let b = m.caption_reply(image(), &sampled(1)).unwrap().tokens;
-    let c = m.caption_reply(image(), &sampled(2)).unwrap().tokens;
+    let a = hello(&m, &sampled(1)).tokens;
+    let b = hello(&m, &sampled(1)).tokens;
+    let c = hello(&m, &sampled(2)).tokens;
     assert_eq!(a, b, "same seed, same tokens");
     assert_ne!(a, c, "different seeds gave the same 12 tokens");
 }
@@ -273,8 +292,8 @@ fn repetition_penalty_runs_on_the_gpu_like_the_reference() {
     let mut chat = m.chat().unwrap();
     let r = chat
         .send(
-            CAPTION_PROMPT,
-            vec![image().into()],
+            "Hello there.",
+            vec![],
             &greedy(4).with_repetition_penalty(penalty),
         )
         .unwrap();
@@ -283,14 +302,14 @@ fn repetition_penalty_runs_on_the_gpu_like_the_reference() {
     reference::repetition_penalty_ref(&mut logits, &r.prompt_ids, penalty);
     assert_eq!(r.tokens[0], reference::argmax_ref(&logits));
     // Later tokens: the generated ids join the penalised set.
-    let plain = m.caption_reply(image(), &greedy(4)).unwrap();
+    let plain = hello(&m, &greedy(4));
     assert_eq!(r.tokens.len(), plain.tokens.len());
 }
 
 #[test]
 fn cancellation_stops_within_one_token() {
     let Some(m) = model() else { return };
-    let full = m.caption_reply(image(), &greedy(16)).unwrap();
+    let full = full_caption();
     let mut chat = m.chat().unwrap();
     let token = chat.cancel_token();
     let mut deltas = 0;
@@ -324,7 +343,7 @@ fn cancellation_stops_within_one_token() {
     // Breaking out of the callback also stops.
     let mut chat = m.chat().unwrap();
     let r = chat
-        .send_with(CAPTION_PROMPT, vec![image().into()], &greedy(16), |_| {
+        .send_with("Hello there.", vec![], &greedy(16), |_| {
             ControlFlow::Break(())
         })
         .unwrap();
