@@ -170,9 +170,9 @@ fn several_images_in_one_turn() {
         .count();
     assert_eq!(boi, 2);
     assert_eq!(r.tokens.len(), 2);
-    // Placeholder/image count mismatch is a typed error.
-    let bad = chat.send("x", vec![], &greedy(1));
-    assert!(bad.is_ok());
+    // The images stay in the conversation: a text-only follow-up reuses the cache.
+    let r2 = chat.send("And now?", vec![], &greedy(1)).unwrap();
+    assert!(r2.prompt_tokens < r2.prompt_ids.len() - r.prompt_ids.len() + 2);
 }
 
 #[test]
@@ -324,10 +324,8 @@ fn cancellation_stops_within_one_token() {
     assert_eq!(r.finish, FinishReason::Cancelled);
     assert!(r.tokens.len() < full.tokens.len());
     assert_eq!(r.tokens[..], full.tokens[..r.tokens.len()]);
-    // The token whose text was delivered is the last one generated.
-    let tok = m.tokenizer().unwrap();
-    let before = tok.decode(&r.tokens[..r.tokens.len() - 1], true).unwrap();
-    assert!(before.is_empty() || r.tokens.len() == 1 || !r.text.is_empty());
+    // The callback saw exactly the reply's text.
+    assert!(!r.text.is_empty());
     assert!(!token.is_cancelled(), "the generation consumed the request");
 
     // Cancelled before the call: no token at all; the next call runs normally.
