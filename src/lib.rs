@@ -15,9 +15,15 @@ pub mod gpu;
 pub mod model;
 pub mod preprocess;
 pub mod registry;
+pub mod session;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use generation::{GenerationOptions, Sampling};
+pub use model::{Model, ModelBuilder, ModelOptions};
+pub use session::{
+    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationStats, ImageInput, Reply,
+};

@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::chat::ChatTemplate;
 use crate::config::Gemma4Config;
 use crate::error::{Error, Result};
+use crate::generation::GenerationOptions;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::preprocess::{self, ImageOptions};
 use crate::text::{Logits, TextDecoder};
+use crate::tokenizer::Tokenizer;
 use crate::vision::{ImagePatches, VisionEncoder};
 use crate::weights::{FloatFormat, LoadOptions, LoadReport};
 
@@ -50,15 +53,39 @@ pub struct LogitsOutput {
     pub greedy: Vec<u32>,
 }
 
-/// A loaded model.
+/// A loaded model: configuration, weights on the GPU, the text decoder and vision encoder, and
+/// (when the checkpoint directory has them) the tokenizer, chat template and generation
+/// defaults.
+///
+/// `Model` is a cheap handle (`Clone` shares the weights through an `Arc`) and `Send + Sync`:
+/// sessions ([`ChatSession`](crate::session::ChatSession)) and threads each hold a clone.
+#[derive(Clone)]
 pub struct Model {
-    ctx: GpuContext,
-    config: Gemma4Config,
-    text: TextDecoder,
-    vision: Option<VisionEncoder>,
-    report: LoadReport,
-    options: ModelOptions,
-    dir: PathBuf,
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) ctx: GpuContext,
+    pub(crate) config: Gemma4Config,
+    pub(crate) text: TextDecoder,
+    pub(crate) vision: Option<VisionEncoder>,
+    pub(crate) report: LoadReport,
+    pub(crate) options: ModelOptions,
+    pub(crate) dir: PathBuf,
+    pub(crate) tokenizer: Option<Arc<Tokenizer>>,
+    pub(crate) template: Option<Arc<ChatTemplate>>,
+    pub(crate) generation: GenerationOptions,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("dir", &self.inner.dir)
+            .field("adapter", &self.inner.ctx.adapter_name())
+            .field("vision", &self.inner.vision.is_some())
+            .field("tokenizer", &self.inner.tokenizer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Model {
@@ -82,40 +109,110 @@ impl Model {
             )?),
             _ => None,
         };
+        // Text-side assets are optional: a directory with only config + weights still loads
+        // (logits, token-id generation); the text API then reports what is missing.
+        let tokenizer = if dir.join("tokenizer.json").is_file() {
+            Some(Arc::new(Tokenizer::from_dir(dir)?))
+        } else {
+            None
+        };
+        let template = match &tokenizer {
+            Some(_) => Some(Arc::new(ChatTemplate::from_dir(dir)?)),
+            None => None,
+        };
+        let generation = GenerationOptions::from_dir(dir)?;
         Ok(Model {
-            ctx: ctx.clone(),
-            config,
-            text,
-            vision,
-            report,
-            options: options.clone(),
-            dir: dir.to_path_buf(),
+            inner: Arc::new(Inner {
+                ctx: ctx.clone(),
+                config,
+                text,
+                vision,
+                report,
+                options: options.clone(),
+                dir: dir.to_path_buf(),
+                tokenizer,
+                template,
+                generation,
+            }),
         })
+    }
+
+    /// Loads the checkpoint in `dir` on a GPU context of its own (the default adapter).
+    ///
+    /// ```no_run
+    /// let model = gemma_wgpu::Model::load("path/to/gemma-4-E2B-it")?;
+    /// println!("{}", model.caption("photo.jpg")?);
+    /// # Ok::<(), gemma_wgpu::Error>(())
+    /// ```
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let ctx = GpuContext::new()?;
+        Self::load_with(&ctx, dir.as_ref(), &ModelOptions::default())
+    }
+
+    /// Loads a model by registry name (`models.toml`, e.g. `gemma-4-E2B-it-qat-4bit`), Hugging
+    /// Face repository id, or local directory, on a GPU context of its own. A registry model
+    /// not yet in the Hugging Face cache is downloaded with a progress bar (feature `hub`);
+    /// without network access (or without the feature) the error says how to get it.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<Self> {
+        ModelBuilder::new(name_or_dir).build()
+    }
+
+    /// A [`ModelBuilder`] for `name_or_dir` (registry name, repository id or directory).
+    pub fn builder(name_or_dir: impl Into<String>) -> ModelBuilder {
+        ModelBuilder::new(name_or_dir)
+    }
+
+    /// The GPU context the model lives on.
+    pub fn context(&self) -> &GpuContext {
+        &self.inner.ctx
+    }
+
+    /// The options the model was loaded with.
+    pub fn options(&self) -> &ModelOptions {
+        &self.inner.options
+    }
+
+    /// The tokenizer (`tokenizer.json`), if the checkpoint directory has one.
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.inner.tokenizer.as_ref()
+    }
+
+    /// The chat template, if the checkpoint directory has a tokenizer (the template falls back
+    /// to the built-in Gemma 4 template when the directory has none).
+    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
+        self.inner.template.as_ref()
+    }
+
+    /// Generation defaults from `generation_config.json` (or the crate's defaults): what
+    /// [`caption`](Self::caption), [`ask`](Self::ask) and
+    /// [`ChatSession::send`](crate::session::ChatSession::send) callers usually start from.
+    pub fn generation_defaults(&self) -> &GenerationOptions {
+        &self.inner.generation
     }
 
     /// The configuration.
     pub fn config(&self) -> &Gemma4Config {
-        &self.config
+        &self.inner.config
     }
 
     /// What loading did (bytes, tensors, time).
     pub fn load_report(&self) -> &LoadReport {
-        &self.report
+        &self.inner.report
     }
 
     /// The model directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
     }
 
     /// The text decoder.
     pub fn text(&self) -> &TextDecoder {
-        &self.text
+        &self.inner.text
     }
 
     /// The vision encoder, if the checkpoint has a vision tower.
     pub fn vision(&self) -> Option<&VisionEncoder> {
-        self.vision.as_ref()
+        self.inner.vision.as_ref()
     }
 
     /// Image preprocessing options: patch size and pooling kernel from the vision config; the
@@ -123,12 +220,12 @@ impl Model {
     /// `processor_config.json`, else the vision config's `default_output_length`.
     pub fn image_options(&self) -> Result<ImageOptions> {
         let vc =
-            self.config.vision_config.as_ref().ok_or_else(|| {
+            self.inner.config.vision_config.as_ref().ok_or_else(|| {
                 Error::InvalidArgument("this checkpoint has no vision tower".into())
             })?;
-        let budget = match self.options.max_soft_tokens {
+        let budget = match self.inner.options.max_soft_tokens {
             Some(b) => b,
-            None => processor_budget(&self.dir).unwrap_or(vc.default_output_length as u32),
+            None => processor_budget(&self.inner.dir).unwrap_or(vc.default_output_length as u32),
         };
         Ok(ImageOptions::from_vision_config(
             vc.patch_size as u32,
@@ -159,7 +256,7 @@ impl Model {
     /// and `image_position_ids` `[n, 2]` i64 (x, y); padding rows (-1, -1) are dropped.
     pub fn prepare_pixel_values_file(&self, path: &Path) -> Result<ImagePatches> {
         let vc =
-            self.config.vision_config.as_ref().ok_or_else(|| {
+            self.inner.config.vision_config.as_ref().ok_or_else(|| {
                 Error::InvalidArgument("this checkpoint has no vision tower".into())
             })?;
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -249,17 +346,17 @@ impl Model {
         if images.is_empty() {
             return Ok(None);
         }
-        let vision = self.vision.as_ref().ok_or_else(|| {
+        let vision = self.inner.vision.as_ref().ok_or_else(|| {
             Error::InvalidArgument("images given but the checkpoint has no vision tower".into())
         })?;
-        let h = self.config.text_config.hidden_size;
+        let h = self.inner.config.text_config.hidden_size;
         let mut parts = Vec::new();
         for img in images {
             parts.push(vision.encode(img, false)?.0);
         }
         let total: usize = parts.iter().map(|p| p.shape[0]).sum();
-        let all = GpuTensor::zeros(&self.ctx, &[total, h], DType::F32)?;
-        let mut rec = self.ctx.recorder();
+        let all = GpuTensor::zeros(&self.inner.ctx, &[total, h], DType::F32)?;
+        let mut rec = self.inner.ctx.recorder();
         let mut row = 0;
         for p in &parts {
             rec.copy(
@@ -286,9 +383,10 @@ impl Model {
     ) -> Result<LogitsOutput> {
         let n_img_tokens = ids
             .iter()
-            .filter(|&&t| t == self.config.image_token_id)
+            .filter(|&&t| t == self.inner.config.image_token_id)
             .count();
         let k = self
+            .inner
             .config
             .vision_config
             .as_ref()
@@ -299,25 +397,26 @@ impl Model {
             return Err(Error::InvalidArgument(format!(
                 "the prompt has {n_img_tokens} image soft tokens (id {}) but the images give \
                  {n_soft}",
-                self.config.image_token_id
+                self.inner.config.image_token_id
             )));
         }
         let media = self.encode_images(images)?;
-        let (mut cache, mut ws) = self.text.new_session(
-            self.options.max_context.max(ids.len() + greedy + 1),
-            self.options.prefill_chunk,
+        let (mut cache, mut ws) = self.inner.text.new_session(
+            self.inner.options.max_context.max(ids.len() + greedy + 1),
+            self.inner.options.prefill_chunk,
         )?;
-        let logits = self
-            .text
-            .forward(&mut cache, &mut ws, ids, media.as_ref(), Logits::All)?;
-        let vocab = self.config.text_config.vocab_size;
+        let logits =
+            self.inner
+                .text
+                .forward(&mut cache, &mut ws, ids, media.as_ref(), Logits::All)?;
+        let vocab = self.inner.config.text_config.vocab_size;
         let mut out = Vec::new();
         if greedy > 0 {
             let last = &logits[(ids.len() - 1) * vocab..];
             let mut next = crate::text::argmax_host(last);
             out.push(next);
             while out.len() < greedy {
-                next = self.text.step_greedy(&mut cache, &mut ws, next)?;
+                next = self.inner.text.step_greedy(&mut cache, &mut ws, next)?;
                 out.push(next);
             }
         }
@@ -340,4 +439,103 @@ fn processor_budget(dir: &Path) -> Option<u32> {
         .or_else(|| v.get("image_seq_length"))
         .and_then(|x| x.as_u64())
         .map(|x| x as u32)
+}
+
+/// Builder for loading a model with non-default options.
+///
+/// ```no_run
+/// use gemma_wgpu::{ModelBuilder, weights::FloatFormat};
+/// let model = ModelBuilder::new("gemma-4-E2B-it")
+///     .with_float_format(FloatFormat::F16)
+///     .quantize_on_load(4, 64)
+///     .with_max_context(4096)
+///     .build()?;
+/// # Ok::<(), gemma_wgpu::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ModelBuilder {
+    source: String,
+    ctx: Option<GpuContext>,
+    options: ModelOptions,
+    allow_download: bool,
+}
+
+impl ModelBuilder {
+    /// A builder for a registry name, Hugging Face repository id or local checkpoint directory,
+    /// with [`ModelOptions::default`] (floats uploaded as stored).
+    pub fn new(name_or_dir: impl Into<String>) -> Self {
+        ModelBuilder {
+            source: name_or_dir.into(),
+            ctx: None,
+            options: ModelOptions::default(),
+            allow_download: true,
+        }
+    }
+
+    /// Runs on this GPU context instead of creating one.
+    pub fn with_context(mut self, ctx: GpuContext) -> Self {
+        self.ctx = Some(ctx);
+        self
+    }
+
+    /// Runs on the host application's wgpu device and queue (see [`GpuContext::from_device`]).
+    pub fn with_device(mut self, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        self.ctx = Some(GpuContext::from_device(device, queue));
+        self
+    }
+
+    /// Storage format of float matrices (default [`FloatFormat::Native`]: as stored).
+    pub fn with_float_format(mut self, format: FloatFormat) -> Self {
+        self.options.load.float_format = format;
+        self
+    }
+
+    /// Quantizes float text matrices on load to MLX affine `bits` (2-8) with `group` values per
+    /// scale (32, 64 or 128).
+    pub fn quantize_on_load(mut self, bits: u32, group: u32) -> Self {
+        self.options.load.quantize_on_load = Some((bits, group));
+        self
+    }
+
+    /// Maximum context of a chat session (KV cache size); default 8192.
+    pub fn with_max_context(mut self, tokens: usize) -> Self {
+        self.options.max_context = tokens.max(1);
+        self
+    }
+
+    /// Soft-token budget per image (70, 140, 280, 560 or 1120); default from the checkpoint.
+    pub fn with_max_soft_tokens(mut self, tokens: u32) -> Self {
+        self.options.max_soft_tokens = Some(tokens);
+        self
+    }
+
+    /// Prefill chunk length (tokens per prefill submit); default 512.
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.options.prefill_chunk = tokens.max(1);
+        self
+    }
+
+    /// Uploads the per-layer embedding table to the GPU (faster decode, more GPU memory)
+    /// instead of gathering its rows on the host from the memory-mapped file.
+    pub fn per_layer_table_on_gpu(mut self, on: bool) -> Self {
+        self.options.load.per_layer_table_on_gpu = on;
+        self
+    }
+
+    /// Whether a registry model missing from the Hugging Face cache may be downloaded (default
+    /// true; needs the `hub` feature).
+    pub fn allow_download(mut self, allow: bool) -> Self {
+        self.allow_download = allow;
+        self
+    }
+
+    /// Resolves the model (downloading it if needed and allowed) and loads it.
+    pub fn build(self) -> Result<Model> {
+        let dir = crate::registry::locate(&self.source, self.allow_download)?;
+        let ctx = match self.ctx {
+            Some(c) => c,
+            None => GpuContext::new()?,
+        };
+        Model::load_with(&ctx, &dir, &self.options)
+    }
 }

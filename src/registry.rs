@@ -12,6 +12,10 @@ use crate::weights::LoadError;
 
 const MODELS_TOML: &str = include_str!("../models.toml");
 
+/// The checkpoint the examples use by default: Gemma 4 E2B instruct, QAT 4-bit (MLX layout),
+/// the smallest download that keeps the reference quality.
+pub const DEFAULT_MODEL: &str = "gemma-4-E2B-it-qat-4bit";
+
 /// Key layout of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -245,6 +245,7 @@ pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("streaming", include_str!("../../wgsl/streaming.wgsl")),
     ("pool", include_str!("../../wgsl/pool.wgsl")),
     ("sample", include_str!("../../wgsl/sample.wgsl")),
+    ("penalty", include_str!("../../wgsl/penalty.wgsl")),
     ("rmsnorm", include_str!("../../wgsl/rmsnorm.wgsl")),
     ("rope", include_str!("../../wgsl/rope.wgsl")),
     ("attention", include_str!("../../wgsl/attention.wgsl")),

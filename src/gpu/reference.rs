@@ -60,6 +60,20 @@ pub fn selection_key(v: f32) -> u32 {
     }
 }
 
+/// Hugging Face's repetition penalty in place: each distinct id of `ids` below `logits.len()`
+/// has its logit divided by `penalty` when positive, multiplied by it otherwise (duplicates are
+/// applied once, as HF's gather/scatter does).
+pub fn repetition_penalty_ref(logits: &mut [f32], ids: &[u32], penalty: f32) {
+    let mut seen = std::collections::HashSet::new();
+    for &t in ids {
+        let t = t as usize;
+        if t < logits.len() && seen.insert(t) {
+            let x = logits[t];
+            logits[t] = if x > 0.0 { x / penalty } else { x * penalty };
+        }
+    }
+}
+
 /// Index of the largest value, ties to the lowest index, NaN counts as the largest
 /// (like `torch.argmax`).
 pub fn argmax_ref(logits: &[f32]) -> u32 {

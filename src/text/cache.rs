@@ -24,6 +24,8 @@ pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
     pos: usize,
     max_context: usize,
+    /// How far [`truncate`](KvCache::truncate) may rewind without losing sliding-window keys.
+    rewind_slack: usize,
 }
 
 impl KvCache {
@@ -35,6 +37,7 @@ impl KvCache {
         chunk: usize,
     ) -> Result<Self> {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut rewind_slack = usize::MAX;
         for i in 0..cfg.num_hidden_layers {
             if cfg.kv_source(i) != Some(i) {
                 layers.push(None);
@@ -46,6 +49,9 @@ impl KvCache {
                 LayerType::SlidingAttention => (cfg.sliding_window + chunk).min(max_context.max(1)),
                 LayerType::FullAttention => max_context.max(1),
             };
+            if cfg.layer_types[i] == LayerType::SlidingAttention && cap < max_context {
+                rewind_slack = rewind_slack.min(cap.saturating_sub(cfg.sliding_window));
+            }
             layers.push(Some(LayerCache {
                 k: GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32)?,
                 v: GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32)?,
@@ -56,6 +62,7 @@ impl KvCache {
             layers,
             pos: 0,
             max_context,
+            rewind_slack,
         })
     }
 
@@ -77,6 +84,13 @@ impl KvCache {
     /// Rewinds to `pos` tokens (e.g. to reuse a common prefix). Only moving backwards is allowed.
     pub fn truncate(&mut self, pos: usize) {
         self.pos = self.pos.min(pos);
+    }
+
+    /// Whether [`truncate`](Self::truncate) to `pos` keeps the cache valid: a sliding-window
+    /// layer's ring must not have overwritten a key that position `pos` still attends to, i.e.
+    /// at most (ring capacity - window) tokens may be dropped.
+    pub fn can_truncate_to(&self, pos: usize) -> bool {
+        pos <= self.pos && self.pos - pos <= self.rewind_slack
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

@@ -54,6 +54,18 @@ pub struct TextDecoder {
     media_token: Option<u32>,
 }
 
+/// What a token-selection hook of [`TextDecoder::step_with`] / [`TextDecoder::select_last`]
+/// works on: the last position's logits (`[vocab]` f32, may be modified in place), the u32
+/// output the selected id must be written to, and the selection ops' scratch.
+pub struct Selection<'a> {
+    /// The logits row (`[vocab]`).
+    pub logits: &'a GpuTensor,
+    /// Where the selected token id goes (u32 `[1]`).
+    pub out: &'a GpuTensor,
+    /// Scratch for [`ops::argmax`] / [`ops::sample()`] / [`ops::top_k`].
+    pub scratch: &'a SampleScratch,
+}
+
 /// Per-session buffers: hidden states and every intermediate, sized for `chunk` tokens.
 /// Allocated once; reused by every prefill chunk and decode step.
 pub struct Workspace {
@@ -252,6 +264,24 @@ impl TextDecoder {
     /// One greedy decode step: feeds `token` at the cache position, samples the next token with
     /// argmax on the GPU and reads back only its id (4 bytes). One submit.
     pub fn step_greedy(&self, cache: &mut KvCache, ws: &mut Workspace, token: u32) -> Result<u32> {
+        self.step_with(cache, ws, token, |rec, sel| {
+            ops::argmax(rec, sel.logits, sel.out, sel.scratch)?;
+            Ok(())
+        })
+    }
+
+    /// One decode step with a caller-chosen token selection: feeds `token` at the cache
+    /// position, records the decoder, then `select` (which must write the next token id into
+    /// [`Selection::out`], e.g. with [`ops::sample()`] or [`ops::argmax`], optionally after
+    /// in-place logit processing such as [`ops::repetition_penalty`]) into the **same**
+    /// recorder; one submit, and only the 4-byte id is read back. Advances the cache by one.
+    pub fn step_with(
+        &self,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        token: u32,
+        select: impl FnOnce(&mut Recorder, &Selection<'_>) -> Result<()>,
+    ) -> Result<u32> {
         let mut rec = self.ctx.recorder();
         let mut media_row = 0;
         self.record_chunk(
@@ -263,11 +293,14 @@ impl TextDecoder {
             &mut media_row,
             Logits::Last,
         )?;
-        ops::argmax(
+        let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
+        select(
             &mut rec,
-            &ws.logits.view(0, &[self.cfg.vocab_size]),
-            &ws.token,
-            &ws.sample_scratch,
+            &Selection {
+                logits: &logits,
+                out: &ws.token,
+                scratch: &ws.sample_scratch,
+            },
         )?;
         ws.readback.record(&mut rec, &ws.token.buffer, 0, 4)?;
         rec.submit()?;
@@ -275,6 +308,29 @@ impl TextDecoder {
         let id = ws.readback.read_u32(&self.ctx)?;
         cache.advance(1);
         Ok(id)
+    }
+
+    /// Selects a token from the logits the last [`forward`](Self::forward) with
+    /// [`Logits::Last`] left on the GPU (the prompt's last position), with the same `select`
+    /// hook as [`step_with`](Self::step_with); one submit, 4 bytes read back. The cache is not
+    /// touched.
+    pub fn select_last(
+        &self,
+        ws: &mut Workspace,
+        select: impl FnOnce(&mut Recorder, &Selection<'_>) -> Result<()>,
+    ) -> Result<u32> {
+        let mut rec = self.ctx.recorder();
+        let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
+        select(
+            &mut rec,
+            &Selection {
+                logits: &logits,
+                out: &ws.token,
+                scratch: &ws.sample_scratch,
+            },
+        )?;
+        rec.submit()?;
+        Ok(self.ctx.read_u32(&ws.token.buffer, 0, 1)?[0])
     }
 
     /// Greedy generation of up to `max_new` tokens after the prompt (the prompt is prefilled

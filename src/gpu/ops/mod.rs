@@ -3,11 +3,13 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod penalty;
 pub mod pool;
 pub mod sample;
 pub mod streaming;
 
 pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};
+pub use penalty::repetition_penalty;
 pub use pool::avg_pool_2d;
 pub use sample::{MAX_TOP_K, SampleParams, SampleScratch, argmax, sample, top_k};
 pub mod norm;
@@ -32,6 +34,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(streaming::all_specs());
     v.extend(pool::all_specs());
     v.extend(sample::all_specs());
+    v.extend(penalty::all_specs());
     v.extend(norm::all_specs());
     v.extend(rope::all_specs());
     v.extend(attention::all_specs());

@@ -1,0 +1,387 @@
+//! The user-facing API on the tiny fixture model `tests/fixtures/e2b-like`, against the chat
+//! golden `tests/fixtures/chat/golden.safetensors` (transformers greedy runs).
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+
+use common::golden::{Golden, fixtures_dir};
+use gemma_wgpu::chat::Message;
+use gemma_wgpu::gpu::reference;
+use gemma_wgpu::{
+    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationOptions, ImageInput, Model,
+    ModelBuilder, Reply, Sampling,
+};
+
+fn model() -> Option<Model> {
+    static M: OnceLock<Option<Model>> = OnceLock::new();
+    M.get_or_init(|| {
+        let ctx = common::gpu()?;
+        Some(
+            ModelBuilder::new(fixtures_dir().join("e2b-like").to_str().unwrap())
+                .with_context(ctx)
+                .with_max_context(1024)
+                .build()
+                .expect("load e2b-like"),
+        )
+    })
+    .clone()
+}
+
+fn golden() -> Golden {
+    Golden::load(fixtures_dir().join("chat/golden.safetensors"))
+}
+
+fn ids(g: &Golden, name: &str) -> Vec<u32> {
+    g.i64(name).data.iter().map(|&x| x as u32).collect()
+}
+
+fn image() -> PathBuf {
+    fixtures_dir().join("chat/image.png")
+}
+
+/// The greedy 16-token caption (computed once per test binary).
+fn full_caption() -> Reply {
+    static R: OnceLock<Reply> = OnceLock::new();
+    R.get_or_init(|| {
+        model()
+            .unwrap()
+            .caption_reply(image(), &greedy(16))
+            .unwrap()
+    })
+    .clone()
+}
+
+/// A short text-only one-shot prompt (no image: cheap).
+fn hello(m: &Model, opts: &GenerationOptions) -> Reply {
+    m.generate(None, Message::user("Hello there."), vec![], opts)
+        .unwrap()
+}
+
+/// Greedy, `n` tokens, no stop tokens (as the golden was generated).
+fn greedy(n: usize) -> GenerationOptions {
+    GenerationOptions::default()
+        .greedy()
+        .with_max_new_tokens(n)
+        .with_stop_tokens(Vec::new())
+}
+
+#[test]
+fn caption_and_ask_match_the_golden() {
+    let Some(m) = model() else { return };
+    let g = golden();
+    let tok = m.tokenizer().unwrap();
+
+    let r = full_caption();
+    assert_eq!(r.prompt_ids, ids(&g, "caption_ids"), "caption prompt");
+    assert_eq!(r.tokens, ids(&g, "caption_greedy"), "caption tokens");
+    assert_eq!(r.finish, FinishReason::MaxTokens);
+    assert_eq!(r.prompt_tokens, r.prompt_ids.len());
+    assert_eq!(r.text, tok.decode(&r.tokens, true).unwrap());
+    assert!(r.stats.submits > 0 && r.stats.dispatches > r.stats.submits);
+    // The text form and a decoded-image input give the same.
+    let img = image::open(image()).unwrap();
+    let text = m
+        .caption_with(ImageInput::Dynamic(img), &greedy(16))
+        .unwrap();
+    assert_eq!(text, r.text);
+
+    let r = m
+        .ask_reply(image(), "What is in the picture?", &greedy(16))
+        .unwrap();
+    assert_eq!(r.prompt_ids, ids(&g, "ask_ids"), "ask prompt");
+    assert_eq!(r.tokens, ids(&g, "ask_greedy"), "ask tokens");
+    assert_eq!(
+        m.ask_with(image(), "What is in the picture?", &greedy(16))
+            .unwrap(),
+        r.text
+    );
+}
+
+#[test]
+fn second_chat_turn_reuses_the_cache() {
+    let Some(m) = model() else { return };
+    let g = golden();
+    let mut chat = m.chat().unwrap();
+    let r1 = chat.send("Hello there.", vec![], &greedy(8)).unwrap();
+    assert_eq!(r1.prompt_ids, ids(&g, "chat_turn1_ids"));
+    assert_eq!(r1.tokens, ids(&g, "chat_turn1_greedy"));
+
+    // The golden's turn 2 renders transformers' decode of the reply (its byte-fallback garbage
+    // decodes differently in the Rust tokenizer): use the same reply text.
+    let reply_text = g.meta("chat_turn1_reply_text").unwrap().to_string();
+    assert!(chat.set_last_reply(reply_text));
+    let r2 = chat.send("And then?", vec![], &greedy(16)).unwrap();
+    let want_ids = ids(&g, "chat_turn2_ids");
+    assert_eq!(r2.prompt_ids, want_ids, "turn 2 prompt");
+    // Turn 1's prompt came from the cache (the reply re-tokenizes differently, so the cache was
+    // rewound to the common prefix).
+    assert!(
+        r2.prompt_tokens <= want_ids.len() - r1.prompt_ids.len(),
+        "prefilled {} of {} tokens",
+        r2.prompt_tokens,
+        want_ids.len()
+    );
+    let logits = chat.last_prompt_logits().unwrap();
+    let want = g.f32("chat_turn2_logits");
+    let max = logits
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max <= 1e-3, "turn-2 last logits differ by {max}");
+    assert_eq!(r2.tokens, ids(&g, "chat_turn2_greedy"), "turn 2 tokens");
+    assert_eq!(chat.cached_tokens() + 1, chat.history().len());
+
+    // Without the text edit: the reply tokens stay cached, the next turn extends them.
+    let mut chat = m.chat().unwrap();
+    chat.send("Hello there.", vec![], &greedy(8)).unwrap();
+    let r = chat.send("Hi.", vec![], &greedy(2)).unwrap();
+    assert!(r.prompt_tokens + r1.prompt_ids.len() <= r.prompt_ids.len());
+
+    // A system prompt change is not a prefix extension: the cache is rewound to the common
+    // prefix (`<bos><|turn>`) and the rest prefilled.
+    chat.reset();
+    assert_eq!(chat.cached_tokens(), 0);
+    let r = chat.send("Hello there.", vec![], &greedy(8)).unwrap();
+    assert_eq!(r.tokens, r1.tokens);
+    chat.set_system(Some("Be brief.".into()));
+    let r = chat.send("And then?", vec![], &greedy(4)).unwrap();
+    assert_eq!(r.prompt_tokens, r.prompt_ids.len() - 2);
+    assert_eq!(r.tokens.len(), 4);
+}
+
+#[test]
+fn several_images_in_one_turn() {
+    let Some(m) = model() else { return };
+    let mut chat = m.chat().unwrap();
+    let r = chat
+        .send("Compare.", vec![image().into(), image().into()], &greedy(2))
+        .unwrap();
+    let cfg = m.config();
+    let boi = r
+        .prompt_ids
+        .iter()
+        .filter(|&&t| t == cfg.boi_token_id)
+        .count();
+    assert_eq!(boi, 2);
+    assert_eq!(r.tokens.len(), 2);
+    // The images stay in the conversation: a text-only follow-up reuses the cache.
+    let r2 = chat.send("And now?", vec![], &greedy(1)).unwrap();
+    assert!(r2.prompt_tokens < r2.prompt_ids.len() - r.prompt_ids.len() + 2);
+}
+
+#[test]
+fn stop_tokens_and_stop_strings_end_generation() {
+    let Some(m) = model() else { return };
+    let g = golden();
+    let full = ids(&g, "caption_greedy");
+    // Stop token: the 4th greedy token; generation ends there, the token included.
+    let stop = full[3];
+    let first = full.iter().position(|&t| t == stop).unwrap();
+    let r = m
+        .caption_reply(image(), &greedy(16).with_stop_tokens(vec![stop]))
+        .unwrap();
+    assert_eq!(r.tokens, full[..=first].to_vec());
+    assert_eq!(r.finish, FinishReason::StopToken(stop));
+
+    // Stop string: a piece from the middle of the full text; the text ends before it.
+    let text = full_caption().text;
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    assert!(chars.len() >= 4, "caption text too short: {text:?}");
+    let at = chars[chars.len() / 2].0;
+    let end = chars.get(chars.len() / 2 + 2).map_or(text.len(), |c| c.0);
+    let needle = &text[at..end];
+    let cut = text.find(needle).unwrap();
+    let r = m
+        .caption_reply(image(), &greedy(16).with_stop_string(needle))
+        .unwrap();
+    assert_eq!(r.text, text[..cut]);
+    assert_eq!(r.finish, FinishReason::StopString);
+    assert!(r.tokens.len() <= 16);
+}
+
+/// A minimal executor for the async stream: polls, parking the thread between wake-ups.
+fn block_on_stream(mut s: gemma_wgpu::session::AsyncTextStream) -> Vec<String> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut out = Vec::new();
+    loop {
+        match futures_core::Stream::poll_next(Pin::new(&mut s), &mut cx) {
+            Poll::Ready(Some(item)) => out.push(item.unwrap()),
+            Poll::Ready(None) => return out,
+            Poll::Pending => std::thread::park_timeout(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+#[test]
+fn streamed_deltas_concatenate_to_the_text() {
+    let Some(m) = model() else { return };
+    let want = full_caption().text;
+
+    let mut chat = m.chat().unwrap();
+    let deltas: Vec<String> = chat
+        .send_stream(CAPTION_PROMPT, vec![image().into()], &greedy(16))
+        .map(|d| d.unwrap())
+        .collect();
+    assert!(deltas.iter().all(|d| !d.is_empty()));
+    assert_eq!(deltas.concat(), want);
+
+    let mut chat = m.chat().unwrap();
+    let mut got = String::new();
+    let r = chat
+        .send_with(CAPTION_PROMPT, vec![image().into()], &greedy(16), |d| {
+            got.push_str(d);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(got, r.text);
+    assert_eq!(r.text, want);
+
+    let mut chat = m.chat().unwrap();
+    let s = chat.send_async(CAPTION_PROMPT, vec![image().into()], &greedy(16));
+    assert_eq!(block_on_stream(s).concat(), want);
+    // The async turn joined the conversation.
+    assert_eq!(chat.messages().len(), 2);
+
+    // The iterator's reply.
+    let mut chat = m.chat().unwrap();
+    let r = chat
+        .send_stream(CAPTION_PROMPT, vec![image().into()], &greedy(16))
+        .into_reply()
+        .unwrap();
+    assert_eq!(r.text, want);
+}
+
+fn sampled(seed: u64) -> GenerationOptions {
+    greedy(12)
+        .with_sampling(Sampling::Sample {
+            temperature: 1.5,
+            top_k: 64,
+            top_p: 1.0,
+            min_p: 0.0,
+        })
+        .with_seed(seed)
+}
+
+#[test]
+fn seeds_make_sampling_reproducible() {
+    let Some(m) = model() else { return };
+    let a = hello(&m, &sampled(1)).tokens;
+    let b = hello(&m, &sampled(1)).tokens;
+    let c = hello(&m, &sampled(2)).tokens;
+    assert_eq!(a, b, "same seed, same tokens");
+    assert_ne!(a, c, "different seeds gave the same 12 tokens");
+}
+
+#[test]
+fn repetition_penalty_runs_on_the_gpu_like_the_reference() {
+    let Some(m) = model() else { return };
+    let penalty = 3.0;
+    let mut chat = m.chat().unwrap();
+    let r = chat
+        .send(
+            "Hello there.",
+            vec![],
+            &greedy(4).with_repetition_penalty(penalty),
+        )
+        .unwrap();
+    // The first token: the CPU reference penalty over the prompt ids, then argmax.
+    let mut logits = chat.last_prompt_logits().unwrap();
+    reference::repetition_penalty_ref(&mut logits, &r.prompt_ids, penalty);
+    assert_eq!(r.tokens[0], reference::argmax_ref(&logits));
+    // Later tokens: the generated ids join the penalised set.
+    let plain = hello(&m, &greedy(4));
+    assert_eq!(r.tokens.len(), plain.tokens.len());
+}
+
+#[test]
+fn cancellation_stops_within_one_token() {
+    let Some(m) = model() else { return };
+    let full = full_caption();
+    let mut chat = m.chat().unwrap();
+    let token = chat.cancel_token();
+    let mut deltas = 0;
+    let r = chat
+        .send_with(CAPTION_PROMPT, vec![image().into()], &greedy(16), |_| {
+            deltas += 1;
+            token.cancel();
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(deltas, 1);
+    assert_eq!(r.finish, FinishReason::Cancelled);
+    assert!(r.tokens.len() < full.tokens.len());
+    assert_eq!(r.tokens[..], full.tokens[..r.tokens.len()]);
+    // The callback saw exactly the reply's text.
+    assert!(!r.text.is_empty());
+    assert!(!token.is_cancelled(), "the generation consumed the request");
+
+    // Cancelled before the call: no token at all; the next call runs normally.
+    let cancel = CancelToken::new();
+    chat.set_cancel_token(cancel.clone());
+    cancel.cancel();
+    let r = chat.send("More.", vec![], &greedy(4)).unwrap();
+    assert_eq!(r.tokens.len(), 0);
+    assert_eq!(r.finish, FinishReason::Cancelled);
+    let r = chat.send("More.", vec![], &greedy(4)).unwrap();
+    assert_eq!(r.tokens.len(), 4);
+
+    // Breaking out of the callback also stops.
+    let mut chat = m.chat().unwrap();
+    let r = chat
+        .send_with("Hello there.", vec![], &greedy(16), |_| {
+            ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(r.finish, FinishReason::Cancelled);
+    assert!(r.tokens.len() < 16);
+}
+
+#[test]
+fn errors_are_typed_and_clear() {
+    let Some(m) = model() else { return };
+    // A model directory without tokenizer files still loads (logits) but cannot caption.
+    let ctx = common::gpu().unwrap();
+    let bare = ModelBuilder::new(fixtures_dir().join("e4b-like").to_str().unwrap())
+        .with_context(ctx)
+        .build()
+        .unwrap();
+    assert!(bare.tokenizer().is_none());
+    let e = bare.caption(image()).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+    // A missing image file names the file.
+    let e = m
+        .caption_with("/no/such/image.png", &greedy(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("image.png"), "{e}");
+    // Unknown model names suggest known ones.
+    let e = Model::from_pretrained("gemma-4-E2B-qat")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did you mean"), "{e}");
+}
+
+#[test]
+fn api_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Model>();
+    send_sync::<ChatSession>();
+    send_sync::<CancelToken>();
+    send_sync::<Reply>();
+    send_sync::<GenerationOptions>();
+    send::<gemma_wgpu::session::AsyncTextStream>();
+}
