@@ -43,6 +43,14 @@ fn one_submit_and_no_allocations_per_decoded_token() {
         "decode: {per_token} dispatches per token ({:.1} per layer over {layers} layers), 1 submit, 4 bytes read back",
         per_token as f64 / layers as f64
     );
+    // The budget: at most 12 dispatches per decoder layer (fused q/k/v matvec, attention input,
+    // 2 attention, o_proj, residual, gated-GELU matvec, down, residual, PLE gate, PLE projection,
+    // residual), plus at most 8 per token outside the layers: embedding gather, PLE table gather,
+    // PLE projection, PLE combine, first input norm, LM head, softcap, argmax.
+    assert!(
+        per_token <= 12 * layers + 8,
+        "{per_token} dispatches per token exceed 12 per layer x {layers} + 8"
+    );
 }
 
 #[test]

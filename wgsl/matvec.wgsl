@@ -9,10 +9,17 @@
 // subgroup size); otherwise the same split over 8 groups of 8 invocations with one
 // workgroup-memory reduction at the end. Affine rows are processed in chunks of 32 codes (BITS
 // words, within one group): acc += scale * sum(q * x) + bias * sum(x).
+// MAT2 / MAT3: two or three matrices of the same format and width, bound separately (binding
+// numbers B_W1, B_S1, B_W2, B_S2, B_X, B_Y, B_E are substituted by the host). EPI selects the
+// mode and epilogue:
+//   EPI 0: y[v] = W_m[r] . x over "virtual rows" v: matrix 0's rows, then matrix 1's (from
+//          rows0), then matrix 2's (from rows0 + rows1) -- e.g. fused q/k/v projections;
+//   EPI 1: gated GELU over two matrices: y[r] = gelu_tanh(W_0[r] . x) * (W_1[r] . x);
+//   EPI 2: y[r] = gelu_tanh(W_0[r] . x) * e[e_off + r].
 // Workgroup index = wid.x + wid.y * num_workgroups.x (2-D grid beyond 65535 workgroups).
 
 struct Params {
-    rows: u32,      // rows of this window
+    rows: u32,      // output rows of this window (EPI 0: total virtual rows)
     cols: u32,
     row_words: u32, // affine: u32 words per row
     groups: u32,    // affine: groups per row
@@ -20,29 +27,47 @@ struct Params {
     y_off: u32,     // element offset of y[row_start]
     _p0: u32,
     _p1: u32,
+    rows0: u32,     // MAT2/MAT3 with EPI 0: rows of matrix 0
+    rows1: u32,     // MAT3 with EPI 0: rows of matrix 1
+    e_off: u32,     // EPI 2: element offset of e
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 //#if WVEC
 @group(0) @binding(1) var<storage, read> wq: array<vec4<u32>>;
+//#if MAT2
+@group(0) @binding({{B_W1}}) var<storage, read> wq1: array<vec4<u32>>;
+//#endif
+//#if MAT3
+@group(0) @binding({{B_W2}}) var<storage, read> wq2: array<vec4<u32>>;
+//#endif
 //#else
 @group(0) @binding(1) var<storage, read> wq: array<u32>;
+//#if MAT2
+@group(0) @binding({{B_W1}}) var<storage, read> wq1: array<u32>;
+//#endif
+//#if MAT3
+@group(0) @binding({{B_W2}}) var<storage, read> wq2: array<u32>;
+//#endif
 //#endif
 //#if AFFINE
 @group(0) @binding(2) var<storage, read> sb: array<u32>;
-//#if XVEC
-@group(0) @binding(3) var<storage, read> xs: array<vec4<f32>>;
-//#else
-@group(0) @binding(3) var<storage, read> xs: array<f32>;
+//#if MAT2
+@group(0) @binding({{B_S1}}) var<storage, read> sb1: array<u32>;
 //#endif
-@group(0) @binding(4) var<storage, read_write> ys: array<f32>;
-//#else
-//#if XVEC
-@group(0) @binding(2) var<storage, read> xs: array<vec4<f32>>;
-//#else
-@group(0) @binding(2) var<storage, read> xs: array<f32>;
+//#if MAT3
+@group(0) @binding({{B_S2}}) var<storage, read> sb2: array<u32>;
 //#endif
-@group(0) @binding(3) var<storage, read_write> ys: array<f32>;
+//#endif
+//#if XVEC
+@group(0) @binding({{B_X}}) var<storage, read> xs: array<vec4<f32>>;
+//#else
+@group(0) @binding({{B_X}}) var<storage, read> xs: array<f32>;
+//#endif
+@group(0) @binding({{B_Y}}) var<storage, read_write> ys: array<f32>;
+//#if EPI_E
+@group(0) @binding({{B_E}}) var<storage, read> ev: array<f32>;
 //#endif
 
 // Four consecutive x values starting at element k (k % 4 == 0 when XVEC).
@@ -55,18 +80,84 @@ fn x4(k: u32) -> vec4<f32> {
 //#endif
 }
 
+const EPI: u32 = {{EPI}}u;
+
+// Weight word i of matrix m (m is uniform across a subgroup at every call site).
+//#if WVEC
+fn wget(m: u32, i: u32) -> vec4<u32> {
+//#else
+fn wget(m: u32, i: u32) -> u32 {
+//#endif
+//#if MAT3
+    if (m == 2u) {
+        return wq2[i];
+    }
+//#endif
+//#if MAT2
+    if (m == 1u) {
+        return wq1[i];
+    }
+//#endif
+    return wq[i];
+}
+
+//#if AFFINE
+fn sbget(m: u32, i: u32) -> u32 {
+//#if MAT3
+    if (m == 2u) {
+        return sb2[i];
+    }
+//#endif
+//#if MAT2
+    if (m == 1u) {
+        return sb1[i];
+    }
+//#endif
+    return sb[i];
+}
+//#endif
+
+// Matrix and row of accumulator slot j for the rows starting at row0 (rows past the end are
+// clamped; the caller discards their results). EPI 1: slots 0..3 are rows of matrix 0, slots
+// 4..7 the same rows of matrix 1; otherwise slots 0..3 are virtual rows row0 + j.
+fn rowmap(row0: u32, j: u32) -> vec2<u32> {
+    if (EPI == 1u) {
+        return vec2<u32>(j / 4u, min(row0 + j % 4u, p.rows - 1u));
+    }
+    let v = min(row0 + j, p.rows - 1u);
+//#if MAT3
+    if (v >= p.rows0 + p.rows1) {
+        return vec2<u32>(2u, v - p.rows0 - p.rows1);
+    }
+//#endif
+//#if MAT2
+    if (v >= p.rows0) {
+        return vec2<u32>(1u, v - p.rows0);
+    }
+//#endif
+    return vec2<u32>(0u, v);
+}
+
+// Accumulator slots per row group: 4 output rows, each one weight row (two with EPI 1).
+fn nslots(nr: u32) -> u32 {
+    if (EPI == 1u) {
+        return 8u;
+    }
+    return nr;
+}
+
 //#if AFFINE
 const BITS: u32 = {{BITS}}u;
 const GROUP: u32 = {{GROUP}}u;
 const SB_FMT: u32 = {{SB_FMT}}u;
 const MASK: u32 = (1u << BITS) - 1u;
 
-// (scale, bias) of group index i of this window.
-fn scale_bias(i: u32) -> vec2<f32> {
+// (scale, bias) of group index i of matrix m.
+fn scale_bias(m: u32, i: u32) -> vec2<f32> {
     if (SB_FMT == 2u) {
-        return vec2<f32>(bitcast<f32>(sb[2u * i]), bitcast<f32>(sb[2u * i + 1u]));
+        return vec2<f32>(bitcast<f32>(sbget(m, 2u * i)), bitcast<f32>(sbget(m, 2u * i + 1u)));
     }
-    let w = sb[i];
+    let w = sbget(m, i);
     if (SB_FMT == 1u) {
         return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
     }
@@ -85,13 +176,13 @@ fn word_dot(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     return dot(qa, a) + dot(qb, b);
 }
 
-// sum q * x over the 32 codes of chunk c of row `row` (x of the chunk in xv). BITS 4 or 8: one
-// or two vec4<u32> loads, decoded with constant shifts.
-fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+// sum q * x over the 32 codes of chunk c of row `row` of matrix m (x of the chunk in xv).
+// BITS 4 or 8: one or two vec4<u32> loads, decoded with constant shifts.
+fn chunk_dot(m: u32, row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
     let base = (row * p.row_words + c * BITS) / 4u;
-    let v = wq[base];
+    let v = wget(m, base);
     if (BITS == 8u) {
-        let u = wq[base + 1u];
+        let u = wget(m, base + 1u);
         let z = vec4<f32>(0.0);
         return word_dot(v.x, (*xv)[0], z) + word_dot(v.y, (*xv)[1], z)
             + word_dot(v.z, (*xv)[2], z) + word_dot(v.w, (*xv)[3], z)
@@ -102,17 +193,17 @@ fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
         + word_dot(v.z, (*xv)[4], (*xv)[5]) + word_dot(v.w, (*xv)[6], (*xv)[7]);
 }
 //#else
-// sum q * x over the 32 codes of chunk c of row `row` (x of the chunk in xv). Generic bit-stream
-// decode (codes may straddle words for BITS 3, 5, 6).
-fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+// sum q * x over the 32 codes of chunk c of row `row` of matrix m (x of the chunk in xv).
+// Generic bit-stream decode (codes may straddle words for BITS 3, 5, 6).
+fn chunk_dot(m: u32, row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
     let base = row * p.row_words + c * BITS;
     var w: array<u32, {{BITS}}>;
     for (var i = 0u; i < BITS; i++) {
-        w[i] = wq[base + i];
+        w[i] = wget(m, base + i);
     }
     var d = 0.0;
-    for (var m = 0u; m < 8u; m++) {
-        let bit = m * 4u * BITS;
+    for (var k = 0u; k < 8u; k++) {
+        let bit = k * 4u * BITS;
         let wi = bit / 32u;
         let sh = bit % 32u;
         var v = w[wi] >> sh;
@@ -120,53 +211,50 @@ fn chunk_dot(row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
             v = v | (w[min(wi + 1u, BITS - 1u)] << (32u - sh));
         }
         let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
-        d += dot(vec4<f32>(q), (*xv)[m]);
+        d += dot(vec4<f32>(q), (*xv)[k]);
     }
     return d;
 }
 //#endif
 
-// Partial dot products of rows row0 .. row0 + nr (nr <= 4) over the chunks lane, lane + step, ...:
-// x and sum(x) of a chunk are loaded once for all rows. Rows past the window are clamped (the
-// caller discards their results).
-fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
+// Partial dot products of the accumulator slots of the rows starting at row0 (see rowmap) over
+// the chunks lane, lane + step, ...: x and sum(x) of a chunk are loaded once for all slots.
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2> {
     let nchunks = p.cols / 32u;
-    var acc = vec4<f32>(0.0);
+    let ns = nslots(nr);
+    var acc: array<vec4<f32>, 2>;
     var xv: array<vec4<f32>, 8>;
     for (var c = lane; c < nchunks; c += step) {
         var sx4 = vec4<f32>(0.0);
-        for (var m = 0u; m < 8u; m++) {
-            xv[m] = x4(c * 32u + 4u * m);
-            sx4 += xv[m];
+        for (var k = 0u; k < 8u; k++) {
+            xv[k] = x4(c * 32u + 4u * k);
+            sx4 += xv[k];
         }
         let sx = sx4.x + sx4.y + sx4.z + sx4.w;
-        for (var j = 0u; j < nr; j++) {
-            let row = min(row0 + j, p.rows - 1u);
-            let s = scale_bias(row * p.groups + (c * 32u) / GROUP);
-            acc[j] += s.x * chunk_dot(row, c, &xv) + s.y * sx;
+        for (var j = 0u; j < ns; j++) {
+            let mr = rowmap(row0, j);
+            let s = scale_bias(mr.x, mr.y * p.groups + (c * 32u) / GROUP);
+            acc[j / 4u][j % 4u] += s.x * chunk_dot(mr.x, mr.y, c, &xv) + s.y * sx;
         }
     }
     return acc;
-}
-
-fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
-    return rows_partial(row, lane, step, 1u).x;
 }
 //#else
 const W_FMT: u32 = {{W_FMT}}u;
 
 //#if WVEC
-// Partial dot products of rows row0 .. row0 + nr (nr <= 4) over the vec4 words lane, lane + step,
-// ...; x is loaded once for all rows. Rows past the window are clamped (results discarded).
-fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
+// Partial dot products of the accumulator slots of the rows starting at row0 (see rowmap) over
+// the vec4 words lane, lane + step, ...; x is loaded once for all slots.
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2> {
+    let ns = nslots(nr);
+    var acc: array<vec4<f32>, 2>;
     if (W_FMT == 0u) {
         let nv = p.cols / 4u;
         for (var v = lane; v < nv; v += step) {
             let xa = x4(4u * v);
-            for (var j = 0u; j < nr; j++) {
-                let row = min(row0 + j, p.rows - 1u);
-                acc[j] += dot(bitcast<vec4<f32>>(wq[row * nv + v]), xa);
+            for (var j = 0u; j < ns; j++) {
+                let mr = rowmap(row0, j);
+                acc[j / 4u][j % 4u] += dot(bitcast<vec4<f32>>(wget(mr.x, mr.y * nv + v)), xa);
             }
         }
     } else {
@@ -174,9 +262,9 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
         for (var v = lane; v < nv; v += step) {
             let xa = x4(8u * v);
             let xb = x4(8u * v + 4u);
-            for (var j = 0u; j < nr; j++) {
-                let row = min(row0 + j, p.rows - 1u);
-                let q = wq[row * nv + v];
+            for (var j = 0u; j < ns; j++) {
+                let mr = rowmap(row0, j);
+                let q = wget(mr.x, mr.y * nv + v);
                 var lo: vec4<f32>;
                 var hi: vec4<f32>;
                 if (W_FMT == 1u) {
@@ -186,19 +274,19 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
                     lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
                     hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
                 }
-                acc[j] += dot(lo, xa) + dot(hi, xb);
+                acc[j / 4u][j % 4u] += dot(lo, xa) + dot(hi, xb);
             }
         }
     }
     return acc;
 }
 //#else
-// Weight element e (row-major index within the window).
-fn wel(e: u32) -> f32 {
+// Weight element e (row-major index within the window) of matrix m.
+fn wel(m: u32, e: u32) -> f32 {
     if (W_FMT == 0u) {
-        return bitcast<f32>(wq[e]);
+        return bitcast<f32>(wget(m, e));
     }
-    let w = wq[e / 2u];
+    let w = wget(m, e / 2u);
     if (W_FMT == 1u) {
         let h = unpack2x16float(w);
         return select(h.x, h.y, (e & 1u) == 1u);
@@ -206,31 +294,52 @@ fn wel(e: u32) -> f32 {
     return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
 }
 
-fn row_partial(row: u32, lane: u32, step: u32) -> f32 {
+fn row_partial(m: u32, row: u32, lane: u32, step: u32) -> f32 {
     var acc = 0.0;
     let base = row * p.cols;
     for (var k = lane; k < p.cols; k += step) {
-        acc += wel(base + k) * xs[p.x_off + k];
+        acc += wel(m, base + k) * xs[p.x_off + k];
     }
     return acc;
 }
 
-fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
-    for (var j = 0u; j < nr; j++) {
-        acc[j] = row_partial(min(row0 + j, p.rows - 1u), lane, step);
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2> {
+    let ns = nslots(nr);
+    var acc: array<vec4<f32>, 2>;
+    for (var j = 0u; j < ns; j++) {
+        let mr = rowmap(row0, j);
+        acc[j / 4u][j % 4u] = row_partial(mr.x, mr.y, lane, step);
     }
     return acc;
 }
 //#endif
 //#endif
+
+fn gelu_tanh(x: f32) -> f32 {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with tanh clamped for large |z|
+    let z = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    let zc = clamp(z, -15.0, 15.0);
+    return 0.5 * x * (1.0 + tanh(zc));
+}
+
+// Output i of the row group at row0 from the reduced slots.
+fn epilogue(row0: u32, i: u32, s: array<vec4<f32>, 2>) -> f32 {
+    if (EPI == 1u) {
+        return gelu_tanh(s[0][i]) * s[1][i];
+    }
+//#if EPI_E
+    return gelu_tanh(s[0][i]) * ev[p.e_off + row0 + i];
+//#else
+    return s[0][i];
+//#endif
+}
 
 const WG: u32 = 64u;
 // Rows per subgroup step and per workgroup (the host dispatches ceil(rows / RPW) workgroups).
 const NR: u32 = 4u;
 const RPW: u32 = 32u;
 //#ifnot SUBGROUP
-var<workgroup> red: array<vec4<f32>, 64>;
+var<workgroup> red: array<array<vec4<f32>, 2>, 64>;
 //#endif
 
 @compute @workgroup_size(64)
@@ -256,11 +365,16 @@ fn main(
         if (row0 >= p.rows) {
             break;
         }
-        let s = subgroupAdd(rows_partial(row0, lane, sgs, NR));
+        let part = rows_partial(row0, lane, sgs, NR);
+        var s: array<vec4<f32>, 2>;
+        s[0] = subgroupAdd(part[0]);
+        if (EPI == 1u) {
+            s[1] = subgroupAdd(part[1]);
+        }
         if (lane == 0u) {
             for (var i = 0u; i < NR; i++) {
                 if (row0 + i < p.rows) {
-                    ys[p.y_off + row0 + i] = s[i];
+                    ys[p.y_off + row0 + i] = epilogue(row0, i, s);
                 }
             }
         }
@@ -270,20 +384,21 @@ fn main(
     // partial sums of a row are added through workgroup memory (one barrier, no loop).
     let lane = li % 8u;
     let row0 = g * RPW + (li / 8u) * NR;
-    var part = vec4<f32>(0.0);
+    var part: array<vec4<f32>, 2>;
     if (row0 < p.rows) {
         part = rows_partial(row0, lane, 8u, NR);
     }
     red[li] = part;
     workgroupBarrier();
     if (lane == 0u && row0 < p.rows) {
-        var s = vec4<f32>(0.0);
+        var s: array<vec4<f32>, 2>;
         for (var i = 0u; i < 8u; i++) {
-            s += red[li + i];
+            s[0] += red[li + i][0];
+            s[1] += red[li + i][1];
         }
         for (var i = 0u; i < NR; i++) {
             if (row0 + i < p.rows) {
-                ys[p.y_off + row0 + i] = s[i];
+                ys[p.y_off + row0 + i] = epilogue(row0, i, s);
             }
         }
     }

@@ -243,6 +243,8 @@ pub fn preprocess(src: &str, defines: &[(&str, String)]) -> Result<String, Strin
 pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../wgsl/elementwise.wgsl")),
     ("streaming", include_str!("../../wgsl/streaming.wgsl")),
+    ("attn_in", include_str!("../../wgsl/attn_in.wgsl")),
+    ("residual", include_str!("../../wgsl/residual.wgsl")),
     ("pool", include_str!("../../wgsl/pool.wgsl")),
     ("sample", include_str!("../../wgsl/sample.wgsl")),
     ("penalty", include_str!("../../wgsl/penalty.wgsl")),

@@ -18,7 +18,7 @@ use crate::config::{LayerType, TextConfig};
 use crate::error::{Error, Result};
 use crate::gpu::ops::{
     self, AttnMask, AttnScratch, AttnShape, BLayout, Elementwise, KvLayout, SampleScratch,
-    elementwise, elementwise_inplace,
+    elementwise_inplace,
 };
 use crate::gpu::{DType, GpuContext, GpuTensor, Readback, Recorder, RecorderStats};
 use crate::weights::{PerLayerTable, TextWeights};
@@ -71,12 +71,10 @@ pub struct Selection<'a> {
 pub struct Workspace {
     chunk: usize,
     ids: GpuTensor,
-    positions: GpuTensor,
     h: GpuTensor,
     xn: GpuTensor,
+    qkv: GpuTensor,
     q: GpuTensor,
-    k: GpuTensor,
-    v: GpuTensor,
     attn: GpuTensor,
     o: GpuTensor,
     gate: GpuTensor,
@@ -157,8 +155,8 @@ impl TextDecoder {
             .map(|i| c.layer_head_dim(i))
             .max()
             .unwrap_or(c.head_dim);
-        let max_kv = (0..c.num_hidden_layers)
-            .map(|i| c.layer_kv_heads(i))
+        let max_qkv = (0..c.num_hidden_layers)
+            .map(|i| (c.num_attention_heads + 2 * c.layer_kv_heads(i)) * c.layer_head_dim(i))
             .max()
             .unwrap_or(1);
         let max_i = (0..c.num_hidden_layers)
@@ -170,12 +168,10 @@ impl TextDecoder {
         Ok(Workspace {
             chunk,
             ids: GpuTensor::zeros(ctx, &[chunk], DType::U32)?,
-            positions: GpuTensor::zeros(ctx, &[chunk], DType::U32)?,
             h: z(&[chunk, h])?,
             xn: z(&[chunk, h])?,
+            qkv: z(&[chunk, max_qkv])?,
             q: z(&[chunk, c.num_attention_heads * max_hd])?,
-            k: z(&[chunk, max_kv * max_hd])?,
-            v: z(&[chunk, max_kv * max_hd])?,
             attn: z(&[chunk, c.num_attention_heads * max_hd])?,
             o: z(&[chunk, h])?,
             gate: z(&[chunk, max_i])?,
@@ -398,19 +394,12 @@ impl TextDecoder {
                 )));
             }
         }
-        let positions: Vec<u32> = (0..l).map(|i| (pos0 + i) as u32).collect();
         self.ctx
             .write(&ws.ids.buffer, 0, bytemuck::cast_slice(&lookup_ids));
-        self.ctx
-            .write(&ws.positions.buffer, 0, bytemuck::cast_slice(&positions));
         let ids_t = ws.ids.view(0, &[l]);
         let ids_t = GpuTensor {
             dtype: DType::U32,
             ..ids_t
-        };
-        let pos_t = GpuTensor {
-            dtype: DType::U32,
-            ..ws.positions.view(0, &[l])
         };
         let h = ws.h.view(0, &[l, hdim]);
         let xn = ws.xn.view(0, &[l, hdim]);
@@ -450,6 +439,8 @@ impl TextDecoder {
         let p = c.hidden_size_per_layer_input;
         let nl = c.num_hidden_layers;
         let ple = ws.ple.view(0, &[l, nl * p]);
+        // Where the finished per-layer inputs end up ([l, nl * p]).
+        let mut ple_in = ple.clone();
         if p > 0 {
             let table_scale = (p as f32).sqrt();
             let ple_tok = ws.ple_tok.view(0, &[l, nl * p]);
@@ -478,29 +469,49 @@ impl TextDecoder {
                 Error::InvalidArgument("per_layer_model_projection missing".into())
             })?;
             ops::linear(rec, proj, &h, &ple)?;
-            elementwise_inplace(
-                rec,
-                Elementwise::Scale((hdim as f32).powf(-0.5)),
-                &ple,
-                None,
-            )?;
-            let ple_rows = ple.view(0, &[l * nl, p]);
-            ops::rms_norm(
-                rec,
-                &ple_rows,
-                w.per_layer_projection_norm.as_ref(),
-                &ple_rows,
-                eps,
-            )?;
-            elementwise_inplace(
-                rec,
-                Elementwise::Add,
-                &ple,
-                Some((&ple_tok, BLayout::Broadcast)),
-            )?;
-            elementwise_inplace(rec, Elementwise::Scale(0.5f32.sqrt()), &ple, None)?;
+            if let Some(norm_w) = w.per_layer_projection_norm.as_ref() {
+                // One dispatch: ple_tok = (ple_tok + RMSNorm(ple * H^-1/2)) * 2^-1/2, using
+                // RMSNorm(x * s) = x / sqrt(mean(x^2) + eps / s^2) with s^2 = 1 / H.
+                ops::residual_norm(
+                    rec,
+                    &ple_tok.view(0, &[l * nl, p]),
+                    &ple.view(0, &[l * nl, p]),
+                    norm_w,
+                    0.5f32.sqrt(),
+                    None,
+                    eps * hdim as f32,
+                )?;
+                ple_in = ple_tok;
+            } else {
+                elementwise_inplace(
+                    rec,
+                    Elementwise::Scale((hdim as f32).powf(-0.5)),
+                    &ple,
+                    None,
+                )?;
+                let ple_rows = ple.view(0, &[l * nl, p]);
+                ops::rms_norm(
+                    rec,
+                    &ple_rows,
+                    w.per_layer_projection_norm.as_ref(),
+                    &ple_rows,
+                    eps,
+                )?;
+                elementwise_inplace(
+                    rec,
+                    Elementwise::Add,
+                    &ple,
+                    Some((&ple_tok, BLayout::Broadcast)),
+                )?;
+                elementwise_inplace(rec, Elementwise::Scale(0.5f32.sqrt()), &ple, None)?;
+            }
         }
 
+        // The first layer's input norm; every later pre-norm (and the final norm) is fused into
+        // the residual add that produces its input.
+        if let Some(first) = w.layers.first() {
+            ops::rms_norm(rec, &h, Some(&first.input_layernorm), &xn, eps)?;
+        }
         for (i, layer) in w.layers.iter().enumerate() {
             let lt = c.layer_types[i];
             let hd = c.layer_head_dim(i);
@@ -511,38 +522,71 @@ impl TextDecoder {
             } else {
                 1
             }];
+            // The norm after this layer: the next layer's input norm, or the final norm when
+            // logits are wanted (into xn, which the LM head reads).
+            let next_norm = match w.layers.get(i + 1) {
+                Some(nl) => Some((&nl.input_layernorm, &xn)),
+                None if want != Logits::None => Some((&w.norm, &xn)),
+                None => None,
+            };
 
-            // --- attention ---
-            ops::rms_norm(rec, &h, Some(&layer.input_layernorm), &xn, eps)?;
-            let q = ws.q.view(0, &[l, nh * hd]);
-            ops::linear(rec, &layer.q_proj, &xn, &q)?;
-            let q_heads = q.view(0, &[l * nh, hd]);
-            ops::rms_norm(rec, &q_heads, Some(&layer.q_norm), &q_heads, eps)?;
-            ops::rope(rec, &q.view(0, &[l, nh, hd]), &pos_t, inv_freq)?;
+            // --- attention: fused q/k/v projection, norms + RoPE + cache write, attention ---
             let src = c.kv_source(i).ok_or_else(|| {
                 Error::InvalidArgument(format!("layer {i} has no layer to share K/V with"))
             })?;
-            if src == i {
-                let (kp, vp, kn) = match (&layer.k_proj, &layer.v_proj, &layer.k_norm) {
-                    (Some(a), Some(b), Some(n)) => (a, b, n),
-                    _ => {
-                        return Err(Error::InvalidArgument(format!(
-                            "layer {i} owns its KV cache but has no k_proj/v_proj/k_norm"
-                        )));
-                    }
+            let owns_kv = src == i;
+            let v_from_k = owns_kv && c.k_eq_v(i);
+            let mut mats = vec![&layer.q_proj];
+            let mut kv_norm = None;
+            if owns_kv {
+                let (Some(kp), Some(kn)) = (&layer.k_proj, &layer.k_norm) else {
+                    return Err(Error::InvalidArgument(format!(
+                        "layer {i} owns its KV cache but has no k_proj/k_norm"
+                    )));
                 };
-                let k = ws.k.view(0, &[l, nkv * hd]);
-                let v = ws.v.view(0, &[l, nkv * hd]);
-                ops::linear(rec, kp, &xn, &k)?;
-                ops::linear(rec, vp, &xn, &v)?;
-                let k_heads = k.view(0, &[l * nkv, hd]);
-                let v_heads = v.view(0, &[l * nkv, hd]);
-                ops::rms_norm(rec, &k_heads, Some(kn), &k_heads, eps)?;
-                ops::rms_norm(rec, &v_heads, None, &v_heads, eps)?;
-                ops::rope(rec, &k.view(0, &[l, nkv, hd]), &pos_t, inv_freq)?;
-                let lc = cache.layer(i)?;
-                ops::kv_write(rec, &k.view(0, &[l, nkv, hd]), &lc.k, pos0 as u32)?;
-                ops::kv_write(rec, &v.view(0, &[l, nkv, hd]), &lc.v, pos0 as u32)?;
+                mats.push(kp);
+                kv_norm = Some(kn);
+                if !v_from_k {
+                    let Some(vp) = &layer.v_proj else {
+                        return Err(Error::InvalidArgument(format!(
+                            "layer {i} owns its KV cache but has no v_proj"
+                        )));
+                    };
+                    mats.push(vp);
+                }
+            }
+            let row: usize = mats.iter().map(|m| m.rows).sum();
+            let qkv = ws.qkv.view(0, &[l, row]);
+            ops::linear_multi(rec, &mats, &xn, &qkv)?;
+            let q = ws.q.view(0, &[l, nh, hd]);
+            {
+                let kv = match kv_norm {
+                    Some(k_norm) => {
+                        let lc = cache.layer(i)?;
+                        Some(ops::KvTarget {
+                            k_norm,
+                            k_cache: &lc.k,
+                            v_cache: &lc.v,
+                            v_from_k,
+                        })
+                    }
+                    None => None,
+                };
+                ops::attention_input(
+                    rec,
+                    &ops::AttnInput {
+                        qkv: &qkv,
+                        q_out: &q,
+                        q_norm: &layer.q_norm,
+                        inv_freq,
+                        n_heads: nh,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                        pos0,
+                        eps,
+                        kv,
+                    },
+                )?;
             }
             let lc = cache.layer(src)?;
             let shape = AttnShape {
@@ -561,11 +605,10 @@ impl TextDecoder {
                 },
             };
             let attn = ws.attn.view(0, &[l, nh, hd]);
-            let qv = q.view(0, &[l, nh, hd]);
             if l == 1 {
                 ops::attention_decode(
                     rec,
-                    &qv,
+                    &q,
                     &lc.k,
                     &lc.v,
                     &attn,
@@ -574,85 +617,97 @@ impl TextDecoder {
                     &ws.attn_scratch,
                 )?;
             } else {
-                ops::attention_prefill(rec, &qv, &lc.k, &lc.v, &attn, &shape, pos0 as u32)?;
+                ops::attention_prefill(rec, &q, &lc.k, &lc.v, &attn, &shape, pos0 as u32)?;
             }
             let o = ws.o.view(0, &[l, hdim]);
             ops::linear(rec, &layer.o_proj, &attn.view(0, &[l, nh * hd]), &o)?;
-            ops::rms_norm(rec, &o, Some(&layer.post_attention_layernorm), &o, eps)?;
-            elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
+            // h += post_attention_norm(o); xn = pre_feedforward_norm(h)
+            ops::residual_norm(
+                rec,
+                &h,
+                &o,
+                &layer.post_attention_layernorm,
+                1.0,
+                Some((&layer.pre_feedforward_layernorm, &xn)),
+                eps,
+            )?;
 
-            // --- MLP ---
+            // --- MLP: gelu_tanh(gate) * up, down, h += post_feedforward_norm(.) ---
             let inter = c.intermediate(i);
-            ops::rms_norm(rec, &h, Some(&layer.pre_feedforward_layernorm), &xn, eps)?;
             let gate = ws.gate.view(0, &[l, inter]);
             let up = ws.up.view(0, &[l, inter]);
-            ops::linear(rec, &layer.gate_proj, &xn, &gate)?;
-            ops::linear(rec, &layer.up_proj, &xn, &up)?;
-            elementwise_inplace(
-                rec,
-                Elementwise::GeluMul,
-                &gate,
-                Some((&up, BLayout::Broadcast)),
-            )?;
+            ops::linear_gelu_gate(rec, &layer.gate_proj, &layer.up_proj, &xn, &gate, &up)?;
             ops::linear(rec, &layer.down_proj, &gate, &o)?;
-            ops::rms_norm(rec, &o, Some(&layer.post_feedforward_layernorm), &o, eps)?;
-            elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
-
-            // --- per-layer input ---
-            if p > 0 {
-                let (Some(g), Some(pp), Some(pn)) = (
-                    &layer.per_layer_input_gate,
-                    &layer.per_layer_projection,
-                    &layer.post_per_layer_input_norm,
-                ) else {
-                    return Err(Error::InvalidArgument(format!(
-                        "layer {i} lacks its per-layer-input weights"
-                    )));
-                };
-                let pg = ws.ple_gate.view(0, &[l, p]);
-                ops::linear(rec, g, &h, &pg)?;
-                elementwise_inplace(
+            if p == 0 {
+                ops::residual_norm(
                     rec,
-                    Elementwise::GeluMul,
-                    &pg,
-                    Some((
-                        &ple.view(i * p, &[(l - 1) * nl * p + p]),
-                        BLayout::Rows {
-                            cols: p,
-                            stride: nl * p,
-                        },
-                    )),
+                    &h,
+                    &o,
+                    &layer.post_feedforward_layernorm,
+                    layer.layer_scalar,
+                    next_norm,
+                    eps,
                 )?;
-                ops::linear(rec, pp, &pg, &o)?;
-                ops::rms_norm(rec, &o, Some(pn), &o, eps)?;
-                elementwise_inplace(rec, Elementwise::Add, &h, Some((&o, BLayout::Broadcast)))?;
+                continue;
             }
-            if layer.layer_scalar != 1.0 {
-                elementwise_inplace(rec, Elementwise::Scale(layer.layer_scalar), &h, None)?;
-            }
+            ops::residual_norm(
+                rec,
+                &h,
+                &o,
+                &layer.post_feedforward_layernorm,
+                1.0,
+                None,
+                eps,
+            )?;
+
+            // --- per-layer input: h += norm(proj(gelu(gate(h)) * ple_i)), then × layer_scalar ---
+            let (Some(g), Some(pp), Some(pn)) = (
+                &layer.per_layer_input_gate,
+                &layer.per_layer_projection,
+                &layer.post_per_layer_input_norm,
+            ) else {
+                return Err(Error::InvalidArgument(format!(
+                    "layer {i} lacks its per-layer-input weights"
+                )));
+            };
+            let pg = ws.ple_gate.view(0, &[l, p]);
+            ops::linear_gelu_mul(
+                rec,
+                g,
+                &h,
+                &ple_in.view(i * p, &[(l - 1) * nl * p + p]),
+                nl * p,
+                &pg,
+            )?;
+            ops::linear(rec, pp, &pg, &o)?;
+            ops::residual_norm(rec, &h, &o, pn, layer.layer_scalar, next_norm, eps)?;
         }
 
-        // Final norm, tied LM head, softcap.
+        // Tied LM head over the final-normed rows (xn), softcap.
         let rows = match want {
             Logits::None => return Ok(()),
             Logits::Last => 1,
             Logits::All => l,
         };
         let first = l - rows;
-        let hn = ws.final_h.view(0, &[rows, hdim]);
-        ops::rms_norm(
-            rec,
-            &h.view(first * hdim, &[rows, hdim]),
-            Some(&w.norm),
-            &hn,
-            eps,
-        )?;
+        let hn = if w.layers.is_empty() {
+            let hn = ws.final_h.view(0, &[rows, hdim]);
+            ops::rms_norm(
+                rec,
+                &h.view(first * hdim, &[rows, hdim]),
+                Some(&w.norm),
+                &hn,
+                eps,
+            )?;
+            hn
+        } else {
+            xn.view(first * hdim, &[rows, hdim])
+        };
         let logits = ws.logits.view(0, &[rows, c.vocab_size]);
         ops::linear(rec, &w.embed_tokens, &hn, &logits)?;
         if let Some(cap) = c.final_logit_softcapping {
             elementwise_inplace(rec, Elementwise::Softcap(cap as f32), &logits, None)?;
         }
-        let _ = elementwise; // out-of-place form kept for symmetry with other model code
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod fused;
 pub mod penalty;
 pub mod pool;
 pub mod sample;
@@ -22,7 +23,10 @@ pub use norm::{rms_norm, rms_norm_inplace};
 pub use rope::{rope, rope_2d, rope_2d_inv_freq, rope_inv_freq};
 pub mod linear;
 
-pub use linear::{embedding, linear};
+pub use fused::{AttnInput, KvTarget, attention_input, residual_norm};
+pub use linear::{
+    MatvecEpilogue, embedding, fusable, linear, linear_gelu_gate, linear_gelu_mul, linear_multi,
+};
 
 use crate::gpu::KernelSpec;
 
@@ -39,5 +43,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(rope::all_specs());
     v.extend(attention::all_specs());
     v.extend(linear::all_specs());
+    v.extend(fused::all_specs());
     v
 }
