@@ -52,6 +52,9 @@ pub struct TextDecoder {
     inv_freq: [GpuTensor; 2],
     /// Media token id whose embedding rows are replaced (image soft token), if any.
     media_token: Option<u32>,
+    /// First layer of the trailing run of layers that own no KV cache (the KV-shared layers;
+    /// `num_hidden_layers` when the last layer owns its cache).
+    shared_tail: usize,
 }
 
 /// What a token-selection hook of [`TextDecoder::step_with`] / [`TextDecoder::select_last`]
@@ -130,6 +133,11 @@ impl TextDecoder {
                 mk(LayerType::FullAttention)?,
             ],
             media_token,
+            shared_tail: (0..cfg.num_hidden_layers)
+                .rev()
+                .take_while(|&i| cfg.kv_source(i) != Some(i))
+                .last()
+                .unwrap_or(cfg.num_hidden_layers),
         })
     }
 
@@ -513,6 +521,18 @@ impl TextDecoder {
             ops::rms_norm(rec, &h, Some(&first.input_layernorm), &xn, eps)?;
         }
         for (i, layer) in w.layers.iter().enumerate() {
+            // From the first layer of the trailing run of KV-shared layers on, only the last
+            // position matters unless every position's logits are wanted: those layers write no
+            // cache that a later layer or step reads, so the other rows would be dead work.
+            let r0 = if want != Logits::All && i >= self.shared_tail {
+                l - 1
+            } else {
+                0
+            };
+            let (l, pos0) = (l - r0, pos0 + r0);
+            let h = h.view(r0 * hdim, &[l, hdim]);
+            let xn = xn.view(r0 * hdim, &[l, hdim]);
+            let ple_in = ple_in.view(r0 * nl * p, &[l * nl * p]);
             let lt = c.layer_types[i];
             let hd = c.layer_head_dim(i);
             let nh = c.num_attention_heads;
