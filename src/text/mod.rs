@@ -23,6 +23,10 @@ use crate::gpu::ops::{
 use crate::gpu::{DType, GpuContext, GpuTensor, Readback, Recorder, RecorderStats};
 use crate::weights::{PerLayerTable, TextWeights};
 
+/// Largest logits buffer a workspace allocates (bytes): `[chunk, vocab]` f32 logits of a 262k
+/// vocabulary would take 1 MiB per row.
+pub const MAX_LOGITS_BYTES: u64 = 64 << 20;
+
 /// Which logits a forward pass produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -87,6 +91,10 @@ pub struct Workspace {
     ple_gate: GpuTensor,
     final_h: GpuTensor,
     logits: GpuTensor,
+    /// Rows of `logits`: all positions of a chunk when they fit one binding and
+    /// [`MAX_LOGITS_BYTES`]; fewer for large vocabularies ([`Logits::All`] then runs in
+    /// sub-chunks of this many tokens).
+    logits_rows: usize,
     token: GpuTensor,
     attn_scratch: AttnScratch,
     sample_scratch: SampleScratch,
@@ -173,6 +181,9 @@ impl TextDecoder {
             .unwrap_or(c.intermediate_size);
         let np = c.num_hidden_layers * c.hidden_size_per_layer_input;
         let z = |shape: &[usize]| GpuTensor::zeros(ctx, shape, DType::F32);
+        let row_bytes = (c.vocab_size.max(1) * 4) as u64;
+        let logits_rows = (ctx.caps().max_binding_size.min(MAX_LOGITS_BYTES) / row_bytes)
+            .clamp(1, chunk as u64) as usize;
         Ok(Workspace {
             chunk,
             ids: GpuTensor::zeros(ctx, &[chunk], DType::U32)?,
@@ -188,7 +199,8 @@ impl TextDecoder {
             ple_tok: z(&[chunk, np.max(1)])?,
             ple_gate: z(&[chunk, c.hidden_size_per_layer_input.max(1)])?,
             final_h: z(&[chunk, h])?,
-            logits: z(&[chunk, c.vocab_size])?,
+            logits: z(&[logits_rows, c.vocab_size])?,
+            logits_rows,
             token: GpuTensor::zeros(ctx, &[1], DType::U32)?,
             attn_scratch: AttnScratch::new(ctx, c.num_attention_heads, 64, max_hd)?,
             sample_scratch: SampleScratch::new(ctx, c.vocab_size)?,
@@ -229,7 +241,13 @@ impl TextDecoder {
         let mut media_row = 0usize;
         let mut start = 0;
         while start < n {
-            let len = ws.chunk.min(n - start);
+            // All positions' logits: sub-chunks that fit the logits buffer (exact: chunked
+            // prefill gives the same result).
+            let step = match logits {
+                Logits::All => ws.chunk.min(ws.logits_rows),
+                _ => ws.chunk,
+            };
+            let len = step.min(n - start);
             let chunk_ids = &ids[start..start + len];
             let last_chunk = start + len == n;
             let want = match logits {
