@@ -3,6 +3,9 @@
 // output tile, each invocation 4 x 4 outputs; K is walked in tiles of 32: invocations 0..31
 // dequantize one weight row's 32 values each into workgroup memory, invocations 32..63 load one
 // x row's 32 values each; then every invocation accumulates its 4 x 4 block from workgroup memory.
+// The weight tile is stored k-major, so the invocations of a SIMD group (consecutive tx) read
+// consecutive addresses and share each x value (a broadcast): on lavapipe this turns per-lane
+// gathers into vector loads; on GPUs it avoids bank conflicts. Accumulators are four vec4s.
 // Same defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT; otherwise W_FMT.
 // Grid: x = row tiles, y = batch tiles. No subgroup operations (one kernel for both paths).
 
@@ -32,7 +35,7 @@ const T: u32 = 32u;   // tile edge (batch, rows, K)
 const TP: u32 = 33u;  // padded row stride in workgroup memory
 
 var<workgroup> xt: array<f32, 1056>; // [T batch][TP]
-var<workgroup> wt: array<f32, 1056>; // [T rows][TP]
+var<workgroup> wt: array<f32, 1024>; // [T k][T rows] (k-major: a row index varies fastest)
 
 //#if AFFINE
 const BITS: u32 = {{BITS}}u;
@@ -69,11 +72,11 @@ fn load_w(row: u32, kc: u32, slot: u32) {
         }
         let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
         let d = vec4<f32>(q) * s.x + s.y;
-        let o = slot * TP + 4u * m;
+        let o = 4u * m * T + slot;
         wt[o] = d.x;
-        wt[o + 1u] = d.y;
-        wt[o + 2u] = d.z;
-        wt[o + 3u] = d.w;
+        wt[o + T] = d.y;
+        wt[o + 2u * T] = d.z;
+        wt[o + 3u * T] = d.w;
     }
 }
 //#else
@@ -99,7 +102,7 @@ fn load_w(row: u32, kc: u32, slot: u32) {
         if (k < p.cols) {
             v = wel(base + k);
         }
-        wt[slot * TP + i] = v;
+        wt[i * T + slot] = v;
     }
 }
 //#endif
@@ -110,10 +113,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let b0 = wid.y * T;
     let tx = li % 8u;
     let ty = li / 8u;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // acc[i][j]: batch row b0 + ty + 8 i, weight row r0 + tx + 8 j.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     let nk = (p.cols + T - 1u) / T;
     for (var kc = 0u; kc < nk; kc++) {
         if (li < T) {
@@ -122,7 +126,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 load_w(row, kc, li);
             } else {
                 for (var i = 0u; i < T; i++) {
-                    wt[li * TP + i] = 0.0;
+                    wt[i * T + li] = 0.0;
                 }
             }
         } else {
@@ -138,25 +142,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
+        // Invocations with consecutive tx read consecutive weights (one vector load on SIMD
+        // backends, no bank conflicts on GPUs); the x values are the same for all of them.
         for (var k = 0u; k < T; k++) {
-            let xv = vec4<f32>(xt[ty * TP + k], xt[(ty + 8u) * TP + k], xt[(ty + 16u) * TP + k], xt[(ty + 24u) * TP + k]);
-            let wv = vec4<f32>(wt[tx * TP + k], wt[(tx + 8u) * TP + k], wt[(tx + 16u) * TP + k], wt[(tx + 24u) * TP + k]);
-            for (var i = 0u; i < 4u; i++) {
-                let xi = xv[i];
-                acc[i * 4u] += xi * wv.x;
-                acc[i * 4u + 1u] += xi * wv.y;
-                acc[i * 4u + 2u] += xi * wv.z;
-                acc[i * 4u + 3u] += xi * wv.w;
-            }
+            let wo = k * T + tx;
+            let wv = vec4<f32>(wt[wo], wt[wo + 8u], wt[wo + 16u], wt[wo + 24u]);
+            acc0 += xt[ty * TP + k] * wv;
+            acc1 += xt[(ty + 8u) * TP + k] * wv;
+            acc2 += xt[(ty + 16u) * TP + k] * wv;
+            acc3 += xt[(ty + 24u) * TP + k] * wv;
         }
         workgroupBarrier();
     }
+    let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let b = b0 + ty + 8u * i;
         for (var j = 0u; j < 4u; j++) {
             let row = r0 + tx + 8u * j;
             if (b < p.batch && row < p.rows) {
-                ys[p.y_off + b * p.y_stride + row] = acc[i * 4u + j];
+                ys[p.y_off + b * p.y_stride + row] = acc[i][j];
             }
         }
     }
