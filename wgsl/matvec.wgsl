@@ -138,11 +138,6 @@ fn rowmap(row0: u32, j: u32) -> vec2<u32> {
     return vec2<u32>(0u, v);
 }
 
-// Accumulator slots per row group: 4 output rows, each one weight row (two with EPI 1).
-fn nslots(nr: u32) -> u32 {
-    if (EPI == 1u) {
-        return 8u;
-    }
     return nr;
 }
 
@@ -246,8 +241,8 @@ fn prescale(xv: ptr<function, array<vec4<f32>, 8>>) {}
 // the chunks lane, lane + step, ...: x and sum(x) of a chunk are loaded once for all slots.
 fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2> {
     let nchunks = p.cols / 32u;
-    let ns = nslots(nr);
-    var acc: array<vec4<f32>, 2>;
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
     var xv: array<vec4<f32>, 8>;
     for (var c = lane; c < nchunks; c += step) {
         var sx4 = vec4<f32>(0.0);
@@ -257,13 +252,19 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2>
         }
         let sx = sx4.x + sx4.y + sx4.z + sx4.w;
         prescale(&xv);
-        for (var j = 0u; j < ns; j++) {
+        let g = (c * 32u) / GROUP;
+        for (var j = 0u; j < nr; j++) {
             let mr = rowmap(row0, j);
-            let s = scale_bias(mr.x, mr.y * p.groups + (c * 32u) / GROUP);
-            acc[j / 4u][j % 4u] += s.x * chunk_dot(mr.x, mr.y, c, &xv) + s.y * sx;
+            let s = scale_bias(mr.x, mr.y * p.groups + g);
+            lo[j] += s.x * chunk_dot(mr.x, mr.y, c, &xv) + s.y * sx;
+            if (EPI == 1u) {
+                let mu = rowmap(row0, j + 4u);
+                let su = scale_bias(mu.x, mu.y * p.groups + g);
+                hi[j] += su.x * chunk_dot(mu.x, mu.y, c, &xv) + su.y * sx;
+            }
         }
     }
-    return acc;
+    return array<vec4<f32>, 2>(lo, hi);
 }
 //#else
 const W_FMT: u32 = {{W_FMT}}u;
@@ -271,40 +272,47 @@ const W_FMT: u32 = {{W_FMT}}u;
 //#if WVEC
 // Partial dot products of the accumulator slots of the rows starting at row0 (see rowmap) over
 // the vec4 words lane, lane + step, ...; x is loaded once for all slots.
-fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2> {
-    let ns = nslots(nr);
-    var acc: array<vec4<f32>, 2>;
+// Dot product of the W_FMT vec4 word v of row (mr) with x.
+fn wdot(mr: vec2<u32>, nv: u32, v: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let q = wget(mr.x, mr.y * nv + v);
     if (W_FMT == 0u) {
-        let nv = p.cols / 4u;
-        for (var v = lane; v < nv; v += step) {
-            let xa = x4(4u * v);
-            for (var j = 0u; j < ns; j++) {
-                let mr = rowmap(row0, j);
-                acc[j / 4u][j % 4u] += dot(bitcast<vec4<f32>>(wget(mr.x, mr.y * nv + v)), xa);
-            }
-        }
+        return dot(bitcast<vec4<f32>>(q), xa);
+    }
+    var lo: vec4<f32>;
+    var hi: vec4<f32>;
+    if (W_FMT == 1u) {
+        lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
     } else {
-        let nv = p.cols / 8u;
-        for (var v = lane; v < nv; v += step) {
-            let xa = x4(8u * v);
-            let xb = x4(8u * v + 4u);
-            for (var j = 0u; j < ns; j++) {
-                let mr = rowmap(row0, j);
-                let q = wget(mr.x, mr.y * nv + v);
-                var lo: vec4<f32>;
-                var hi: vec4<f32>;
-                if (W_FMT == 1u) {
-                    lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-                    hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-                } else {
-                    lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
-                    hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
-                }
-                acc[j / 4u][j % 4u] += dot(lo, xa) + dot(hi, xb);
+        lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+        hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+    }
+    return dot(lo, xa) + dot(hi, xb);
+}
+
+fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2> {
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    // values per vec4 word: 4 (f32) or 8 (f16 / bf16)
+    var per = 8u;
+    if (W_FMT == 0u) {
+        per = 4u;
+    }
+    let nv = p.cols / per;
+    for (var v = lane; v < nv; v += step) {
+        let xa = x4(per * v);
+        var xb = vec4<f32>(0.0);
+        if (W_FMT != 0u) {
+            xb = x4(per * v + 4u);
+        }
+        for (var j = 0u; j < nr; j++) {
+            lo[j] += wdot(rowmap(row0, j), nv, v, xa, xb);
+            if (EPI == 1u) {
+                hi[j] += wdot(rowmap(row0, j + 4u), nv, v, xa, xb);
             }
         }
     }
-    return acc;
+    return array<vec4<f32>, 2>(lo, hi);
 }
 //#else
 // Weight element e (row-major index within the window) of matrix m.
@@ -330,13 +338,17 @@ fn row_partial(m: u32, row: u32, lane: u32, step: u32) -> f32 {
 }
 
 fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2> {
-    let ns = nslots(nr);
-    var acc: array<vec4<f32>, 2>;
-    for (var j = 0u; j < ns; j++) {
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    for (var j = 0u; j < nr; j++) {
         let mr = rowmap(row0, j);
-        acc[j / 4u][j % 4u] = row_partial(mr.x, mr.y, lane, step);
+        lo[j] = row_partial(mr.x, mr.y, lane, step);
+        if (EPI == 1u) {
+            let mu = rowmap(row0, j + 4u);
+            hi[j] = row_partial(mu.x, mu.y, lane, step);
+        }
     }
-    return acc;
+    return array<vec4<f32>, 2>(lo, hi);
 }
 //#endif
 //#endif
