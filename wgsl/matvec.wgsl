@@ -138,9 +138,6 @@ fn rowmap(row0: u32, j: u32) -> vec2<u32> {
     return vec2<u32>(0u, v);
 }
 
-    return nr;
-}
-
 //#if AFFINE
 const BITS: u32 = {{BITS}}u;
 const GROUP: u32 = {{GROUP}}u;
