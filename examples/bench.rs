@@ -10,6 +10,18 @@
 //! cargo run --release --example bench -- --model path/to/checkpoint --profile
 //! ```
 //!
+//! Measurements, in order: load (`Model::load_with`); a warm-up (short prefill, two decode
+//! steps, one tiny image) so pipeline builds are not timed; time to first token (prefill of
+//! `--ttft-prompt` random ids + the first greedy token); `--decode-tokens` greedy steps
+//! (`step_greedy`, tok/s and median latency, per-step dispatches/submits/readback from
+//! `Workspace::last_step_stats`); the streaming-read kernel (GB/s, ~256 MiB or the adapter's max
+//! binding); with `--profile` extra decode steps (and `--profile-prefill N` prompt tokens) under
+//! the per-kernel profiler; prefill tok/s per `--prefill` length, each in a fresh session; vision
+//! encode per `--vision-budgets` budget. Weight bytes per token come from the checkpoint's
+//! tensors (every multiplied matrix incl. scales/biases, the tied LM head, and the gathered
+//! embedding and PLE rows). GPU memory is the engine's own buffers (weights + one session) and,
+//! where the backend reports it, the driver allocator's live total.
+//!
 //! Prints a markdown table and one line `BENCH_JSON {...}`.
 
 use std::path::{Path, PathBuf};
@@ -59,15 +71,21 @@ struct Args {
     /// Greedy decode steps measured.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
-    /// Soft-token budgets of the vision measurements (empty: skip).
+    /// Soft-token budgets of the vision measurements.
     #[arg(long, value_delimiter = ',', default_value = "70,280,1120")]
     vision_budgets: Vec<u32>,
+    /// Skip the vision measurements (the tower is still loaded).
+    #[arg(long)]
+    skip_vision: bool,
     /// Per-kernel GPU timing report over extra decode steps (needs TIMESTAMP_QUERY).
     #[arg(long)]
     profile: bool,
     /// Decode steps timed by the profiler.
     #[arg(long, default_value_t = 16)]
     profile_tokens: usize,
+    /// With --profile, also profile a prefill of this many tokens (0: skip).
+    #[arg(long, default_value_t = 0)]
+    profile_prefill: usize,
     /// Size of the streaming-read buffer in MiB (capped at the adapter's max binding size).
     #[arg(long, default_value_t = 256)]
     stream_mib: u64,
@@ -306,10 +324,10 @@ fn main() -> Result<(), BoxErr> {
     let text = model.text();
     let chunk = args.prefill_chunk;
 
-    // Warm-up: pipelines for prefill and decode.
+    // Warm-up: pipelines for prefill (a short prompt takes the same kernels) and decode.
     {
         let (mut cache, mut ws) = text.new_session(max_context, chunk)?;
-        let ids = rng.ids(args.ttft_prompt.max(1), 3, hi);
+        let ids = rng.ids(args.ttft_prompt.clamp(2, 16), 3, hi);
         let logits = text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
         let mut tok = argmax_host(&logits);
         for _ in 0..2 {
@@ -351,8 +369,14 @@ fn main() -> Result<(), BoxErr> {
         );
     }
 
+    // Bandwidth yardstick in the same run, right after the decode it is compared with (on a
+    // shared CPU adapter the load of the machine changes over minutes).
+    let (stream, stream_bytes) = stream_gbs(&ctx, args.stream_mib)?;
+    eprintln!("streaming read: {stream:.2} GB/s");
+
     // Per-kernel profile over extra decode steps (measured decode above is unperturbed).
     let mut profile: Option<Profile> = None;
+    let mut prefill_profile: Option<Profile> = None;
     let mut profile_note = String::new();
     if args.profile {
         if ctx.set_profiling(true) {
@@ -362,6 +386,14 @@ fn main() -> Result<(), BoxErr> {
             }
             ctx.set_profiling(false);
             profile = Some(ctx.take_profile());
+            if args.profile_prefill > 0 {
+                let (mut c2, mut w2) = text.new_session(max_context, chunk)?;
+                let ids = rng.ids(args.profile_prefill, 3, hi);
+                ctx.set_profiling(true);
+                text.forward(&mut c2, &mut w2, &ids, None, Logits::Last)?;
+                ctx.set_profiling(false);
+                prefill_profile = Some(ctx.take_profile());
+            }
         } else {
             profile_note = "the adapter lacks TIMESTAMP_QUERY: no profile".into();
             eprintln!("{profile_note}");
@@ -385,7 +417,9 @@ fn main() -> Result<(), BoxErr> {
 
     // Vision encode at each soft-token budget, after a warm-up.
     let mut vision = Vec::new();
-    if let (Some(enc), Some(vc)) = (model.vision(), cfg.vision_config.as_ref()) {
+    if let (Some(enc), Some(vc), false) =
+        (model.vision(), cfg.vision_config.as_ref(), args.skip_vision)
+    {
         let img = test_image(1024, 768);
         let patches = |budget: u32| -> Result<ImagePatches, BoxErr> {
             let o = ImageOptions::from_vision_config(
@@ -400,8 +434,15 @@ fn main() -> Result<(), BoxErr> {
                 grid: p.grid,
             })
         };
-        if let Some(&first) = args.vision_budgets.iter().min() {
-            let warm = patches(first)?;
+        if !args.vision_budgets.is_empty() {
+            // Warm-up on the smallest poolable grid (k x k patches): the same pipelines.
+            let k = vc.pooling_kernel_size as u32;
+            let n = (k * k) as usize;
+            let warm = ImagePatches {
+                pixel_values: vec![0.5; n * vc.patch_values()],
+                positions: (0..k * k).map(|i| [i % k, i / k]).collect(),
+                grid: (k, k),
+            };
             enc.encode(&warm, false)?;
             ctx.wait_idle()?;
         }
@@ -420,8 +461,6 @@ fn main() -> Result<(), BoxErr> {
         }
     }
 
-    // Bandwidth yardstick in the same run.
-    let (stream, stream_bytes) = stream_gbs(&ctx, args.stream_mib)?;
     let eff_gbs = weight_bytes as f64 * decode_tok_s / 1e9;
     let frac = eff_gbs / stream;
 
@@ -534,6 +573,19 @@ fn main() -> Result<(), BoxErr> {
                 "dispatches_per_token": e.count as f64 / per,
             })).collect::<Vec<_>>(),
         });
+        if let Some(pp) = &prefill_profile {
+            let n = args.profile_prefill as u64;
+            println!("\nPer-kernel GPU time per prompt token (prefill of {n} tokens):\n");
+            print!("{}", pp.markdown_by_family(n));
+            profile_json["prefill"] = json!({
+                "tokens": n,
+                "gpu_us_per_token": pp.total_ns() / n as f64 / 1e3,
+                "families": pp.by_family().iter().map(|e| json!({
+                    "kernel": e.kernel, "us_per_token": e.total_ns / n as f64 / 1e3,
+                    "dispatches": e.count,
+                })).collect::<Vec<_>>(),
+            });
+        }
     } else if !profile_note.is_empty() {
         profile_json = json!({"note": profile_note});
     }

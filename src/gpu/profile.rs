@@ -136,11 +136,14 @@ fn table(entries: &[ProfileEntry], total: f64, per: u64) -> String {
     s
 }
 
+/// Kernel name → (dispatches, total ns).
+type Totals = BTreeMap<String, (u64, f64)>;
+
 /// Profiling state of a context.
 #[derive(Debug, Default)]
 pub(crate) struct Profiler {
     pub(crate) enabled: AtomicBool,
-    data: Mutex<(BTreeMap<String, (u64, f64)>, u64)>,
+    data: Mutex<(Totals, u64)>,
 }
 
 impl Profiler {
