@@ -83,6 +83,9 @@ struct Args {
     /// Decode steps timed by the profiler.
     #[arg(long, default_value_t = 16)]
     profile_tokens: usize,
+    /// With --profile, also print one row per kernel specialisation (defines included).
+    #[arg(long)]
+    profile_detail: bool,
     /// With --profile, also profile a prefill of this many tokens (0: skip).
     #[arg(long, default_value_t = 0)]
     profile_prefill: usize,
@@ -288,9 +291,23 @@ fn main() -> Result<(), BoxErr> {
     let decode_ctx = args.ttft_prompt + args.decode_tokens + args.profile_tokens + 8;
     let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);
     let max_context = decode_ctx.max(max_prefill + 8).next_multiple_of(256);
+    // The decoder's workspace holds `[chunk, vocab]` f32 logits in one buffer, which must fit
+    // the adapter's max binding size (128 MiB on lavapipe): cap the chunk accordingly.
+    let vocab = gemma_wgpu::config::Gemma4Config::from_dir(&dir)?
+        .text_config
+        .vocab_size;
+    let chunk_cap = (ctx.caps().max_binding_size / (vocab as u64 * 4)).max(1) as usize;
+    let chunk = args.prefill_chunk.min(chunk_cap);
+    if chunk < args.prefill_chunk {
+        eprintln!(
+            "prefill chunk capped at {chunk} tokens: [chunk, {vocab}] f32 logits must fit the \
+             max binding size of {} MiB",
+            ctx.caps().max_binding_size >> 20
+        );
+    }
     let opts = ModelOptions {
         max_context,
-        prefill_chunk: args.prefill_chunk,
+        prefill_chunk: chunk,
         ..Default::default()
     };
     let bytes0 = ctx.counters().bytes_allocated();
@@ -322,7 +339,6 @@ fn main() -> Result<(), BoxErr> {
     .max(5);
     let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let text = model.text();
-    let chunk = args.prefill_chunk;
 
     // Warm-up: pipelines for prefill (a short prompt takes the same kernels) and decode.
     {
@@ -480,6 +496,7 @@ fn main() -> Result<(), BoxErr> {
             },
         ),
         ("model".into(), model_desc.clone()),
+        ("prefill chunk".into(), format!("{chunk} tokens")),
         ("load".into(), format!("{load_s:.2} s")),
         (
             format!("time to first token ({} tokens)", args.ttft_prompt),
@@ -564,6 +581,10 @@ fn main() -> Result<(), BoxErr> {
             n
         );
         print!("{}", p.markdown_by_family(n));
+        if args.profile_detail {
+            println!("\nBy specialisation:\n");
+            print!("{}", p.markdown_by_kernel(n));
+        }
         let per = n.max(1) as f64;
         profile_json = json!({
             "tokens": n,
@@ -611,6 +632,7 @@ fn main() -> Result<(), BoxErr> {
         "load_s": load_s,
         "ttft_ms": ttft_ms,
         "ttft_prompt_tokens": args.ttft_prompt,
+        "prefill_chunk": chunk,
         "prefill_tok_s": prefill_map,
         "decode_tokens": args.decode_tokens,
         "decode_tok_s": decode_tok_s,
