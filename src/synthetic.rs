@@ -102,6 +102,9 @@ pub struct SyntheticSpec {
     pub shard_bytes: u64,
 }
 
+/// Marker file of a folder written by [`SyntheticSpec::write`].
+const MARKER: &str = "synthetic.marker";
+
 /// The real vocabulary size of the E-series models.
 pub const REAL_VOCAB: usize = 262_144;
 
@@ -577,6 +580,7 @@ impl SyntheticSpec {
 
     /// Writes the checkpoint into `dir` (created if needed): the safetensors file(s), then
     /// `config.json` last, so an interrupted write is never mistaken for a complete one.
+    /// Refuses a folder that holds a checkpoint this writer did not create.
     pub fn write(&self, dir: &Path) -> Result<()> {
         self.validate()?;
         let io = |path: &Path| {
@@ -585,6 +589,23 @@ impl SyntheticSpec {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let config_path = dir.join("config.json");
+        let marker = dir.join(MARKER);
+        // Never delete someone else's checkpoint: only a folder this writer created (marker
+        // file) or one without weights is (re)written.
+        let has_weights = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+            })
+            .unwrap_or(false);
+        if (has_weights || config_path.exists()) && !marker.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds a checkpoint that was not written by the synthetic writer; \
+                 refusing to overwrite it (choose another folder)",
+                dir.display()
+            )));
+        }
+        std::fs::write(&marker, b"written by gemma_wgpu::synthetic\n").map_err(io(&marker))?;
         if config_path.exists() {
             std::fs::remove_file(&config_path).map_err(io(&config_path))?;
         }

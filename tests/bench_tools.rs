@@ -23,8 +23,11 @@ fn synthetic_checkpoint_is_accepted_and_decodes() {
     let dir = tmpdir("tiny");
     assert!(spec.ensure(&dir).unwrap(), "first ensure writes");
     assert!(!spec.ensure(&dir).unwrap(), "second ensure reuses");
-    // A different shape in the same folder is rewritten.
+    // A different shape in the same folder is not mistaken for this one.
     assert!(!spec.clone().with_layers(3).is_written(&dir));
+    // A folder holding someone else's checkpoint is never overwritten.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlx-mixed");
+    assert!(spec.write(&fixture).is_err());
 
     // The loader's plan: MLX quantized text, 8-bit MLP overrides, no K/V on shared layers,
     // bf16 vision tower with a quantized embedder.
