@@ -343,7 +343,7 @@ fn main() -> Result<(), BoxErr> {
     // Warm-up: pipelines for prefill (a short prompt takes the same kernels) and decode.
     {
         let (mut cache, mut ws) = text.new_session(max_context, chunk)?;
-        let ids = rng.ids(args.ttft_prompt.clamp(2, 16), 3, hi);
+        let ids = rng.ids(args.ttft_prompt.clamp(1, 16), 3, hi);
         let logits = text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
         let mut tok = argmax_host(&logits);
         for _ in 0..2 {
