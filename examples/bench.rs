@@ -433,6 +433,7 @@ fn main() -> Result<(), BoxErr> {
 
     // Vision encode at each soft-token budget, after a warm-up.
     let mut vision = Vec::new();
+    let mut vision_profile: Option<(u32, Profile)> = None;
     if let (Some(enc), Some(vc), false) =
         (model.vision(), cfg.vision_config.as_ref(), args.skip_vision)
     {
@@ -474,6 +475,18 @@ fn main() -> Result<(), BoxErr> {
                 feat.shape[0]
             );
             vision.push((b, e, p.positions.len(), feat.shape[0]));
+        }
+        // With --profile: where one image's time goes, at the smallest budget.
+        if let Some(&b) = args.vision_budgets.iter().min()
+            && args.profile
+            && ctx.set_profiling(true)
+        {
+            let _ = ctx.take_profile();
+            let p = patches(b)?;
+            enc.encode(&p, false)?;
+            ctx.wait_idle()?;
+            ctx.set_profiling(false);
+            vision_profile = Some((b, ctx.take_profile()));
         }
     }
 
@@ -604,6 +617,17 @@ fn main() -> Result<(), BoxErr> {
                 "families": pp.by_family().iter().map(|e| json!({
                     "kernel": e.kernel, "us_per_token": e.total_ns / n as f64 / 1e3,
                     "dispatches": e.count,
+                })).collect::<Vec<_>>(),
+            });
+        }
+        if let Some((b, vp)) = &vision_profile {
+            println!("\nPer-kernel GPU time of one image encode (budget {b}), in µs:\n");
+            print!("{}", vp.markdown_by_family(1));
+            profile_json["vision"] = json!({
+                "budget": b,
+                "gpu_us": vp.total_ns() / 1e3,
+                "families": vp.by_family().iter().map(|e| json!({
+                    "kernel": e.kernel, "us": e.total_ns / 1e3, "dispatches": e.count,
                 })).collect::<Vec<_>>(),
             });
         }
