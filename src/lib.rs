@@ -16,6 +16,7 @@ pub mod model;
 pub mod preprocess;
 pub mod registry;
 pub mod session;
+pub mod synthetic;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;

@@ -63,6 +63,7 @@ pub(crate) struct ContextInner {
     pub(crate) uncaptured: Arc<Mutex<Option<String>>>,
     pub(crate) is_lost: Arc<AtomicBool>,
     pub(crate) counters: super::recorder::Counters,
+    pub(crate) profiler: super::profile::Profiler,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -219,6 +220,7 @@ impl GpuContext {
                 uncaptured,
                 is_lost,
                 counters: Default::default(),
+                profiler: Default::default(),
             }),
         }
     }
@@ -242,6 +244,7 @@ impl GpuContext {
                 uncaptured: self.inner.uncaptured.clone(),
                 is_lost: self.inner.is_lost.clone(),
                 counters: Default::default(),
+                profiler: Default::default(),
             }),
         }
     }
@@ -340,6 +343,10 @@ impl GpuContext {
             .counters
             .buffers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .counters
+            .bytes
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         self.scoped(label, || {
             self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -409,6 +416,15 @@ impl GpuContext {
     ) -> Result<Vec<u32>, GpuError> {
         let bytes = self.read_bytes(buffer, (offset * 4) as u64, (len * 4) as u64)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Bytes of GPU memory the driver's allocator holds for this device (all allocations,
+    /// including wgpu's own), where the backend reports it (Vulkan, DX12); `None` elsewhere.
+    pub fn gpu_allocated_bytes(&self) -> Option<u64> {
+        self.inner
+            .device
+            .generate_allocator_report()
+            .map(|r| r.total_allocated_bytes)
     }
 
     /// Blocks until all submitted work has finished.

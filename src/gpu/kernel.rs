@@ -101,6 +101,14 @@ impl Kernel {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The name without the access suffix: `file:entry;DEFINE=value...` (the label the
+    /// profiler reports).
+    pub fn label(&self) -> &str {
+        self.name
+            .get(..self.name.len().saturating_sub(self.storage.len()))
+            .unwrap_or(&self.name)
+    }
 }
 
 #[derive(Default)]

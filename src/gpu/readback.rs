@@ -19,6 +19,9 @@ impl Readback {
         ctx.counters()
             .buffers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.counters()
+            .bytes
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let buffer = ctx.scoped("readback buffer", || {
             ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
@@ -45,6 +48,7 @@ impl Readback {
             });
         }
         rec.copy(src, offset, &self.buffer, 0, size);
+        rec.note_readback(size);
         Ok(())
     }
 

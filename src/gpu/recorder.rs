@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::context::GpuContext;
 use super::error::GpuError;
 use super::kernel::Kernel;
+use super::profile::MAX_QUERIES;
 
 /// A view of a buffer passed to a kernel binding.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +63,7 @@ pub(crate) struct BindKey {
 
 enum Command {
     Dispatch {
-        pipeline: wgpu::ComputePipeline,
+        kernel: Arc<Kernel>,
         bind_group: wgpu::BindGroup,
         offset: u32,
         groups: [u32; 3],
@@ -87,6 +88,12 @@ pub struct Counters {
     pub buffers: AtomicU64,
     /// Bind groups created (cache misses).
     pub bind_groups: AtomicU64,
+    /// Bytes of all GPU buffers the engine created (storage, parameter arenas, readback
+    /// staging), cumulative: buffers that were dropped since still count. Profiling query
+    /// buffers are not counted.
+    pub bytes: AtomicU64,
+    /// Bytes copied into host-readable staging buffers (readbacks), cumulative.
+    pub readback_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -96,6 +103,11 @@ impl Counters {
             self.buffers.load(Ordering::Relaxed),
             self.bind_groups.load(Ordering::Relaxed),
         )
+    }
+
+    /// Bytes of GPU buffers created so far (see [`Counters::bytes`]).
+    pub fn bytes_allocated(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// (dispatches, submits) so far.
@@ -127,6 +139,8 @@ pub struct RecorderStats {
     pub submits: u64,
     /// Buffer-to-buffer copies recorded.
     pub copies: u64,
+    /// Bytes recorded for copying back to the host (through [`Readback`](super::Readback)).
+    pub readback_bytes: u64,
 }
 
 impl GpuContext {
@@ -153,6 +167,10 @@ impl GpuContext {
             return Ok(a);
         }
         self.inner.counters.buffers.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .bytes
+            .fetch_add(ARENA_BYTES, Ordering::Relaxed);
         let buffer = self.scoped("parameter arena", || {
             self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("param-arena"),
@@ -257,7 +275,7 @@ impl Recorder {
             })?;
         let bind_group = self.bind_group(kernel, &arena, buffers)?;
         self.commands.push(Command::Dispatch {
-            pipeline: kernel.pipeline.clone(),
+            kernel: kernel.clone(),
             bind_group,
             offset,
             groups,
@@ -310,6 +328,16 @@ impl Recorder {
             dst_offset,
             size,
         });
+    }
+
+    /// Counts `bytes` recorded for reading back to the host (called by the readback path).
+    pub(crate) fn note_readback(&mut self, bytes: u64) {
+        self.stats.readback_bytes += bytes;
+        self.ctx
+            .inner
+            .counters
+            .readback_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn bind_group(
@@ -389,6 +417,9 @@ impl Recorder {
         let commands = std::mem::take(&mut self.commands);
         let params = std::mem::take(&mut self.params);
         let arena = self.arena.take();
+        if ctx.inner.profiler.is_enabled() && ctx.caps().timestamps {
+            return self.submit_profiled(commands, params, arena);
+        }
         ctx.scoped("submitting recorded work", || {
             if let Some(a) = &arena {
                 ctx.queue().write_buffer(&a.buffer, 0, &params);
@@ -415,13 +446,13 @@ impl Recorder {
                             timestamp_writes: None,
                         });
                         while let Some(Command::Dispatch {
-                            pipeline,
+                            kernel,
                             bind_group,
                             offset,
                             groups,
                         }) = commands.get(i)
                         {
-                            pass.set_pipeline(pipeline);
+                            pass.set_pipeline(&kernel.pipeline);
                             pass.set_bind_group(0, bind_group, &[*offset]);
                             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                             i += 1;
@@ -439,6 +470,139 @@ impl Recorder {
             pool.push(a);
         }
         Ok(())
+    }
+
+    /// The profiled form of [`submit`](Self::submit): one compute pass per dispatch with
+    /// beginning/end timestamps, resolved and read back after the submit completes (blocking).
+    fn submit_profiled(
+        &mut self,
+        commands: Vec<Command>,
+        params: Vec<u8>,
+        arena: Option<ParamArena>,
+    ) -> Result<(), GpuError> {
+        let ctx = self.ctx.clone();
+        let n_dispatch = commands
+            .iter()
+            .filter(|c| matches!(c, Command::Dispatch { .. }))
+            .count() as u32;
+        let per_set = MAX_QUERIES / 2;
+        let n_sets = n_dispatch.div_ceil(per_set).max(1);
+        let device = ctx.device();
+        let (sets, resolve, staging, names) = ctx.scoped("submitting profiled work", || {
+            if let Some(a) = &arena {
+                ctx.queue().write_buffer(&a.buffer, 0, &params);
+            }
+            let sets: Vec<wgpu::QuerySet> = (0..n_sets)
+                .map(|s| {
+                    let count = (n_dispatch - s * per_set).min(per_set).max(1) * 2;
+                    device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("profile timestamps"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count,
+                    })
+                })
+                .collect();
+            // One 256-byte aligned slot of resolved timestamps per query set.
+            let slot = (u64::from(per_set) * 16).next_multiple_of(256);
+            let size = slot * u64::from(n_sets);
+            let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile resolve"),
+                size,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc =
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let mut names = Vec::with_capacity(n_dispatch as usize);
+            for c in &commands {
+                match c {
+                    Command::Copy {
+                        src,
+                        src_offset,
+                        dst,
+                        dst_offset,
+                        size,
+                    } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                    Command::Dispatch {
+                        kernel,
+                        bind_group,
+                        offset,
+                        groups,
+                    } => {
+                        let d = names.len() as u32;
+                        let q = (d % per_set) * 2;
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: &sets[(d / per_set) as usize],
+                                beginning_of_pass_write_index: Some(q),
+                                end_of_pass_write_index: Some(q + 1),
+                            }),
+                        });
+                        pass.set_pipeline(&kernel.pipeline);
+                        pass.set_bind_group(0, bind_group, &[*offset]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        drop(pass);
+                        names.push(kernel.label().to_string());
+                    }
+                }
+            }
+            for (s, set) in sets.iter().enumerate() {
+                let used = (n_dispatch - s as u32 * per_set).min(per_set) * 2;
+                if used > 0 {
+                    enc.resolve_query_set(set, 0..used, &resolve, s as u64 * slot);
+                }
+            }
+            enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, size);
+            ctx.queue().submit(Some(enc.finish()));
+            (sets, resolve, staging, names)
+        })?;
+        ctx.inner.counters.submits.fetch_add(1, Ordering::Relaxed);
+        self.stats.submits += 1;
+        if let Some(a) = arena
+            && let Ok(mut pool) = ctx.inner.arenas.lock()
+        {
+            pool.push(a);
+        }
+        // Wait for the submit, then read the timestamps.
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| GpuError::BufferMap(e.to_string()))?
+            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
+        let ticks: Vec<u64> = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::BufferMap(e.to_string()))?;
+            bytemuck::pod_collect_to_vec(&view[..])
+        };
+        staging.unmap();
+        let period = f64::from(ctx.queue().get_timestamp_period());
+        let slot_words = (u64::from(per_set) * 16).next_multiple_of(256) as usize / 8;
+        let times = names.into_iter().enumerate().map(|(d, name)| {
+            let set = d / per_set as usize;
+            let q = set * slot_words + (d % per_set as usize) * 2;
+            let (a, b) = (
+                ticks.get(q).copied().unwrap_or(0),
+                ticks.get(q + 1).copied().unwrap_or(0),
+            );
+            (name, b.saturating_sub(a) as f64 * period)
+        });
+        ctx.inner.profiler.add(times);
+        drop((sets, resolve));
+        ctx.check_health()
     }
 
     /// Submits and blocks until the GPU has finished.

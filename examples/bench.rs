@@ -1,0 +1,684 @@
+//! End-to-end benchmark: load time, time to first token, prefill and decode throughput, vision
+//! encode time, memory, per-token dispatch/submit/readback counts and decode's effective weight
+//! bandwidth against a plain streaming-read kernel measured in the same run; optionally a
+//! per-kernel GPU timing report (TIMESTAMP_QUERY).
+//!
+//! ```text
+//! cargo run --release --example bench -- --synthetic e2b            # real E2B shapes, random weights
+//! cargo run --release --example bench -- --synthetic e2b --layers 2 --vocab 32768 \
+//!     --prefill 128 --decode-tokens 16 --vision-budgets 70 --vision-layers 2   # quick (lavapipe)
+//! cargo run --release --example bench -- --model path/to/checkpoint --profile
+//! ```
+//!
+//! Measurements, in order: load (`Model::load_with`); a warm-up (short prefill, two decode
+//! steps, one tiny image) so pipeline builds are not timed; time to first token (prefill of
+//! `--ttft-prompt` random ids + the first greedy token); `--decode-tokens` greedy steps
+//! (`step_greedy`, tok/s and median latency, per-step dispatches/submits/readback from
+//! `Workspace::last_step_stats`); the streaming-read kernel (GB/s, ~256 MiB or the adapter's max
+//! binding); with `--profile` extra decode steps (and `--profile-prefill N` prompt tokens) under
+//! the per-kernel profiler; prefill tok/s per `--prefill` length, each in a fresh session; vision
+//! encode per `--vision-budgets` budget. Weight bytes per token come from the checkpoint's
+//! tensors (every multiplied matrix incl. scales/biases, the tied LM head, and the gathered
+//! embedding and PLE rows). GPU memory is the engine's own buffers (weights + one session) and,
+//! where the backend reports it, the driver allocator's live total.
+//!
+//! Prints a markdown table and one line `BENCH_JSON {...}`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gemma_wgpu::gpu::ops::streaming;
+use gemma_wgpu::gpu::{GpuContext, Profile};
+use gemma_wgpu::preprocess::{self, ImageOptions};
+use gemma_wgpu::synthetic::SyntheticSpec;
+use gemma_wgpu::text::{Logits, argmax_host};
+use gemma_wgpu::vision::ImagePatches;
+use gemma_wgpu::weights::{Checkpoint, PerLayerTable};
+use gemma_wgpu::{Model, ModelOptions};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(about = "gemma-wgpu end-to-end benchmark")]
+struct Args {
+    /// Benchmark a synthetic checkpoint with real dimensions: e2b, e4b (or tiny).
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
+    /// Benchmark a real checkpoint directory instead.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Synthetic: keep the real widths with only this many text layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Synthetic: vocabulary size (embeddings and PLE table).
+    #[arg(long)]
+    vocab: Option<usize>,
+    /// Synthetic: vision encoder layers (default 16, as the real tower).
+    #[arg(long)]
+    vision_layers: Option<usize>,
+    /// Synthetic: no vision tower.
+    #[arg(long)]
+    no_vision: bool,
+    /// Where synthetic checkpoints are cached (default target/bench-cache/<name>-L<layers>-V<vocab>).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Prompt lengths of the prefill measurements.
+    #[arg(long, value_delimiter = ',', default_value = "128,512,2048")]
+    prefill: Vec<usize>,
+    /// Prompt length of the time-to-first-token measurement (also the decode context).
+    #[arg(long, default_value_t = 128)]
+    ttft_prompt: usize,
+    /// Greedy decode steps measured.
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Soft-token budgets of the vision measurements.
+    #[arg(long, value_delimiter = ',', default_value = "70,280,1120")]
+    vision_budgets: Vec<u32>,
+    /// Skip the vision measurements (the tower is still loaded).
+    #[arg(long)]
+    skip_vision: bool,
+    /// Per-kernel GPU timing report over extra decode steps (needs TIMESTAMP_QUERY).
+    #[arg(long)]
+    profile: bool,
+    /// Decode steps timed by the profiler.
+    #[arg(long, default_value_t = 16)]
+    profile_tokens: usize,
+    /// With --profile, also print one row per kernel specialisation (defines included).
+    #[arg(long)]
+    profile_detail: bool,
+    /// With --profile, also profile a prefill of this many tokens (0: skip).
+    #[arg(long, default_value_t = 0)]
+    profile_prefill: usize,
+    /// Size of the streaming-read buffer in MiB (capped at the adapter's max binding size).
+    #[arg(long, default_value_t = 256)]
+    stream_mib: u64,
+    /// Prefill chunk (tokens per prefill submit).
+    #[arg(long, default_value_t = 512)]
+    prefill_chunk: usize,
+    /// Seed of the random prompt token ids.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+type BoxErr = Box<dyn std::error::Error>;
+
+/// xorshift64* for prompt ids and image pixels.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn ids(&mut self, n: usize, lo: u32, hi: u32) -> Vec<u32> {
+        (0..n)
+            .map(|_| lo + (self.next() % u64::from(hi - lo)) as u32)
+            .collect()
+    }
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+/// Weight bytes multiplied per decoded token, from the checkpoint's tensors (stored format,
+/// scales and biases included): every layer's projections (KV-shared layers have no k/v), the
+/// PLE model projection, the tied LM head (embed_tokens), plus the gathered rows of the token
+/// embedding and the PLE table.
+fn weight_bytes_per_token(dir: &Path) -> Result<(u64, Value), BoxErr> {
+    let plan = Checkpoint::open(dir)?.plan()?;
+    let t = &plan.weights.text;
+    let mut layers = 0u64;
+    let (mut attn, mut mlp, mut ple) = (0u64, 0u64, 0u64);
+    for l in &t.layers {
+        attn += l.q_proj.stored_bytes() + l.o_proj.stored_bytes();
+        attn += l.k_proj.as_ref().map_or(0, |m| m.stored_bytes());
+        attn += l.v_proj.as_ref().map_or(0, |m| m.stored_bytes());
+        mlp += l.gate_proj.stored_bytes() + l.up_proj.stored_bytes() + l.down_proj.stored_bytes();
+        ple += l
+            .per_layer_input_gate
+            .as_ref()
+            .map_or(0, |m| m.stored_bytes());
+        ple += l
+            .per_layer_projection
+            .as_ref()
+            .map_or(0, |m| m.stored_bytes());
+        layers += 1;
+    }
+    ple += t
+        .per_layer_model_projection
+        .as_ref()
+        .map_or(0, |m| m.stored_bytes());
+    let head = t.embed_tokens.stored_bytes();
+    let embed_row = head / t.embed_tokens.rows.max(1) as u64;
+    let ple_row = match &t.embed_per_layer {
+        PerLayerTable::Host(h) => h.linear.stored_bytes() / h.rows().max(1) as u64,
+        PerLayerTable::Gpu(m) => m.stored_bytes() / m.rows.max(1) as u64,
+        PerLayerTable::None => 0,
+    };
+    let total = attn + mlp + ple + head + embed_row + ple_row;
+    Ok((
+        total,
+        json!({"layers": layers, "attention": attn, "mlp": mlp, "ple": ple, "lm_head": head,
+               "gathered_rows": embed_row + ple_row}),
+    ))
+}
+
+/// GB/s of the plain streaming-read kernel over a buffer of about `mib` MiB: 10 passes per
+/// submit, best of 3 after a warm-up.
+fn stream_gbs(ctx: &GpuContext, mib_wanted: u64) -> Result<(f64, u64), BoxErr> {
+    let caps = ctx.caps();
+    let size = (mib_wanted << 20)
+        .min(caps.max_binding_size)
+        .min(caps.max_buffer_size)
+        / 16
+        * 16;
+    let src = ctx.create_storage("stream-src", size)?;
+    let sink = ctx.create_storage("stream-sink", 256)?;
+    const N: usize = 10;
+    let run = || -> Result<f64, BoxErr> {
+        let t = Instant::now();
+        let mut rec = ctx.recorder();
+        for _ in 0..N {
+            streaming::stream_read(&mut rec, &src, &sink)?;
+        }
+        rec.finish()?;
+        Ok(t.elapsed().as_secs_f64() / N as f64)
+    };
+    run()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(run()?);
+    }
+    Ok((size as f64 / best / 1e9, size))
+}
+
+/// A deterministic noise image (content does not matter for timing).
+fn test_image(w: u32, h: u32) -> image::DynamicImage {
+    let mut r = Rng(0x1234_5678);
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        let v = r.next();
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    image::DynamicImage::ImageRgb8(img)
+}
+
+fn main() -> Result<(), BoxErr> {
+    let args = Args::parse();
+    let ctx = GpuContext::new()?;
+    let info = ctx.adapter_info().cloned();
+    let backend = info
+        .as_ref()
+        .map(|i| format!("{:?}", i.backend))
+        .unwrap_or_default();
+    let adapter = ctx.adapter_name();
+    eprintln!(
+        "adapter: {adapter} ({backend}), subgroups {}, timestamps {}",
+        ctx.uses_subgroups(),
+        ctx.caps().timestamps
+    );
+
+    // The checkpoint.
+    let mut write_s = None;
+    let (dir, model_desc) = match (&args.synthetic, &args.model) {
+        (Some(name), _) => {
+            let mut spec = SyntheticSpec::preset(name)
+                .ok_or_else(|| format!("unknown --synthetic {name} (e2b, e4b, tiny)"))?;
+            if let Some(n) = args.layers {
+                spec = spec.with_layers(n);
+            }
+            if let Some(v) = args.vocab {
+                spec = spec.with_vocab(v);
+            }
+            if let Some(n) = args.vision_layers {
+                spec = spec.with_vision_layers(n);
+            }
+            if args.no_vision {
+                spec = spec.without_vision();
+            }
+            let dir = args
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("target/bench-cache").join(spec.dir_name()));
+            let t = Instant::now();
+            if spec.ensure(&dir)? {
+                write_s = Some(t.elapsed().as_secs_f64());
+                eprintln!(
+                    "wrote synthetic checkpoint {} ({:.2} GB) in {:.1} s",
+                    dir.display(),
+                    spec.total_bytes() as f64 / 1e9,
+                    t.elapsed().as_secs_f64()
+                );
+            } else {
+                eprintln!("reusing synthetic checkpoint {}", dir.display());
+            }
+            (dir, format!("synthetic {}", spec.dir_name()))
+        }
+        (None, Some(dir)) => (dir.clone(), format!("{}", dir.display())),
+        (None, None) => return Err("pass --synthetic e2b|e4b or --model DIR".into()),
+    };
+
+    // Load.
+    let decode_ctx = args.ttft_prompt + args.decode_tokens + args.profile_tokens + 8;
+    let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);
+    let max_context = decode_ctx.max(max_prefill + 8).next_multiple_of(256);
+    // The decoder's workspace holds `[chunk, vocab]` f32 logits in one buffer, which must fit
+    // the adapter's max binding size (128 MiB on lavapipe): cap the chunk accordingly.
+    let vocab = gemma_wgpu::config::Gemma4Config::from_dir(&dir)?
+        .text_config
+        .vocab_size;
+    let chunk_cap = (ctx.caps().max_binding_size / (vocab as u64 * 4)).max(1) as usize;
+    let chunk = args.prefill_chunk.min(chunk_cap);
+    if chunk < args.prefill_chunk {
+        eprintln!(
+            "prefill chunk capped at {chunk} tokens: [chunk, {vocab}] f32 logits must fit the \
+             max binding size of {} MiB",
+            ctx.caps().max_binding_size >> 20
+        );
+    }
+    let opts = ModelOptions {
+        max_context,
+        prefill_chunk: chunk,
+        ..Default::default()
+    };
+    let bytes0 = ctx.counters().bytes_allocated();
+    let t = Instant::now();
+    let model = Model::load_with(&ctx, &dir, &opts)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let gpu_weights = ctx.counters().bytes_allocated() - bytes0;
+    let cfg = model.config().clone();
+    let tc = &cfg.text_config;
+    eprintln!(
+        "loaded in {load_s:.2} s: {} layers, H {}, vocab {}, GPU {:.1} MiB",
+        tc.num_hidden_layers,
+        tc.hidden_size,
+        tc.vocab_size,
+        mib(gpu_weights)
+    );
+    let (weight_bytes, weight_parts) = weight_bytes_per_token(&dir)?;
+
+    // Prompt ids below every special id.
+    let hi = [
+        tc.vocab_size as u32,
+        cfg.image_token_id,
+        cfg.boi_token_id,
+        cfg.eoi_token_id,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(4)
+    .max(5);
+    let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let text = model.text();
+
+    // Warm-up: pipelines for prefill (a short prompt takes the same kernels) and decode.
+    {
+        let (mut cache, mut ws) = text.new_session(max_context, chunk)?;
+        let ids = rng.ids(args.ttft_prompt.clamp(1, 16), 3, hi);
+        let logits = text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
+        let mut tok = argmax_host(&logits);
+        for _ in 0..2 {
+            tok = text.step_greedy(&mut cache, &mut ws, tok)?;
+        }
+    }
+
+    // Time to first token, then decode in the same session.
+    let before_session = ctx.counters().bytes_allocated();
+    let (mut cache, mut ws) = text.new_session(max_context, chunk)?;
+    let session_bytes = ctx.counters().bytes_allocated() - before_session;
+    let ids = rng.ids(args.ttft_prompt.max(1), 3, hi);
+    let t = Instant::now();
+    let logits = text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
+    let mut tok = argmax_host(&logits);
+    let ttft_ms = ms(t.elapsed());
+    eprintln!("TTFT ({} tokens): {ttft_ms:.1} ms", args.ttft_prompt);
+
+    let mut lat = Vec::with_capacity(args.decode_tokens);
+    let mut step_stats = None;
+    let mut generated = Vec::new();
+    let t_dec = Instant::now();
+    for _ in 0..args.decode_tokens {
+        let t = Instant::now();
+        tok = text.step_greedy(&mut cache, &mut ws, tok)?;
+        lat.push(ms(t.elapsed()));
+        step_stats = Some(ws.last_step_stats());
+        generated.push(tok);
+    }
+    let dec_s = t_dec.elapsed().as_secs_f64();
+    let decode_tok_s = args.decode_tokens as f64 / dec_s;
+    let decode_median_ms = median(&lat);
+    let stats = step_stats.unwrap_or_default();
+    if args.decode_tokens > 0 {
+        eprintln!(
+            "decode: {decode_tok_s:.2} tok/s, median {decode_median_ms:.1} ms; {} dispatches, \
+             {} submits, {} B readback per token",
+            stats.dispatches, stats.submits, stats.readback_bytes
+        );
+    }
+
+    // Bandwidth yardstick in the same run, right after the decode it is compared with (on a
+    // shared CPU adapter the load of the machine changes over minutes).
+    let (stream, stream_bytes) = stream_gbs(&ctx, args.stream_mib)?;
+    eprintln!("streaming read: {stream:.2} GB/s");
+
+    // Per-kernel profile over extra decode steps (measured decode above is unperturbed).
+    let mut profile: Option<Profile> = None;
+    let mut prefill_profile: Option<Profile> = None;
+    let mut profile_note = String::new();
+    if args.profile {
+        if ctx.set_profiling(true) {
+            let _ = ctx.take_profile();
+            for _ in 0..args.profile_tokens {
+                tok = text.step_greedy(&mut cache, &mut ws, tok)?;
+            }
+            ctx.set_profiling(false);
+            profile = Some(ctx.take_profile());
+            if args.profile_prefill > 0 {
+                let (mut c2, mut w2) = text.new_session(max_context, chunk)?;
+                let ids = rng.ids(args.profile_prefill, 3, hi);
+                ctx.set_profiling(true);
+                text.forward(&mut c2, &mut w2, &ids, None, Logits::Last)?;
+                ctx.set_profiling(false);
+                prefill_profile = Some(ctx.take_profile());
+            }
+        } else {
+            profile_note = "the adapter lacks TIMESTAMP_QUERY: no profile".into();
+            eprintln!("{profile_note}");
+        }
+    }
+    drop((cache, ws));
+    let gpu_engine_bytes = gpu_weights + session_bytes;
+    let gpu_driver_bytes = ctx.gpu_allocated_bytes();
+
+    // Prefill throughput, a fresh session per prompt length.
+    let mut prefill = Vec::new();
+    for &p in &args.prefill {
+        let (mut cache, mut ws) = text.new_session(max_context, chunk)?;
+        let ids = rng.ids(p.max(1), 3, hi);
+        let t = Instant::now();
+        text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
+        let s = t.elapsed().as_secs_f64();
+        eprintln!("prefill {p}: {:.1} tok/s ({:.2} s)", p as f64 / s, s);
+        prefill.push((p, p as f64 / s, s));
+    }
+
+    // Vision encode at each soft-token budget, after a warm-up.
+    let mut vision = Vec::new();
+    let mut vision_profile: Option<(u32, Profile)> = None;
+    if let (Some(enc), Some(vc), false) =
+        (model.vision(), cfg.vision_config.as_ref(), args.skip_vision)
+    {
+        let img = test_image(1024, 768);
+        let patches = |budget: u32| -> Result<ImagePatches, BoxErr> {
+            let o = ImageOptions::from_vision_config(
+                vc.patch_size as u32,
+                vc.pooling_kernel_size as u32,
+                budget,
+            )?;
+            let p = preprocess::preprocess(&img, &o)?;
+            Ok(ImagePatches {
+                pixel_values: p.pixel_values,
+                positions: p.positions,
+                grid: p.grid,
+            })
+        };
+        if !args.vision_budgets.is_empty() {
+            // Warm-up on the smallest poolable grid (k x k patches): the same pipelines.
+            let k = vc.pooling_kernel_size as u32;
+            let n = (k * k) as usize;
+            let warm = ImagePatches {
+                pixel_values: vec![0.5; n * vc.patch_values()],
+                positions: (0..k * k).map(|i| [i % k, i / k]).collect(),
+                grid: (k, k),
+            };
+            enc.encode(&warm, false)?;
+            ctx.wait_idle()?;
+        }
+        for &b in &args.vision_budgets {
+            let p = patches(b)?;
+            let t = Instant::now();
+            let (feat, _) = enc.encode(&p, false)?;
+            ctx.wait_idle()?;
+            let e = ms(t.elapsed());
+            eprintln!(
+                "vision {b}: {e:.1} ms ({} patches, {} soft tokens)",
+                p.positions.len(),
+                feat.shape[0]
+            );
+            vision.push((b, e, p.positions.len(), feat.shape[0]));
+        }
+        // With --profile: where one image's time goes, at the smallest budget.
+        if let Some(&b) = args.vision_budgets.iter().min()
+            && args.profile
+            && ctx.set_profiling(true)
+        {
+            let _ = ctx.take_profile();
+            let p = patches(b)?;
+            enc.encode(&p, false)?;
+            ctx.wait_idle()?;
+            ctx.set_profiling(false);
+            vision_profile = Some((b, ctx.take_profile()));
+        }
+    }
+
+    let eff_gbs = weight_bytes as f64 * decode_tok_s / 1e9;
+    let frac = eff_gbs / stream;
+
+    let rss = proc_status_kib("VmRSS:");
+    let hwm = proc_status_kib("VmHWM:");
+
+    // Report.
+    let na = || "n/a".to_string();
+    let mut rows: Vec<(String, String)> = vec![
+        ("adapter".into(), format!("{adapter} ({backend})")),
+        (
+            "kernel path".into(),
+            if ctx.uses_subgroups() {
+                "subgroup".into()
+            } else {
+                "fallback".into()
+            },
+        ),
+        ("model".into(), model_desc.clone()),
+        ("prefill chunk".into(), format!("{chunk} tokens")),
+        ("load".into(), format!("{load_s:.2} s")),
+        (
+            format!("time to first token ({} tokens)", args.ttft_prompt),
+            format!("{ttft_ms:.1} ms"),
+        ),
+    ];
+    for (p, tps, s) in &prefill {
+        rows.push((
+            format!("prefill {p} tokens"),
+            format!("{tps:.1} tok/s ({s:.2} s)"),
+        ));
+    }
+    rows.push((
+        format!("decode ({} tokens)", args.decode_tokens),
+        format!("{decode_tok_s:.2} tok/s, median {decode_median_ms:.2} ms/token"),
+    ));
+    for (b, e, n, soft) in &vision {
+        rows.push((
+            format!("vision encode, budget {b}"),
+            format!("{e:.1} ms ({n} patches → {soft} soft tokens)"),
+        ));
+    }
+    rows.extend([
+        (
+            "GPU memory (engine: weights + 1 session)".into(),
+            format!(
+                "{:.1} MiB (weights {:.1}, session {:.1})",
+                mib(gpu_engine_bytes),
+                mib(gpu_weights),
+                mib(session_bytes)
+            ),
+        ),
+        (
+            "GPU memory (driver allocator, live)".into(),
+            gpu_driver_bytes.map_or_else(na, |b| format!("{:.1} MiB", mib(b))),
+        ),
+        (
+            "host memory RSS / peak".into(),
+            match (rss, hwm) {
+                (Some(r), Some(h)) => {
+                    format!("{:.1} / {:.1} MiB", r as f64 / 1024.0, h as f64 / 1024.0)
+                }
+                _ => na(),
+            },
+        ),
+        (
+            "per decoded token: dispatches / submits / readback".into(),
+            format!(
+                "{} / {} / {} B",
+                stats.dispatches, stats.submits, stats.readback_bytes
+            ),
+        ),
+        (
+            "weight bytes per token".into(),
+            format!("{:.1} MiB", mib(weight_bytes)),
+        ),
+        (
+            "decode effective weight bandwidth".into(),
+            format!("{eff_gbs:.2} GB/s"),
+        ),
+        (
+            "streaming-read kernel".into(),
+            format!("{stream:.2} GB/s ({:.0} MiB buffer)", mib(stream_bytes)),
+        ),
+        (
+            "decode bandwidth / streaming".into(),
+            format!("{:.1}%", 100.0 * frac),
+        ),
+    ]);
+    if let Some(s) = write_s {
+        rows.push(("(synthetic checkpoint written)".into(), format!("{s:.1} s")));
+    }
+    println!("| metric | value |\n|---|---|");
+    for (k, v) in &rows {
+        println!("| {k} | {v} |");
+    }
+    let mut profile_json = Value::Null;
+    if let Some(p) = &profile {
+        let n = args.profile_tokens as u64;
+        println!(
+            "\nPer-kernel GPU time per decoded token ({} profiled steps, one pass per dispatch):\n",
+            n
+        );
+        print!("{}", p.markdown_by_family(n));
+        if args.profile_detail {
+            println!("\nBy specialisation:\n");
+            print!("{}", p.markdown_by_kernel(n));
+        }
+        let per = n.max(1) as f64;
+        profile_json = json!({
+            "tokens": n,
+            "gpu_us_per_token": p.total_ns() / per / 1e3,
+            "families": p.by_family().iter().map(|e| json!({
+                "kernel": e.kernel, "us_per_token": e.total_ns / per / 1e3,
+                "dispatches_per_token": e.count as f64 / per,
+            })).collect::<Vec<_>>(),
+        });
+        if let Some(pp) = &prefill_profile {
+            let n = args.profile_prefill as u64;
+            println!("\nPer-kernel GPU time per prompt token (prefill of {n} tokens):\n");
+            print!("{}", pp.markdown_by_family(n));
+            profile_json["prefill"] = json!({
+                "tokens": n,
+                "gpu_us_per_token": pp.total_ns() / n as f64 / 1e3,
+                "families": pp.by_family().iter().map(|e| json!({
+                    "kernel": e.kernel, "us_per_token": e.total_ns / n as f64 / 1e3,
+                    "dispatches": e.count,
+                })).collect::<Vec<_>>(),
+            });
+        }
+        if let Some((b, vp)) = &vision_profile {
+            println!("\nPer-kernel GPU time of one image encode (budget {b}), in µs:\n");
+            print!("{}", vp.markdown_by_family(1));
+            profile_json["vision"] = json!({
+                "budget": b,
+                "gpu_us": vp.total_ns() / 1e3,
+                "families": vp.by_family().iter().map(|e| json!({
+                    "kernel": e.kernel, "us": e.total_ns / 1e3, "dispatches": e.count,
+                })).collect::<Vec<_>>(),
+            });
+        }
+    } else if !profile_note.is_empty() {
+        profile_json = json!({"note": profile_note});
+    }
+    let prefill_map: serde_json::Map<String, Value> = prefill
+        .iter()
+        .map(|(p, t, _)| (p.to_string(), json!(t)))
+        .collect();
+    let vision_map: serde_json::Map<String, Value> = vision
+        .iter()
+        .map(|(b, e, _, _)| (b.to_string(), json!(e)))
+        .collect();
+    let j = json!({
+        "adapter": adapter,
+        "backend": backend,
+        "device_type": info.as_ref().map(|i| format!("{:?}", i.device_type)),
+        "subgroups": ctx.uses_subgroups(),
+        "timestamps": ctx.caps().timestamps,
+        "model": model_desc,
+        "layers": tc.num_hidden_layers,
+        "hidden_size": tc.hidden_size,
+        "vocab": tc.vocab_size,
+        "vision_layers": cfg.vision_config.as_ref().map(|v| v.num_hidden_layers),
+        "load_s": load_s,
+        "ttft_ms": ttft_ms,
+        "ttft_prompt_tokens": args.ttft_prompt,
+        "prefill_chunk": chunk,
+        "prefill_tok_s": prefill_map,
+        "decode_tokens": args.decode_tokens,
+        "decode_tok_s": decode_tok_s,
+        "decode_median_ms": decode_median_ms,
+        "vision_encode_ms": vision_map,
+        "gpu_engine_bytes": gpu_engine_bytes,
+        "gpu_weight_bytes": gpu_weights,
+        "gpu_session_bytes": session_bytes,
+        "gpu_driver_bytes": gpu_driver_bytes,
+        "rss_bytes": rss.map(|k| k * 1024),
+        "rss_peak_bytes": hwm.map(|k| k * 1024),
+        "dispatches_per_token": stats.dispatches,
+        "submits_per_token": stats.submits,
+        "readback_bytes_per_token": stats.readback_bytes,
+        "weight_bytes_per_token": weight_bytes,
+        "weight_bytes_parts": weight_parts,
+        "decode_effective_gbs": eff_gbs,
+        "stream_gbs": stream,
+        "decode_bandwidth_fraction": frac,
+        "synthetic_write_s": write_s,
+        "profile": profile_json,
+    });
+    println!("\nBENCH_JSON {}", serde_json::to_string(&j)?);
+    Ok(())
+}
