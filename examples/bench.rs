@@ -291,20 +291,7 @@ fn main() -> Result<(), BoxErr> {
     let decode_ctx = args.ttft_prompt + args.decode_tokens + args.profile_tokens + 8;
     let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);
     let max_context = decode_ctx.max(max_prefill + 8).next_multiple_of(256);
-    // The decoder's workspace holds `[chunk, vocab]` f32 logits in one buffer, which must fit
-    // the adapter's max binding size (128 MiB on lavapipe): cap the chunk accordingly.
-    let vocab = gemma_wgpu::config::Gemma4Config::from_dir(&dir)?
-        .text_config
-        .vocab_size;
-    let chunk_cap = (ctx.caps().max_binding_size / (vocab as u64 * 4)).max(1) as usize;
-    let chunk = args.prefill_chunk.min(chunk_cap);
-    if chunk < args.prefill_chunk {
-        eprintln!(
-            "prefill chunk capped at {chunk} tokens: [chunk, {vocab}] f32 logits must fit the \
-             max binding size of {} MiB",
-            ctx.caps().max_binding_size >> 20
-        );
-    }
+    let chunk = args.prefill_chunk;
     let opts = ModelOptions {
         max_context,
         prefill_chunk: chunk,
