@@ -40,6 +40,10 @@ pub enum Error {
         /// Images (soft-token counts) supplied.
         images: usize,
     },
+    /// The caller cancelled (loading through a [`CancelToken`](crate::CancelToken); nothing
+    /// half-loaded is kept).
+    #[error("cancelled")]
+    Cancelled,
     /// An I/O error with the path it concerns.
     #[error("I/O error on {path}: {source}")]
     Io {

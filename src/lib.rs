@@ -12,6 +12,8 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod gpu;
+pub mod loading;
+pub mod memory;
 pub mod model;
 pub mod preprocess;
 pub mod registry;
@@ -24,7 +26,10 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use generation::{GenerationOptions, Sampling};
+pub use loading::{LoadHandle, LoadProgress, LoadStage};
+pub use memory::{MemoryReport, SessionMemory};
 pub use model::{Model, ModelBuilder, ModelOptions};
 pub use session::{
-    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationStats, ImageInput, Reply,
+    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent, GenerationHandle,
+    GenerationStats, ImageInput, Reply,
 };

@@ -1,6 +1,7 @@
 //! A loaded Gemma 4 model: configuration, weights on the GPU, the text decoder and the vision
 //! encoder, with the glue that runs a (multimodal) prompt of token ids.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,11 +10,13 @@ use crate::config::Gemma4Config;
 use crate::error::{Error, Result};
 use crate::generation::GenerationOptions;
 use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::loading::{LoadHandle, LoadHooks, LoadProgress, LoadStage};
 use crate::preprocess::{self, ImageOptions};
+use crate::session::CancelToken;
 use crate::text::{Logits, TextDecoder};
 use crate::tokenizer::Tokenizer;
 use crate::vision::{ImagePatches, VisionEncoder};
-use crate::weights::{FloatFormat, LoadOptions, LoadReport};
+use crate::weights::{FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
 
 /// Options for loading a model.
 #[derive(Debug, Clone)]
@@ -75,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) tokenizer: Option<Arc<Tokenizer>>,
     pub(crate) template: Option<Arc<ChatTemplate>>,
     pub(crate) generation: GenerationOptions,
+    /// GPU memory of every live session and one-shot generation ([`Model::memory_report`]).
+    pub(crate) sessions: crate::memory::SessionRegistry,
 }
 
 impl std::fmt::Debug for Model {
@@ -91,8 +96,43 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads the checkpoint in `dir` on `ctx`.
     pub fn load_with(ctx: &GpuContext, dir: &Path, options: &ModelOptions) -> Result<Self> {
+        Self::load_hooked(ctx, dir, options, &LoadHooks::default())
+    }
+
+    /// [`load_with`](Self::load_with) with progress events and cancellation checks (before and
+    /// after every uploaded tensor, and between the stages).
+    pub(crate) fn load_hooked(
+        ctx: &GpuContext,
+        dir: &Path,
+        options: &ModelOptions,
+        hooks: &LoadHooks,
+    ) -> Result<Self> {
+        hooks.emit(LoadProgress {
+            stage: LoadStage::Opening,
+            ..Default::default()
+        });
+        hooks.check()?;
         let config = Gemma4Config::from_dir(dir)?;
-        let weights = crate::weights::load(ctx, dir, &options.load)?;
+        let mut uploaded = UploadProgress::default();
+        let weights = crate::weights::load_with_progress(
+            ctx,
+            dir,
+            &options.load,
+            &mut |u: &UploadProgress| {
+                uploaded = *u;
+                hooks.emit(LoadProgress::stage(LoadStage::Uploading, u));
+                if hooks.cancelled() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
+        .map_err(|e| match e {
+            LoadError::Cancelled => Error::Cancelled,
+            e => Error::Load(e),
+        })?;
+        hooks.emit(LoadProgress::stage(LoadStage::Preparing, &uploaded));
         let report = weights.report.clone();
         let text = TextDecoder::new(
             ctx,
@@ -121,7 +161,8 @@ impl Model {
             None => None,
         };
         let generation = GenerationOptions::from_dir(dir)?;
-        Ok(Model {
+        hooks.check()?;
+        let model = Model {
             inner: Arc::new(Inner {
                 ctx: ctx.clone(),
                 config,
@@ -133,8 +174,11 @@ impl Model {
                 tokenizer,
                 template,
                 generation,
+                sessions: Default::default(),
             }),
-        })
+        };
+        hooks.emit(LoadProgress::stage(LoadStage::Done, &uploaded));
+        Ok(model)
     }
 
     /// Loads the checkpoint in `dir` on a GPU context of its own (the default adapter).
@@ -458,6 +502,7 @@ pub struct ModelBuilder {
     ctx: Option<GpuContext>,
     options: ModelOptions,
     allow_download: bool,
+    hooks: LoadHooks,
 }
 
 impl ModelBuilder {
@@ -469,6 +514,7 @@ impl ModelBuilder {
             ctx: None,
             options: ModelOptions::default(),
             allow_download: true,
+            hooks: LoadHooks::default(),
         }
     }
 
@@ -481,6 +527,24 @@ impl ModelBuilder {
     /// Runs on the host application's wgpu device and queue (see [`GpuContext::from_device`]).
     pub fn with_device(mut self, device: wgpu::Device, queue: wgpu::Queue) -> Self {
         self.ctx = Some(GpuContext::from_device(device, queue));
+        self
+    }
+
+    /// Calls `progress` with every [`LoadProgress`] event (stage changes, and after every
+    /// uploaded tensor). It runs on the loading thread: a UI typically stores the event and
+    /// requests a repaint.
+    pub fn with_progress(
+        mut self,
+        progress: impl Fn(&LoadProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// Makes loading stop with [`Error::Cancelled`] soon after `token` is cancelled (checked
+    /// after every uploaded tensor); everything uploaded so far is released.
+    pub fn with_cancel(mut self, token: CancelToken) -> Self {
+        self.hooks.cancel = Some(token);
         self
     }
 
@@ -531,11 +595,28 @@ impl ModelBuilder {
 
     /// Resolves the model (downloading it if needed and allowed) and loads it.
     pub fn build(self) -> Result<Model> {
+        let hooks = self.hooks.clone();
+        self.build_hooked(&hooks)
+    }
+
+    /// Loads on a worker thread and returns at once: the [`LoadHandle`] gives the progress,
+    /// cancels, and yields the model (polled from a UI frame loop, awaited, or waited for).
+    pub fn build_async(self) -> LoadHandle {
+        let hooks = self.hooks.clone();
+        LoadHandle::spawn(self, hooks)
+    }
+
+    pub(crate) fn build_hooked(self, hooks: &LoadHooks) -> Result<Model> {
+        hooks.emit(LoadProgress {
+            stage: LoadStage::Locating,
+            ..Default::default()
+        });
         let dir = crate::registry::locate(&self.source, self.allow_download)?;
+        hooks.check()?;
         let ctx = match self.ctx {
             Some(c) => c,
             None => GpuContext::new()?,
         };
-        Model::load_with(&ctx, &dir, &self.options)
+        Model::load_hooked(&ctx, &dir, &self.options, hooks)
     }
 }

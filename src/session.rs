@@ -15,11 +15,15 @@
 //! token id is read back. Stop tokens are checked on the host after each token, stop strings on
 //! the streamed text ([`StopMatcher`]); a [`CancelToken`] is checked before every step.
 
+mod background;
+
+pub use background::{GenerationEvent, GenerationHandle};
+
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -29,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::generation::{Detokenizer, GenerationOptions, StopMatcher};
 use crate::gpu::ops;
 use crate::gpu::{DType, GpuTensor};
+use crate::memory::{SessionMem, SessionMemory};
 use crate::model::Model;
 use crate::text::{KvCache, Logits, Workspace};
 
@@ -110,7 +115,7 @@ impl CancelToken {
         self.0.store(false, Ordering::SeqCst);
     }
 
-    fn take(&self) -> bool {
+    pub(crate) fn take(&self) -> bool {
         self.0.swap(false, Ordering::SeqCst)
     }
 }
@@ -186,12 +191,38 @@ impl SplitMix {
     }
 }
 
-/// The GPU and host state of one conversation: KV cache, workspace, processed tokens, images.
-struct State {
+/// The GPU buffers of a conversation that [`ChatSession::release_cache`] gives back.
+struct Buffers {
     cache: KvCache,
     ws: Workspace,
     /// Distinct ids seen by the repetition penalty (u32 `[max_context + 1]`), preallocated.
     penalty_ids: GpuTensor,
+}
+
+impl Buffers {
+    fn new(model: &Model, max_context: usize) -> Result<Self> {
+        let inner = &model.inner;
+        let (cache, ws) = inner
+            .text
+            .new_session(max_context, inner.options.prefill_chunk)?;
+        let penalty_ids = GpuTensor::zeros(&inner.ctx, &[max_context + 1], DType::U32)?;
+        Ok(Buffers {
+            cache,
+            ws,
+            penalty_ids,
+        })
+    }
+}
+
+/// The GPU and host state of one conversation: KV cache, workspace, processed tokens, images.
+struct State {
+    /// KV cache, workspace, penalty ids; `None` after a release (allocated again by the next
+    /// turn, which then prefills the whole conversation).
+    bufs: Option<Buffers>,
+    /// Context size of the buffers.
+    max_context: usize,
+    /// Byte counts for [`Model::memory_report`].
+    mem: Arc<SessionMem>,
     /// The conversation so far (system prompt excluded; it is added when rendering).
     messages: Vec<Message>,
     /// Soft-token features `[n, hidden]` of every image of the conversation, in order.
@@ -208,31 +239,77 @@ struct State {
 
 impl State {
     fn new(model: &Model, max_context: usize) -> Result<Self> {
-        let inner = &model.inner;
-        let (cache, ws) = inner
-            .text
-            .new_session(max_context, inner.options.prefill_chunk)?;
-        let penalty_ids = GpuTensor::zeros(&inner.ctx, &[max_context + 1], DType::U32)?;
-        Ok(State {
-            cache,
-            ws,
-            penalty_ids,
+        let st = State {
+            bufs: Some(Buffers::new(model, max_context)?),
+            max_context,
+            mem: model.inner.sessions.register(),
             messages: Vec::new(),
             images: Vec::new(),
             history: Vec::new(),
             last_logits: None,
             dirty: false,
-        })
+        };
+        st.update_mem();
+        Ok(st)
     }
 
     fn reset(&mut self) {
-        self.cache.reset();
+        if let Some(b) = &mut self.bufs {
+            b.cache.reset();
+        }
         self.messages.clear();
         self.images.clear();
         self.history.clear();
         self.last_logits = None;
         self.dirty = false;
+        self.update_mem();
     }
+
+    /// GPU bytes held now.
+    fn memory(&self) -> SessionMemory {
+        let (kv_cache, scratch) = match &self.bufs {
+            Some(b) => (b.cache.bytes(), b.ws.bytes() + b.penalty_ids.buffer.size()),
+            None => (0, 0),
+        };
+        SessionMemory {
+            kv_cache,
+            scratch,
+            image_features: self.images.iter().map(|t| t.buffer.size()).sum(),
+        }
+    }
+
+    fn update_mem(&self) {
+        self.mem.set(self.memory());
+    }
+
+    /// Allocates the buffers again after a release.
+    fn ensure(&mut self, model: &Model) -> Result<()> {
+        if self.bufs.is_none() {
+            self.bufs = Some(Buffers::new(model, self.max_context)?);
+            self.update_mem();
+        }
+        Ok(())
+    }
+
+    /// Drops the buffers (the conversation stays); returns the bytes released.
+    fn release(&mut self) -> u64 {
+        let before = self.memory();
+        self.bufs = None;
+        self.last_logits = None;
+        self.update_mem();
+        before.kv_cache + before.scratch
+    }
+
+    /// Tokens held in the KV cache.
+    fn position(&self) -> usize {
+        self.bufs.as_ref().map(|b| b.cache.position()).unwrap_or(0)
+    }
+}
+
+/// The buffers of `st` (allocated by [`State::ensure`] first).
+fn bufs(st: &mut Option<Buffers>) -> Result<&mut Buffers> {
+    st.as_mut()
+        .ok_or_else(|| Error::InvalidArgument("the session's buffers were released".into()))
 }
 
 /// One running generation (the step machine behind every API form). It borrows nothing; each
@@ -256,6 +333,10 @@ struct Generation {
     stats: GenerationStats,
     counters0: (u64, u64),
     decode_start: Option<Instant>,
+    /// A second cancel token (a background handle's own), checked like `cancel`.
+    cancel_also: Option<CancelToken>,
+    /// Tokens generated so far, published for a background handle.
+    published: Option<Arc<AtomicUsize>>,
 }
 
 /// Encodes images into per-image soft-token features.
@@ -421,21 +502,23 @@ impl Generation {
                 ))
             })?
             .clone();
-        if ids.len() + 1 > st.cache.max_context() {
+        if ids.len() + 1 > st.max_context {
             return Err(Error::InvalidArgument(format!(
                 "the prompt has {} tokens but the maximum context is {} (raise it with \
                  ModelBuilder::with_max_context)",
                 ids.len(),
-                st.cache.max_context()
+                st.max_context
             )));
         }
+        st.ensure(model)?;
+        let b = bufs(&mut st.bufs)?;
 
         // KV reuse: keep the longest common prefix of the processed tokens and the new prompt
         // (normally all processed tokens), rewinding the cache when that is safe; no image's
         // soft tokens may straddle the boundary, and at least one token must remain to prefill.
         let image_token = model.config().image_token_id;
         let runs = image_runs(&ids, image_token);
-        let processed = st.cache.position().min(st.history.len());
+        let processed = b.cache.position().min(st.history.len());
         let mut pos = if st.dirty {
             0
         } else {
@@ -449,13 +532,13 @@ impl Generation {
         if let Some(&(s, _)) = runs.iter().find(|&&(s, e)| s < pos && pos < e) {
             pos = s;
         }
-        if pos < st.cache.position() && !st.cache.can_truncate_to(pos) {
+        if pos < b.cache.position() && !b.cache.can_truncate_to(pos) {
             pos = 0;
         }
         if pos == 0 {
-            st.cache.reset();
+            b.cache.reset();
         } else {
-            st.cache.truncate(pos);
+            b.cache.truncate(pos);
         }
         st.dirty = true;
         let old_messages = std::mem::replace(&mut st.messages, messages);
@@ -466,8 +549,8 @@ impl Generation {
         let t1 = Instant::now();
         let suffix = &ids[pos..];
         let logits = model.text().forward(
-            &mut st.cache,
-            &mut st.ws,
+            &mut b.cache,
+            &mut b.ws,
             suffix,
             media.as_ref(),
             Logits::Last,
@@ -476,7 +559,7 @@ impl Generation {
             Ok(l) => l,
             Err(e) => {
                 // The cache may hold part of the suffix: start over next time, without this turn.
-                st.cache.reset();
+                b.cache.reset();
                 st.history.clear();
                 st.messages = old_messages;
                 st.images = old_images;
@@ -506,6 +589,8 @@ impl Generation {
             stats,
             counters0,
             decode_start: None,
+            cancel_also: None,
+            published: None,
         };
         if g.opts.repetition_penalty != 1.0 {
             // HF applies the penalty to every id of the sequence, prompt included.
@@ -522,12 +607,13 @@ impl Generation {
             }
             model
                 .context()
-                .write(&st.penalty_ids.buffer, 0, bytemuck::cast_slice(&distinct));
+                .write(&b.penalty_ids.buffer, 0, bytemuck::cast_slice(&distinct));
             g.n_seen = distinct.len();
         }
         if g.opts.max_new_tokens == 0 {
             g.finish = Some(FinishReason::MaxTokens);
         }
+        st.update_mem();
         Ok(g)
     }
 
@@ -559,16 +645,15 @@ impl Generation {
     /// Produces the next token (one submit). Ends the generation on cancellation or a full
     /// context instead.
     fn step(&mut self, model: &Model, st: &mut State) -> Result<Option<u32>> {
-        if self.cancel.take() {
+        if self.cancel.take() | self.cancel_also.as_ref().is_some_and(|c| c.take()) {
             self.finish = Some(FinishReason::Cancelled);
             return Ok(None);
         }
-        let State {
+        let Buffers {
             cache,
             ws,
             penalty_ids,
-            ..
-        } = st;
+        } = bufs(&mut st.bufs)?;
         let text = model.text();
         let id = match self.tokens.last() {
             None => {
@@ -635,13 +720,18 @@ impl Generation {
                     self.finish = Some(FinishReason::Cancelled);
                     self.flushed = true;
                     // The cache state is unknown after a failed step.
-                    st.cache.reset();
+                    if let Some(b) = &mut st.bufs {
+                        b.cache.reset();
+                    }
                     st.history.clear();
                     return Some(Err(e));
                 }
             };
             self.tokens.push(id);
             st.history.push(id);
+            if let Some(p) = &self.published {
+                p.store(self.tokens.len(), Ordering::SeqCst);
+            }
             if self.opts.is_stop_token(id) {
                 self.finish = Some(FinishReason::StopToken(id));
                 continue;
@@ -728,6 +818,7 @@ pub struct ChatSession {
     system: Option<String>,
     state: Arc<Mutex<State>>,
     cancel: CancelToken,
+    mem: Arc<SessionMem>,
 }
 
 impl std::fmt::Debug for ChatSession {
@@ -751,6 +842,7 @@ impl ChatSession {
         Ok(ChatSession {
             model: model.clone(),
             system: None,
+            mem: state.mem.clone(),
             state: Arc::new(Mutex::new(state)),
             cancel: CancelToken::new(),
         })
@@ -793,7 +885,7 @@ impl ChatSession {
 
     /// Tokens held in the KV cache.
     pub fn cached_tokens(&self) -> usize {
-        lock(&self.state).cache.position()
+        lock(&self.state).position()
     }
 
     /// The logits (`[vocab]`) at the last prompt position of the latest turn, as prefilled.
@@ -818,6 +910,30 @@ impl ChatSession {
     /// Forgets the conversation (the system prompt stays; buffers are kept).
     pub fn reset(&mut self) {
         lock(&self.state).reset();
+    }
+
+    /// GPU bytes the session holds now, by category. Never waits for a running generation.
+    pub fn memory(&self) -> SessionMemory {
+        self.mem.get()
+    }
+
+    /// All GPU bytes the session holds now ([`memory`](Self::memory)`.total()`).
+    pub fn memory_bytes(&self) -> u64 {
+        self.mem.get().total()
+    }
+
+    /// Gives the KV cache and the workspace of an idle session back to the GPU and returns
+    /// the bytes released (waits for a running generation to end first). The conversation is
+    /// kept: the next turn allocates the buffers again and prefills the whole conversation
+    /// (the encoded images are kept, so they are not encoded again).
+    pub fn release_cache(&mut self) -> u64 {
+        lock(&self.state).release()
+    }
+
+    /// Whether the session holds its KV cache and workspace (false after
+    /// [`release_cache`](Self::release_cache) until the next turn).
+    pub fn has_cache(&self) -> bool {
+        lock(&self.state).bufs.is_some()
     }
 
     /// The session's cancel token: [`CancelToken::cancel`] from any thread stops the running
@@ -1130,6 +1246,24 @@ impl Model {
         images: Vec<ImageInput>,
         opts: &GenerationOptions,
     ) -> Result<Reply> {
+        self.generate_hooked(system, user, images, opts, None, None, &mut |_| {
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`generate`](Self::generate) with a cancel token, a published token count and a delta
+    /// callback (the machinery of the background forms).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn generate_hooked(
+        &self,
+        system: Option<&str>,
+        user: Message,
+        images: Vec<ImageInput>,
+        opts: &GenerationOptions,
+        cancel: Option<CancelToken>,
+        published: Option<Arc<AtomicUsize>>,
+        on_delta: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Reply> {
         // Size the cache: render first (cheap), then allocate only what the turn needs.
         let n_img = images.len();
         let features = encode_images(self, images)?;
@@ -1150,12 +1284,17 @@ impl Model {
             features,
             ids,
             opts,
-            CancelToken::new(),
+            cancel.unwrap_or_default(),
             GenerationStats::default(),
             counters0,
         )?;
+        g.published = published;
         while let Some(d) = g.next_delta(self, &mut st) {
-            d?;
+            if on_delta(&d?).is_break() {
+                g.finish = Some(FinishReason::Cancelled);
+                g.flushed = true;
+                break;
+            }
         }
         Ok(g.finalize(self, &mut st))
     }

@@ -139,11 +139,36 @@ impl GpuContext {
             info.device_type,
             features
         );
-        Ok(Self::build(device, queue, Some(info), options))
+        Ok(Self::build(device, queue, Some(info), true, options))
     }
 
     /// Wraps a device that a host application already owns (e.g. an egui/eframe or Bevy renderer).
     /// The engine adapts to whatever features and limits that device was created with.
+    ///
+    /// # Sharing a host's device
+    ///
+    /// The engine records its own command buffers and submits them on the host's queue (from
+    /// whatever thread generates); the host keeps rendering on the same queue. It installs no
+    /// device-wide callbacks on a host device (errors are caught with thread-local error scopes)
+    /// and only blocks (`Device::poll`) on the thread that generates, never on the host's.
+    ///
+    /// What the engine gains from the device's features and limits, so a host should create its
+    /// device with [`GpuContext::device_descriptor`] (or add those features and limits to its own):
+    ///
+    /// - `SUBGROUP`: the subgroup kernels (matrix-vector products, reductions, norms, softmax,
+    ///   attention, sampling) instead of the portable thread-per-row / workgroup-memory ones; on
+    ///   real GPUs the reductions are where the decode time goes.
+    /// - `SHADER_F16`: recorded in [`Capabilities::shader_f16`] for f16-arithmetic kernels; today
+    ///   every kernel reads f16/bf16 from u32 words and computes in f32, so it is never required.
+    /// - `TIMESTAMP_QUERY`: GPU timings in profiling tools.
+    /// - `max_storage_buffer_binding_size` / `max_buffer_size`: weight matrices are split into
+    ///   row windows of at most one binding each, and a KV cache or workspace buffer must fit
+    ///   `max_buffer_size`; wgpu's defaults (128 MiB binding, 256 MiB buffer) force more windows
+    ///   (more dispatches) and limit the context length and prefill chunk of large models.
+    /// - `max_storage_buffers_per_shader_stage`: kernels need at most 8 (the default).
+    ///
+    /// Without the adapter (see [`GpuContext::from_host`]) the subgroup size range is unknown;
+    /// kernels never depend on it, so this only affects diagnostics.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         Self::from_device_with_options(device, queue, GpuOptions::default())
     }
@@ -154,13 +179,40 @@ impl GpuContext {
         queue: wgpu::Queue,
         options: GpuOptions,
     ) -> Self {
-        Self::build(device, queue, None, options)
+        Self::build(device, queue, None, false, options)
+    }
+
+    /// Like [`GpuContext::from_device`], also recording the host's adapter (its name and subgroup
+    /// size range for diagnostics). The device stays the host's: no callbacks are installed.
+    pub fn from_host(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::build(
+            device,
+            queue,
+            Some(adapter.get_info()),
+            false,
+            GpuOptions::default(),
+        )
+    }
+
+    /// The device descriptor the engine would request on `adapter`: the adapter's own limits
+    /// and the optional features SHADER_F16, SUBGROUP and TIMESTAMP_QUERY where the adapter
+    /// has them. A host application that wants the engine at full speed on its device creates
+    /// the device with this (or merges it into its own descriptor), e.g. eframe's
+    /// `WgpuSetupCreateNew::device_descriptor` hook.
+    pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+        wgpu::DeviceDescriptor {
+            label: Some("gemma-wgpu"),
+            required_features: adapter.features() & wanted_features(),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }
     }
 
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         adapter_info: Option<wgpu::AdapterInfo>,
+        own_device: bool,
         options: GpuOptions,
     ) -> Self {
         let features = device.features();
@@ -187,7 +239,6 @@ impl GpuContext {
         let uncaptured = Arc::new(Mutex::new(None));
         // Only install device-wide callbacks on a device the engine owns: a host application's
         // own handlers must stay in place. Errors are still caught through error scopes.
-        let own_device = adapter_info.is_some();
         if own_device {
             let lost = lost.clone();
             let is_lost = is_lost.clone();
@@ -269,7 +320,8 @@ impl GpuContext {
         &self.inner.caps
     }
 
-    /// Adapter name, or "host device" for a context built with [`GpuContext::from_device`].
+    /// Adapter name, or "host device" for a context built with [`GpuContext::from_device`]
+    /// (without the adapter).
     pub fn adapter_name(&self) -> String {
         self.inner
             .adapter_info
@@ -278,7 +330,8 @@ impl GpuContext {
             .unwrap_or_else(|| "host device".to_string())
     }
 
-    /// Adapter info when the engine created the device itself.
+    /// Adapter info when the engine created the device itself or the host gave its adapter
+    /// ([`GpuContext::from_host`]).
     pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
         self.inner.adapter_info.as_ref()
     }

@@ -109,6 +109,32 @@ impl Workspace {
     pub fn last_step_stats(&self) -> RecorderStats {
         self.last_step
     }
+
+    /// Bytes of GPU memory held by the workspace (every buffer it owns).
+    pub fn bytes(&self) -> u64 {
+        let tensors = [
+            &self.ids,
+            &self.positions,
+            &self.h,
+            &self.xn,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.attn,
+            &self.o,
+            &self.gate,
+            &self.up,
+            &self.ple,
+            &self.ple_tok,
+            &self.ple_gate,
+            &self.final_h,
+            &self.logits,
+            &self.token,
+        ];
+        tensors.iter().map(|t| t.buffer.size()).sum::<u64>()
+            + self.attn_scratch.bytes()
+            + self.sample_scratch.bytes()
+    }
 }
 
 impl TextDecoder {

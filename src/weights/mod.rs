@@ -32,6 +32,7 @@ pub mod safetensors;
 mod tree;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -164,11 +165,39 @@ impl Checkpoint {
 
     /// Builds the tree and uploads it to the GPU.
     pub fn upload(&self, ctx: &GpuContext, opts: &LoadOptions) -> Result<ModelWeights, LoadError> {
+        self.upload_with_progress(ctx, opts, &mut |_| ControlFlow::Continue(()))
+    }
+
+    /// Like [`upload`](Self::upload), calling `progress` once before the first tensor and after
+    /// every uploaded tensor (matrix or vector) with the bytes and tensors done so far and the
+    /// totals (counted by a CPU-only pass over the tree first, so they are exact: the last call
+    /// has `bytes_done == bytes_total`). Bytes are those read from the checkpoint (a quantized
+    /// matrix's codes, scales and biases; f32 for vectors).
+    ///
+    /// Returning [`ControlFlow::Break`] stops the upload with [`LoadError::Cancelled`]; the
+    /// buffers uploaded so far are dropped, nothing half-loaded is returned.
+    pub fn upload_with_progress(
+        &self,
+        ctx: &GpuContext,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(&UploadProgress) -> ControlFlow<()>,
+    ) -> Result<ModelWeights, LoadError> {
+        let mut counter = CountSink::default();
+        self.build(&mut counter, opts.per_layer_table_on_gpu)?;
+        let mut state = UploadProgress {
+            bytes_total: counter.0.bytes_done,
+            tensors_total: counter.0.tensors_done,
+            ..Default::default()
+        };
+        if progress(&state).is_break() {
+            return Err(LoadError::Cancelled);
+        }
         let mut sink = GpuSink {
             ctx,
             opts,
             uploaded: 0,
             formats: BTreeMap::new(),
+            progress: Some((progress, &mut state)),
         };
         let (mut w, _) = self.build(&mut sink, opts.per_layer_table_on_gpu)?;
         w.report.bytes_uploaded = sink.uploaded;
@@ -268,10 +297,67 @@ impl Checkpoint {
     }
 }
 
+/// Progress of [`Checkpoint::upload_with_progress`]: what was uploaded so far and in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadProgress {
+    /// Checkpoint bytes uploaded so far.
+    pub bytes_done: u64,
+    /// Checkpoint bytes to upload in all.
+    pub bytes_total: u64,
+    /// Tensors (matrices and vectors) uploaded so far.
+    pub tensors_done: usize,
+    /// Tensors to upload in all.
+    pub tensors_total: usize,
+}
+
+impl UploadProgress {
+    fn add(&mut self, bytes: u64) {
+        self.bytes_done += bytes;
+        self.tensors_done += 1;
+    }
+}
+
+/// Source bytes of a matrix leaf (codes or floats, plus scales and biases).
+fn leaf_bytes(lin: &HostLinear) -> u64 {
+    let q = lin
+        .quant
+        .as_ref()
+        .map(|q| q.scales.bytes.len() + q.biases.bytes.len())
+        .unwrap_or(0);
+    (lin.weight.bytes.len() + q) as u64
+}
+
+/// The counting pass of [`Checkpoint::upload_with_progress`] (nothing is copied or uploaded).
+#[derive(Default)]
+struct CountSink(UploadProgress);
+
+impl Sink for CountSink {
+    type M = ();
+    type V = ();
+    fn matrix(&mut self, lin: &HostLinear, _: MatrixRole) -> Result<(), LoadError> {
+        self.0.add(leaf_bytes(lin));
+        Ok(())
+    }
+    fn vector(&mut self, _: &str, _: &[usize], data: Vec<f32>) -> Result<(), LoadError> {
+        self.0.add((data.len() * 4) as u64);
+        Ok(())
+    }
+}
+
 /// Loads the checkpoint in `dir` onto the GPU.
 pub fn load(ctx: &GpuContext, dir: &Path, opts: &LoadOptions) -> Result<ModelWeights, LoadError> {
+    load_with_progress(ctx, dir, opts, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`load`] with a progress hook (see [`Checkpoint::upload_with_progress`]).
+pub fn load_with_progress(
+    ctx: &GpuContext,
+    dir: &Path,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(&UploadProgress) -> ControlFlow<()>,
+) -> Result<ModelWeights, LoadError> {
     let ck = Checkpoint::open(dir)?;
-    let w = ck.upload(ctx, opts)?;
+    let w = ck.upload_with_progress(ctx, opts, progress)?;
     log::info!("{}: {}", dir.display(), w.report);
     Ok(w)
 }
@@ -327,11 +413,31 @@ type Built<M, V> = (ModelWeights<M, V>, BTreeMap<String, Role>);
 /// Format, data, scales, biases of a matrix about to be uploaded.
 type Payload<'a> = (WeightFormat, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
 
+/// The upload progress hook and its running totals.
+type ProgressHook<'a> = (
+    &'a mut dyn FnMut(&UploadProgress) -> ControlFlow<()>,
+    &'a mut UploadProgress,
+);
+
 struct GpuSink<'a> {
     ctx: &'a GpuContext,
     opts: &'a LoadOptions,
     uploaded: u64,
     formats: BTreeMap<String, usize>,
+    progress: Option<ProgressHook<'a>>,
+}
+
+impl GpuSink<'_> {
+    /// Reports one uploaded leaf of `bytes` source bytes; `Err(Cancelled)` when the hook says stop.
+    fn done(&mut self, bytes: u64) -> Result<(), LoadError> {
+        if let Some((hook, state)) = &mut self.progress {
+            state.add(bytes);
+            if hook(state).is_break() {
+                return Err(LoadError::Cancelled);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Sink for GpuSink<'_> {
@@ -422,6 +528,7 @@ impl Sink for GpuSink<'_> {
             WeightFormat::Affine { bits, .. } => format!("affine{bits}"),
         };
         *self.formats.entry(name).or_default() += 1;
+        self.done(leaf_bytes(lin))?;
         Ok(m)
     }
 
@@ -432,7 +539,9 @@ impl Sink for GpuSink<'_> {
         data: Vec<f32>,
     ) -> Result<GpuTensor, LoadError> {
         self.uploaded += (data.len() * 4) as u64;
-        Ok(GpuTensor::from_f32(self.ctx, shape, &data)?)
+        let t = GpuTensor::from_f32(self.ctx, shape, &data)?;
+        self.done((data.len() * 4) as u64)?;
+        Ok(t)
     }
 }
 

@@ -141,6 +141,11 @@ pub struct AttnScratch {
 }
 
 impl AttnScratch {
+    /// Bytes of GPU memory held by the scratch buffers.
+    pub fn bytes(&self) -> u64 {
+        self.ml.size() + self.acc.size()
+    }
+
     /// Scratch for up to `n_heads` query heads, `max_chunks` chunks and head dim `head_dim`.
     /// Decode splits the visible keys into at most `max_chunks` chunks (of at least 64 keys);
     /// 64 to 256 chunks are reasonable.

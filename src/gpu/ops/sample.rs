@@ -106,6 +106,11 @@ pub struct SampleScratch {
 }
 
 impl SampleScratch {
+    /// Bytes of GPU memory held by the scratch buffer.
+    pub fn bytes(&self) -> u64 {
+        self.buffer.size()
+    }
+
     /// Scratch for logits vectors of up to `max_n` elements.
     pub fn new(ctx: &GpuContext, max_n: usize) -> Result<Self, GpuError> {
         let bytes = (MAX_PARTS * MAX_TOP_K * 2 * 4) as u64;
