@@ -114,12 +114,10 @@ impl Workspace {
     pub fn bytes(&self) -> u64 {
         let tensors = [
             &self.ids,
-            &self.positions,
             &self.h,
             &self.xn,
+            &self.qkv,
             &self.q,
-            &self.k,
-            &self.v,
             &self.attn,
             &self.o,
             &self.gate,
