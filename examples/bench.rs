@@ -71,6 +71,10 @@ struct Args {
     /// Greedy decode steps measured.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
+    /// Also measure decode after a prompt of each of these lengths (e.g. `512,8192`: the
+    /// flash-decode split keeps long contexts cheap); up to 16 steps each.
+    #[arg(long, value_delimiter = ',')]
+    decode_at: Vec<usize>,
     /// Soft-token budgets of the vision measurements.
     #[arg(long, value_delimiter = ',', default_value = "70,280,1120")]
     vision_budgets: Vec<u32>,
@@ -418,6 +422,24 @@ fn main() -> Result<(), BoxErr> {
         prefill.push((p, p as f64 / s, s));
     }
 
+    // Decode at long contexts: prefill N ids (no logits), then time up to 16 steps.
+    let mut decode_at = Vec::new();
+    for &n in &args.decode_at {
+        let steps = args.decode_tokens.clamp(1, 16);
+        let (mut cache, mut ws) = text.new_session(n + steps + 8, chunk)?;
+        let ids = rng.ids(n.max(1), 3, hi);
+        text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
+        let mut tok = 3;
+        tok = text.step_greedy(&mut cache, &mut ws, tok)?; // first step off the clock
+        let t = Instant::now();
+        for _ in 0..steps {
+            tok = text.step_greedy(&mut cache, &mut ws, tok)?;
+        }
+        let tps = steps as f64 / t.elapsed().as_secs_f64();
+        eprintln!("decode at context {n}: {tps:.2} tok/s");
+        decode_at.push((n, tps));
+    }
+
     // Vision encode at each soft-token budget, after a warm-up.
     let mut vision = Vec::new();
     let mut vision_profile: Option<(u32, Profile)> = None;
@@ -513,6 +535,9 @@ fn main() -> Result<(), BoxErr> {
         format!("decode ({} tokens)", args.decode_tokens),
         format!("{decode_tok_s:.2} tok/s, median {decode_median_ms:.2} ms/token"),
     ));
+    for (n, tps) in &decode_at {
+        rows.push((format!("decode at context {n}"), format!("{tps:.2} tok/s")));
+    }
     for (b, e, n, soft) in &vision {
         rows.push((
             format!("vision encode, budget {b}"),
@@ -648,6 +673,10 @@ fn main() -> Result<(), BoxErr> {
         "decode_tokens": args.decode_tokens,
         "decode_tok_s": decode_tok_s,
         "decode_median_ms": decode_median_ms,
+        "decode_at_tok_s": decode_at
+            .iter()
+            .map(|(n, t)| (n.to_string(), json!(t)))
+            .collect::<serde_json::Map<String, Value>>(),
         "vision_encode_ms": vision_map,
         "gpu_engine_bytes": gpu_engine_bytes,
         "gpu_weight_bytes": gpu_weights,
