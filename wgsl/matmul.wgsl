@@ -3,9 +3,9 @@
 // output tile, each invocation 4 x 4 outputs; K is walked in tiles of 32: invocations 0..31
 // dequantize one weight row's 32 values each into workgroup memory, invocations 32..63 load one
 // x row's 32 values each; then every invocation accumulates its 4 x 4 block from workgroup memory.
-// The weight tile is stored k-major, so the invocations of a SIMD group (consecutive tx) read
-// consecutive addresses and share each x value (a broadcast): on lavapipe this turns per-lane
-// gathers into vector loads; on GPUs it avoids bank conflicts. Accumulators are four vec4s.
+// Both tiles are stored k-major as vec4s (the four rows an invocation needs at one k side by
+// side): the inner loop is two vec4 loads and four vec4 FMAs; invocations of a SIMD group
+// (consecutive tx) read consecutive weight vec4s and share the x vec4 (a broadcast).
 // Same defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT; otherwise W_FMT.
 // Grid: x = row tiles, y = batch tiles. No subgroup operations (one kernel for both paths).
 
@@ -32,10 +32,16 @@ struct Params {
 //#endif
 
 const T: u32 = 32u;   // tile edge (batch, rows, K)
-const TP: u32 = 33u;  // padded row stride in workgroup memory
 
-var<workgroup> xt: array<f32, 1056>; // [T batch][TP]
-var<workgroup> wt: array<f32, 1024>; // [T k][T rows] (k-major: a row index varies fastest)
+// k-major tiles of vec4s: xt[k * 8 + i] = x rows (i, i + 8, i + 16, i + 24) at k; wt likewise for
+// weight rows. One vec4 load per operand and k in the inner loop.
+var<workgroup> xt: array<vec4<f32>, 256>;
+var<workgroup> wt: array<vec4<f32>, 256>;
+
+// Stores value v of tile row r (0..31) at k into a k-major vec4 tile.
+fn put_w(k: u32, r: u32, v: f32) {
+    wt[k * 8u + r % 8u][r / 8u] = v;
+}
 
 //#if AFFINE
 const BITS: u32 = {{BITS}}u;
@@ -72,11 +78,10 @@ fn load_w(row: u32, kc: u32, slot: u32) {
         }
         let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
         let d = vec4<f32>(q) * s.x + s.y;
-        let o = 4u * m * T + slot;
-        wt[o] = d.x;
-        wt[o + T] = d.y;
-        wt[o + 2u * T] = d.z;
-        wt[o + 3u * T] = d.w;
+        put_w(4u * m, slot, d.x);
+        put_w(4u * m + 1u, slot, d.y);
+        put_w(4u * m + 2u, slot, d.z);
+        put_w(4u * m + 3u, slot, d.w);
     }
 }
 //#else
@@ -102,7 +107,7 @@ fn load_w(row: u32, kc: u32, slot: u32) {
         if (k < p.cols) {
             v = wel(base + k);
         }
-        wt[i * T + slot] = v;
+        put_w(i, slot, v);
     }
 }
 //#endif
@@ -126,7 +131,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 load_w(row, kc, li);
             } else {
                 for (var i = 0u; i < T; i++) {
-                    wt[i * T + li] = 0.0;
+                    put_w(i, li, 0.0);
                 }
             }
         } else {
@@ -138,19 +143,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (b < p.batch && k < p.cols) {
                     v = xs[p.x_off + b * p.cols + k];
                 }
-                xt[bl * TP + i] = v;
+                xt[i * 8u + bl % 8u][bl / 8u] = v;
             }
         }
         workgroupBarrier();
         // Invocations with consecutive tx read consecutive weights (one vector load on SIMD
         // backends, no bank conflicts on GPUs); the x values are the same for all of them.
         for (var k = 0u; k < T; k++) {
-            let wo = k * T + tx;
-            let wv = vec4<f32>(wt[wo], wt[wo + 8u], wt[wo + 16u], wt[wo + 24u]);
-            acc0 += xt[ty * TP + k] * wv;
-            acc1 += xt[(ty + 8u) * TP + k] * wv;
-            acc2 += xt[(ty + 16u) * TP + k] * wv;
-            acc3 += xt[(ty + 24u) * TP + k] * wv;
+            let wv = wt[k * 8u + tx];
+            let xv = xt[k * 8u + ty];
+            acc0 += xv.x * wv;
+            acc1 += xv.y * wv;
+            acc2 += xv.z * wv;
+            acc3 += xv.w * wv;
         }
         workgroupBarrier();
     }
