@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -437,15 +437,17 @@ impl HostFrame {
         );
         queue.submit([enc.finish()]);
         let slice = self.readback.slice(..);
-        let done = Arc::new(AtomicBool::new(false));
-        let d2 = done.clone();
+        // The callback may run inside another thread's poll (the engine polls the same device
+        // from its worker), possibly after this thread's poll returned: wait for the callback
+        // itself, not for the poll.
+        let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
-            d2.store(r.is_ok(), Ordering::SeqCst)
+            let _ = tx.send(r.is_ok());
         });
         device
             .poll(wgpu::PollType::wait_indefinitely())
             .expect("poll");
-        assert!(done.load(Ordering::SeqCst), "map failed");
+        assert!(rx.recv().expect("map callback dropped"), "map failed");
         let ok = {
             let data = slice.get_mapped_range().unwrap();
             data.chunks(4)
