@@ -297,9 +297,6 @@ pub fn residual_norm(
         }
         None => (post, o),
     };
-    if next.is_none() && o.buffer == h.buffer {
-        return Err(err("residual_norm", "o and h share a buffer".into()));
-    }
     let params = ResidualParams {
         rows: rows as u32,
         dim: dim as u32,

@@ -255,21 +255,8 @@ pub fn linear(
     x: &GpuTensor,
     y: &GpuTensor,
 ) -> Result<(), GpuError> {
-    let (rows, cols) = (w.rows, w.cols);
-    if cols == 0 || !x.numel().is_multiple_of(cols) {
-        return Err(linear_err(format!(
-            "x has {} elements, not a multiple of cols {cols}",
-            x.numel()
-        )));
-    }
-    let batch = x.numel() / cols;
-    if y.numel() != batch * rows {
-        return Err(linear_err(format!(
-            "y has {} elements, expected batch {batch} x rows {rows}",
-            y.numel()
-        )));
-    }
-    linear_at(rec, w, x, y, 0, rows)
+    check_xy(&[w], x, y, w.rows)?;
+    linear_at(rec, w, x, y, 0, w.rows)
 }
 
 fn linear_err(message: String) -> GpuError {
@@ -279,7 +266,8 @@ fn linear_err(message: String) -> GpuError {
     }
 }
 
-/// `y[b, col0 + r] = W[r] . x[b]` with batch rows of `y` placed `y_stride` elements apart.
+/// `y[b, col0 + r] = W[r] . x[b]` with batch rows of `y` placed `y_stride` elements apart
+/// (`x` already checked by [`check_xy`]).
 fn linear_at(
     rec: &mut Recorder,
     w: &Matrix,
@@ -289,12 +277,6 @@ fn linear_at(
     y_stride: usize,
 ) -> Result<(), GpuError> {
     let (rows, cols) = (w.rows, w.cols);
-    if cols == 0 || !x.numel().is_multiple_of(cols) {
-        return Err(linear_err(format!(
-            "x has {} elements, not a multiple of cols {cols}",
-            x.numel()
-        )));
-    }
     let batch = x.numel() / cols;
     if batch == 0 || rows == 0 {
         return Ok(());
@@ -305,9 +287,6 @@ fn linear_at(
              rows {y_stride} apart",
             y.numel()
         )));
-    }
-    if x.buffer == y.buffer {
-        return Err(linear_err("x and y share a buffer".into()));
     }
     let (row_words, groups) = affine_dims(w);
     let affine = matches!(w.format, WeightFormat::Affine { .. });
