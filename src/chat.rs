@@ -208,19 +208,15 @@ fn template_err(what: impl std::fmt::Display, e: minijinja::Error) -> Error {
     Error::Template(msg)
 }
 
-fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+fn parse_json(text: Option<&str>, path: &Path) -> Result<Option<serde_json::Value>> {
+    match text {
+        Some(text) => serde_json::from_str(text).map(Some).map_err(|e| {
             Error::Template(format!(
                 "{} is not valid JSON ({e}); re-download it",
                 path.display()
             ))
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        None => Ok(None),
     }
 }
 
@@ -343,23 +339,38 @@ impl ChatTemplate {
     /// with the special-token strings of `tokenizer_config.json`; falls back to
     /// [`BUILTIN_GEMMA4_TEMPLATE`] when the checkpoint has none.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        use crate::weights::files::{self, read_optional};
+        let read = |name: &str| {
+            let path = dir.join(name);
+            read_optional(&path).map_err(|source| Error::Io { path, source })
+        };
+        Self::from_sources(
+            dir,
+            read(files::TOKENIZER_CONFIG)?.as_deref(),
+            read(files::CHAT_TEMPLATE_JINJA)?,
+            read(files::CHAT_TEMPLATE_JSON)?.as_deref(),
+        )
+    }
+
+    /// [`from_dir`](Self::from_dir) on the contents of the three files, as read by
+    /// [`Checkpoint::open`](crate::weights::Checkpoint::open) (`None`: the file does not
+    /// exist); `dir` names the files in errors.
+    pub fn from_sources(
+        dir: &Path,
+        tokenizer_config: Option<&str>,
+        chat_template_jinja: Option<String>,
+        chat_template_json: Option<&str>,
+    ) -> Result<Self> {
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = read_json(&cfg_path)?;
+        let cfg = parse_json(tokenizer_config, &cfg_path)?;
         let tokens = cfg.as_ref().map(special_tokens).unwrap_or_default();
 
-        let jinja_path = dir.join("chat_template.jinja");
-        match std::fs::read_to_string(&jinja_path) {
-            Ok(src) => return Self::new(src, TemplateSource::File(jinja_path), tokens),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    path: jinja_path,
-                    source,
-                });
-            }
+        if let Some(src) = chat_template_jinja {
+            let jinja_path = dir.join("chat_template.jinja");
+            return Self::new(src, TemplateSource::File(jinja_path), tokens);
         }
         let json_path = dir.join("chat_template.json");
-        if let Some(v) = read_json(&json_path)? {
+        if let Some(v) = parse_json(chat_template_json, &json_path)? {
             let field = v.get("chat_template").cloned().unwrap_or(v);
             if let Some(src) = template_from_field(&field, &json_path)? {
                 return Self::new(src, TemplateSource::File(json_path), tokens);

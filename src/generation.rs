@@ -96,21 +96,25 @@ impl Default for GenerationOptions {
 }
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            crate::weights::LoadError::MalformedConfig {
-                path: path.to_path_buf(),
-                field: String::new(),
-                reason: format!("not valid JSON: {e}"),
-            }
-            .into()
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+    match crate::weights::files::read_optional(path) {
+        Ok(Some(text)) => parse_json(&text, path).map(Some),
+        Ok(None) => Ok(None),
         Err(source) => Err(Error::Io {
             path: path.to_path_buf(),
             source,
         }),
     }
+}
+
+fn parse_json(text: &str, path: &Path) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| {
+        crate::weights::LoadError::MalformedConfig {
+            path: path.to_path_buf(),
+            field: String::new(),
+            reason: format!("not valid JSON: {e}"),
+        }
+        .into()
+    })
 }
 
 /// `eos_token_id` as one id or a list.
@@ -143,26 +147,43 @@ impl GenerationOptions {
     /// `eos_token_id` (top level, else `text_config`), else [`DEFAULT_GEMMA4_STOP_TOKENS`].
     /// Missing fields take transformers' defaults (temperature 1, top_k 50, top_p 1, min_p 0).
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let mut opts = GenerationOptions::default();
         let cfg_path = dir.join("config.json");
-        let cfg_eos = read_json(&cfg_path)?.and_then(|c| {
+        let cfg = read_json(&cfg_path)?;
+        let path = dir.join("generation_config.json");
+        let read = crate::weights::files::read_optional(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_sources(cfg.as_ref(), read.as_deref(), &path)
+    }
+
+    /// [`from_dir`](Self::from_dir) on the parsed `config.json` (`None`: no such file) and the
+    /// text of `generation_config.json` (`None`: no such file), as read by
+    /// [`Checkpoint::open`](crate::weights::Checkpoint::open); `path` names the latter in errors.
+    pub fn from_sources(
+        config: Option<&serde_json::Value>,
+        generation_config: Option<&str>,
+        path: &Path,
+    ) -> Result<Self> {
+        let mut opts = GenerationOptions::default();
+        let cfg_eos = config.and_then(|c| {
             ids_of(c.get("eos_token_id"))
                 .or_else(|| ids_of(c.get("text_config").and_then(|t| t.get("eos_token_id"))))
         });
         if let Some(eos) = cfg_eos {
             opts.stop_tokens = eos;
         }
-        let path = dir.join("generation_config.json");
-        let Some(g) = read_json(&path)? else {
+        let Some(text) = generation_config else {
             return Ok(opts);
         };
+        let g = parse_json(text, path)?;
         let f32_of = |key: &str, default: f32| -> Result<f32> {
             match g.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(default),
                 Some(v) => v
                     .as_f64()
                     .map(|x| x as f32)
-                    .ok_or_else(|| malformed(&path, key, "expected a number")),
+                    .ok_or_else(|| malformed(path, key, "expected a number")),
             }
         };
         let u64_of = |key: &str| -> Result<Option<u64>> {
@@ -171,14 +192,14 @@ impl GenerationOptions {
                 Some(v) => v
                     .as_u64()
                     .map(Some)
-                    .ok_or_else(|| malformed(&path, key, "expected a non-negative integer")),
+                    .ok_or_else(|| malformed(path, key, "expected a non-negative integer")),
             }
         };
         let do_sample = match g.get("do_sample") {
             None | Some(serde_json::Value::Null) => false,
             Some(v) => v
                 .as_bool()
-                .ok_or_else(|| malformed(&path, "do_sample", "expected true or false"))?,
+                .ok_or_else(|| malformed(path, "do_sample", "expected true or false"))?,
         };
         if do_sample {
             opts.sampling = Sampling::Sample {

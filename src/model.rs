@@ -2,7 +2,7 @@
 //! encoder, with the glue that runs a (multimodal) prompt of token ids.
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::chat::ChatTemplate;
@@ -16,7 +16,7 @@ use crate::session::CancelToken;
 use crate::text::{Logits, TextDecoder};
 use crate::tokenizer::Tokenizer;
 use crate::vision::{ImagePatches, VisionEncoder};
-use crate::weights::{FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
+use crate::weights::{Checkpoint, FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
 
 /// Options for loading a model.
 #[derive(Debug, Clone)]
@@ -69,12 +69,12 @@ pub struct Model {
 
 pub(crate) struct Inner {
     pub(crate) ctx: GpuContext,
-    pub(crate) config: Gemma4Config,
+    /// The checkpoint folder, read once at load (config, tensor store, small files).
+    pub(crate) checkpoint: Checkpoint,
     pub(crate) text: TextDecoder,
     pub(crate) vision: Option<VisionEncoder>,
     pub(crate) report: LoadReport,
     pub(crate) options: ModelOptions,
-    pub(crate) dir: PathBuf,
     pub(crate) tokenizer: Option<Arc<Tokenizer>>,
     pub(crate) template: Option<Arc<ChatTemplate>>,
     pub(crate) generation: GenerationOptions,
@@ -85,7 +85,7 @@ pub(crate) struct Inner {
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
-            .field("dir", &self.inner.dir)
+            .field("dir", &self.inner.checkpoint.dir)
             .field("adapter", &self.inner.ctx.adapter_name())
             .field("vision", &self.inner.vision.is_some())
             .field("tokenizer", &self.inner.tokenizer.is_some())
@@ -112,13 +112,10 @@ impl Model {
             ..Default::default()
         });
         hooks.check()?;
-        let config = Gemma4Config::from_dir(dir)?;
+        let mut checkpoint = Checkpoint::open(dir)?;
         let mut uploaded = UploadProgress::default();
-        let weights = crate::weights::load_with_progress(
-            ctx,
-            dir,
-            &options.load,
-            &mut |u: &UploadProgress| {
+        let weights = checkpoint
+            .upload_with_progress(ctx, &options.load, &mut |u: &UploadProgress| {
                 uploaded = *u;
                 hooks.emit(LoadProgress::stage(LoadStage::Uploading, u));
                 if hooks.cancelled() {
@@ -126,14 +123,16 @@ impl Model {
                 } else {
                     ControlFlow::Continue(())
                 }
-            },
-        )
-        .map_err(|e| match e {
-            LoadError::Cancelled => Error::Cancelled,
-            e => Error::Load(e),
-        })?;
+            })
+            .map_err(|e| match e {
+                LoadError::Cancelled => Error::Cancelled,
+                e => Error::Load(e),
+            })?;
+        log::info!("{}: {}", dir.display(), weights.report);
+        checkpoint.release_tensors();
         hooks.emit(LoadProgress::stage(LoadStage::Preparing, &uploaded));
         let report = weights.report.clone();
+        let config = &checkpoint.config;
         let text = TextDecoder::new(
             ctx,
             &config.text_config,
@@ -150,27 +149,39 @@ impl Model {
             _ => None,
         };
         // Text-side assets are optional: a directory with only config + weights still loads
-        // (logits, token-id generation); the text API then reports what is missing.
-        let tokenizer = if dir.join("tokenizer.json").is_file() {
-            Some(Arc::new(Tokenizer::from_dir(dir)?))
-        } else {
-            None
-        };
-        let template = match &tokenizer {
-            Some(_) => Some(Arc::new(ChatTemplate::from_dir(dir)?)),
+        // (logits, token-id generation); the text API then reports what is missing. Each is
+        // built from the file as `Checkpoint::open` read it.
+        let files = &mut checkpoint.files;
+        let tokenizer = match files.tokenizer.take() {
+            Some(bytes) => Some(Arc::new(Tokenizer::from_bytes(
+                &bytes,
+                &dir.join(crate::weights::files::TOKENIZER),
+            )?)),
             None => None,
         };
-        let generation = GenerationOptions::from_dir(dir)?;
+        let template = match &tokenizer {
+            Some(_) => Some(Arc::new(ChatTemplate::from_sources(
+                dir,
+                files.tokenizer_config.as_deref(),
+                files.chat_template_jinja.take(),
+                files.chat_template_json.as_deref(),
+            )?)),
+            None => None,
+        };
+        let generation = GenerationOptions::from_sources(
+            Some(&files.config_json),
+            files.generation_config.as_deref(),
+            &dir.join(crate::weights::files::GENERATION_CONFIG),
+        )?;
         hooks.check()?;
         let model = Model {
             inner: Arc::new(Inner {
                 ctx: ctx.clone(),
-                config,
+                checkpoint,
                 text,
                 vision,
                 report,
                 options: options.clone(),
-                dir: dir.to_path_buf(),
                 tokenizer,
                 template,
                 generation,
@@ -236,7 +247,7 @@ impl Model {
 
     /// The configuration.
     pub fn config(&self) -> &Gemma4Config {
-        &self.inner.config
+        &self.inner.checkpoint.config
     }
 
     /// What loading did (bytes, tensors, time).
@@ -246,7 +257,7 @@ impl Model {
 
     /// The model directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        &self.inner.checkpoint.dir
     }
 
     /// The text decoder.
@@ -263,13 +274,21 @@ impl Model {
     /// soft-token budget from [`ModelOptions::max_soft_tokens`], else the checkpoint's
     /// `processor_config.json`, else the vision config's `default_output_length`.
     pub fn image_options(&self) -> Result<ImageOptions> {
-        let vc =
-            self.inner.config.vision_config.as_ref().ok_or_else(|| {
-                Error::InvalidArgument("this checkpoint has no vision tower".into())
-            })?;
+        let vc = self
+            .inner
+            .checkpoint
+            .config
+            .vision_config
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("this checkpoint has no vision tower".into()))?;
         let budget = match self.inner.options.max_soft_tokens {
             Some(b) => b,
-            None => processor_budget(&self.inner.dir).unwrap_or(vc.default_output_length as u32),
+            None => self
+                .inner
+                .checkpoint
+                .files
+                .processor_budget
+                .unwrap_or(vc.default_output_length as u32),
         };
         Ok(ImageOptions::from_vision_config(
             vc.patch_size as u32,
@@ -299,10 +318,13 @@ impl Model {
     /// Reads pre-patchified pixels from a safetensors file with `pixel_values` `[n, 3·p·p]` f32
     /// and `image_position_ids` `[n, 2]` i64 (x, y); padding rows (-1, -1) are dropped.
     pub fn prepare_pixel_values_file(&self, path: &Path) -> Result<ImagePatches> {
-        let vc =
-            self.inner.config.vision_config.as_ref().ok_or_else(|| {
-                Error::InvalidArgument("this checkpoint has no vision tower".into())
-            })?;
+        let vc = self
+            .inner
+            .checkpoint
+            .config
+            .vision_config
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("this checkpoint has no vision tower".into()))?;
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -393,7 +415,7 @@ impl Model {
         let vision = self.inner.vision.as_ref().ok_or_else(|| {
             Error::InvalidArgument("images given but the checkpoint has no vision tower".into())
         })?;
-        let h = self.inner.config.text_config.hidden_size;
+        let h = self.inner.checkpoint.config.text_config.hidden_size;
         let mut parts = Vec::new();
         for img in images {
             parts.push(vision.encode(img, false)?.0);
@@ -427,10 +449,11 @@ impl Model {
     ) -> Result<LogitsOutput> {
         let n_img_tokens = ids
             .iter()
-            .filter(|&&t| t == self.inner.config.image_token_id)
+            .filter(|&&t| t == self.inner.checkpoint.config.image_token_id)
             .count();
         let k = self
             .inner
+            .checkpoint
             .config
             .vision_config
             .as_ref()
@@ -441,7 +464,7 @@ impl Model {
             return Err(Error::InvalidArgument(format!(
                 "the prompt has {n_img_tokens} image soft tokens (id {}) but the images give \
                  {n_soft}",
-                self.inner.config.image_token_id
+                self.inner.checkpoint.config.image_token_id
             )));
         }
         let media = self.encode_images(images)?;
@@ -453,7 +476,7 @@ impl Model {
             self.inner
                 .text
                 .forward(&mut cache, &mut ws, ids, media.as_ref(), Logits::All)?;
-        let vocab = self.inner.config.text_config.vocab_size;
+        let vocab = self.inner.checkpoint.config.text_config.vocab_size;
         let mut out = Vec::new();
         if greedy > 0 {
             let last = &logits[(ids.len() - 1) * vocab..];
@@ -470,19 +493,6 @@ impl Model {
             greedy: out,
         })
     }
-}
-
-/// The soft-token budget of `processor_config.json` (`image_processor.max_soft_tokens`, or
-/// the top-level `image_seq_length`), if the file exists and says.
-fn processor_budget(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("processor_config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("image_processor")
-        .and_then(|p| p.get("max_soft_tokens"))
-        .or_else(|| v.get("max_soft_tokens"))
-        .or_else(|| v.get("image_seq_length"))
-        .and_then(|x| x.as_u64())
-        .map(|x| x as u32)
 }
 
 /// Builder for loading a model with non-default options.

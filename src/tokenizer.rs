@@ -10,6 +10,14 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::weights::LoadError;
 
+fn load_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(format!(
+        "cannot load {}: {e}; the file is corrupt or was written by an incompatible tokenizers \
+         version: re-download it",
+        path.display()
+    ))
+}
+
 /// A tokenizer loaded from a checkpoint directory. Cheap to share behind an `Arc` (`Send + Sync`).
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -38,13 +46,14 @@ impl Tokenizer {
 
     /// Loads a `tokenizer.json` file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
-            Error::Tokenizer(format!(
-                "cannot load {}: {e}; the file is corrupt or was written by an incompatible \
-                 tokenizers version: re-download it",
-                path.display()
-            ))
-        })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| load_err(path, e))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Parses the contents of a `tokenizer.json` file (as read by
+    /// [`Checkpoint::open`](crate::weights::Checkpoint::open)); `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| load_err(path, e))?;
         Ok(Tokenizer { inner })
     }
 

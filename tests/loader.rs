@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use gemma_wgpu::config::Gemma4Config;
+use gemma_wgpu::config::{ConfigError, Gemma4Config};
 use gemma_wgpu::gpu::ScaleDType;
 use gemma_wgpu::weights::quant::{dequantize_row, words_of};
 use gemma_wgpu::weights::quantize::quantize_affine_with;
@@ -678,7 +678,7 @@ fn config_head_dim_forms_and_required_fields() {
     ] {
         let s = config_json("").replace(field, "");
         match Gemma4Config::from_json_str(&s, p) {
-            Err(LoadError::MalformedConfig { field, .. }) => assert_eq!(field, want),
+            Err(ConfigError::Malformed { field, .. }) => assert_eq!(field, want),
             other => panic!("{want}: {other:?}"),
         }
     }
@@ -687,7 +687,7 @@ fn config_head_dim_forms_and_required_fields() {
         r#""num_hidden_layers": 4,"#,
     );
     match Gemma4Config::from_json_str(&s, p) {
-        Err(e @ LoadError::MalformedConfig { .. }) => {
+        Err(e @ ConfigError::Malformed { .. }) => {
             assert!(
                 e.to_string().contains("vision_config.intermediate_size"),
                 "{e}"
@@ -702,7 +702,7 @@ fn config_head_dim_forms_and_required_fields() {
     );
     assert!(matches!(
         Gemma4Config::from_json_str(&s, p),
-        Err(LoadError::MalformedConfig { .. })
+        Err(ConfigError::Malformed { .. })
     ));
     // A shared full layer with no earlier full layer to read K/V from.
     let s = config_json("").replace(
@@ -710,7 +710,7 @@ fn config_head_dim_forms_and_required_fields() {
         r#"["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]"#,
     );
     match Gemma4Config::from_json_str(&s, p) {
-        Err(e @ LoadError::MalformedConfig { .. }) => {
+        Err(e @ ConfigError::Malformed { .. }) => {
             assert!(e.to_string().contains("KV-shared layer 3"), "{e}")
         }
         other => panic!("{other:?}"),
@@ -1101,4 +1101,385 @@ fn clip_bounds_off_and_text_only_configs() {
     let vision_tensors = 2 + VL * (6 + 7 * 5) + 1;
     assert_eq!(p.weights.report.dropped, vision_tensors);
     assert!(p.weights.report.unexpected.is_empty());
+}
+
+// (f) ------------------------------------------------------------------------------------------
+// Configs the engine cannot run yet, and nonsensical values, are refused at load with a typed
+// error naming the field (instead of loading and answering wrongly).
+
+/// The e2b-like fixture's `config.json` (written by transformers 5.24) with `edit` applied, as
+/// the `config.json` of a temp dir that also holds the fixture's weights.
+fn fixture_config_with(name: &str, edit: &dyn Fn(&mut serde_json::Value)) -> PathBuf {
+    let fixture = common::golden::fixtures_dir().join("e2b-like");
+    let text = std::fs::read_to_string(fixture.join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut v);
+    let d = tmpdir(name);
+    std::fs::write(
+        d.join("config.json"),
+        serde_json::to_string_pretty(&v).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        d.join("model.safetensors"),
+    )
+    .unwrap();
+    d
+}
+
+/// Sets `v[path...] = value` (creating objects on the way).
+fn set(v: &mut serde_json::Value, path: &[&str], value: serde_json::Value) {
+    let mut cur = v;
+    for k in &path[..path.len() - 1] {
+        cur = cur
+            .as_object_mut()
+            .unwrap()
+            .entry(k.to_string())
+            .or_insert_with(|| serde_json::json!({}));
+    }
+    cur.as_object_mut()
+        .unwrap()
+        .insert(path[path.len() - 1].to_string(), value);
+}
+
+#[test]
+fn unmodified_fixture_configs_are_accepted() {
+    for name in ["e2b-like", "e2b-like-ptq", "e4b-like", "mlx-mixed"] {
+        let dir = common::golden::fixtures_dir().join(name);
+        for file in ["config.json", "config.per_layer_config.json"] {
+            let p = dir.join(file);
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            if let Err(e) = Gemma4Config::from_json_str(&text, &p) {
+                panic!("{}: {e}", p.display());
+            }
+        }
+    }
+    // attention_k_eq_v runs (the decoder takes V from the raw K projection): not refused.
+    let d = fixture_config_with("ok-keqv", &|v| {
+        set(v, &["text_config", "attention_k_eq_v"], true.into())
+    });
+    let c = Gemma4Config::from_dir(&d).unwrap();
+    assert!(c.text_config.k_eq_v(2));
+    // A null use_bidirectional_attention (the E-series value) is fine.
+    let d = fixture_config_with("ok-bidir-null", &|v| {
+        set(
+            v,
+            &["text_config", "use_bidirectional_attention"],
+            serde_json::Value::Null,
+        )
+    });
+    Checkpoint::open(&d).unwrap().plan().unwrap();
+}
+
+#[test]
+fn unsupported_configs_are_refused_naming_the_field() {
+    use serde_json::json;
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "standardize",
+            Box::new(|v| set(v, &["vision_config", "standardize"], true.into())),
+            "vision_config.standardize",
+        ),
+        (
+            "bidir",
+            Box::new(|v| {
+                set(
+                    v,
+                    &["text_config", "use_bidirectional_attention"],
+                    "vision".into(),
+                )
+            }),
+            "text_config.use_bidirectional_attention",
+        ),
+        (
+            "bidir-bool",
+            Box::new(|v| {
+                set(
+                    v,
+                    &["text_config", "use_bidirectional_attention"],
+                    true.into(),
+                )
+            }),
+            "text_config.use_bidirectional_attention",
+        ),
+        (
+            "moe",
+            Box::new(|v| {
+                set(v, &["text_config", "enable_moe_block"], true.into());
+                set(v, &["text_config", "num_experts"], 128.into());
+            }),
+            "text_config.enable_moe_block",
+        ),
+        (
+            "unified",
+            Box::new(|v| set(v, &["model_type"], "gemma4_unified".into())),
+            "model_type",
+        ),
+        (
+            "audio-only",
+            Box::new(|v| set(v, &["model_type"], "gemma4_audio".into())),
+            "model_type",
+        ),
+        (
+            "assistant",
+            Box::new(|v| set(v, &["model_type"], "gemma4_assistant".into())),
+            "model_type",
+        ),
+        (
+            "untied",
+            Box::new(|v| set(v, &["text_config", "tie_word_embeddings"], false.into())),
+            "text_config.tie_word_embeddings",
+        ),
+        (
+            "yarn",
+            Box::new(|v| {
+                set(
+                    v,
+                    &[
+                        "text_config",
+                        "rope_parameters",
+                        "full_attention",
+                        "rope_type",
+                    ],
+                    "yarn".into(),
+                )
+            }),
+            "text_config.rope_parameters.full_attention.rope_type",
+        ),
+        (
+            "partial-default",
+            Box::new(|v| {
+                set(
+                    v,
+                    &[
+                        "text_config",
+                        "rope_parameters",
+                        "sliding_attention",
+                        "partial_rotary_factor",
+                    ],
+                    json!(0.5),
+                )
+            }),
+            "text_config.rope_parameters.sliding_attention.partial_rotary_factor",
+        ),
+        (
+            "silu",
+            Box::new(|v| set(v, &["text_config", "hidden_activation"], "silu".into())),
+            "text_config.hidden_activation",
+        ),
+        (
+            "vision-rope",
+            Box::new(|v| {
+                set(
+                    v,
+                    &["vision_config", "rope_parameters", "rope_type"],
+                    "linear".into(),
+                )
+            }),
+            "vision_config.rope_parameters.rope_type",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let d = fixture_config_with(&format!("refuse-{name}"), &*edit);
+        match expect_err(&d) {
+            e @ LoadError::UnsupportedConfig { .. } => {
+                let LoadError::UnsupportedConfig { field, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(field, want, "{name}");
+                let m = e.to_string();
+                assert!(m.contains(want) && m.contains("config.json"), "{name}: {m}");
+            }
+            e => panic!("{name}: {e:?}"),
+        }
+        // The config alone gives the same refusal.
+        match Gemma4Config::from_dir(&d) {
+            Err(ConfigError::Unsupported { field, .. }) => assert_eq!(field, want, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn nonsensical_config_values_are_refused_naming_the_field() {
+    use serde_json::json;
+    let t = "text_config";
+    let vc = "vision_config";
+    let cases: Vec<(&str, Vec<&str>, serde_json::Value, &str)> = vec![
+        (
+            "window",
+            vec![t, "sliding_window"],
+            json!(0),
+            "text_config.sliding_window",
+        ),
+        (
+            "head-dim",
+            vec![t, "head_dim"],
+            json!(0),
+            "text_config.head_dim",
+        ),
+        (
+            "odd-head-dim",
+            vec![t, "head_dim"],
+            json!(15),
+            "text_config.head_dim",
+        ),
+        (
+            "global-head-dim",
+            vec![t, "global_head_dim"],
+            json!(0),
+            "text_config.global_head_dim",
+        ),
+        (
+            "heads",
+            vec![t, "num_key_value_heads"],
+            json!(3),
+            "text_config.num_key_value_heads",
+        ),
+        (
+            "max-pos",
+            vec![t, "max_position_embeddings"],
+            json!(0),
+            "text_config.max_position_embeddings",
+        ),
+        (
+            "layer-types",
+            vec![t, "layer_types"],
+            json!(["sliding_attention", "full_attention"]),
+            "text_config.layer_types",
+        ),
+        (
+            "theta",
+            vec![t, "rope_parameters", "sliding_attention", "rope_theta"],
+            json!(0.0),
+            "text_config.rope_parameters.sliding_attention.rope_theta",
+        ),
+        (
+            "partial",
+            vec![
+                t,
+                "rope_parameters",
+                "full_attention",
+                "partial_rotary_factor",
+            ],
+            json!(1.5),
+            "text_config.rope_parameters.full_attention.partial_rotary_factor",
+        ),
+        (
+            "eps",
+            vec![t, "rms_norm_eps"],
+            json!(-1.0),
+            "text_config.rms_norm_eps",
+        ),
+        (
+            "softcap",
+            vec![t, "final_logit_softcapping"],
+            json!(0.0),
+            "text_config.final_logit_softcapping",
+        ),
+        (
+            "per-layer",
+            vec![t, "per_layer_config"],
+            json!({"9": {"head_dim": 64}}),
+            "text_config.per_layer_config.9",
+        ),
+        (
+            "ple-vocab",
+            vec![t, "vocab_size_per_layer_input"],
+            json!(0),
+            "text_config.vocab_size_per_layer_input",
+        ),
+        (
+            "patch",
+            vec![vc, "patch_size"],
+            json!(0),
+            "vision_config.patch_size",
+        ),
+        (
+            "pool",
+            vec![vc, "pooling_kernel_size"],
+            json!(0),
+            "vision_config.pooling_kernel_size",
+        ),
+        (
+            "budget",
+            vec![vc, "default_output_length"],
+            json!(0),
+            "vision_config.default_output_length",
+        ),
+        (
+            "v-head-dim",
+            vec![vc, "head_dim"],
+            json!(6),
+            "vision_config.head_dim",
+        ),
+        (
+            "v-kv",
+            vec![vc, "num_key_value_heads"],
+            json!(3),
+            "vision_config.num_key_value_heads",
+        ),
+        (
+            "v-theta",
+            vec![vc, "rope_parameters", "rope_theta"],
+            json!(-100.0),
+            "vision_config.rope_parameters.rope_theta",
+        ),
+        (
+            "q-bits",
+            vec!["quantization"],
+            json!({"bits": 0, "group_size": 64}),
+            "quantization.bits",
+        ),
+        (
+            "q-group",
+            vec!["quantization"],
+            json!({"bits": 4, "group_size": 0}),
+            "quantization.group_size",
+        ),
+        (
+            "q-override",
+            vec!["quantization"],
+            json!({"bits": 4, "group_size": 64, "language_model.model.layers.0.mlp.up_proj": {"bits": 9}}),
+            "quantization.language_model.model.layers.0.mlp.up_proj.bits",
+        ),
+    ];
+    for (name, path, value, want) in cases {
+        let d = fixture_config_with(&format!("bad-{name}"), &|v| set(v, &path, value.clone()));
+        match expect_err(&d) {
+            LoadError::MalformedConfig { field, .. } => assert_eq!(field, want, "{name}"),
+            e => panic!("{name}: {e:?}"),
+        }
+    }
+    // A vision hidden size the heads do not divide, with no head_dim to say otherwise.
+    let d = fixture_config_with("bad-v-hidden", &|v| {
+        v["vision_config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("head_dim");
+        set(v, &["vision_config", "hidden_size"], json!(65));
+    });
+    match expect_err(&d) {
+        LoadError::MalformedConfig { field, .. } => assert_eq!(field, "vision_config.hidden_size"),
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn model_load_refuses_an_unsupported_config() {
+    let Some(ctx) = ctx() else { return };
+    let d = fixture_config_with("model-refuse", &|v| {
+        set(v, &["vision_config", "standardize"], true.into())
+    });
+    let opts = gemma_wgpu::ModelOptions::default();
+    match gemma_wgpu::Model::load_with(&ctx, &d, &opts) {
+        Err(gemma_wgpu::Error::Load(LoadError::UnsupportedConfig { field, .. })) => {
+            assert_eq!(field, "vision_config.standardize")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
 }

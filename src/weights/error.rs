@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::config::ConfigError;
 use crate::gpu::GpuError;
 
 /// Everything that can go wrong while reading a checkpoint (never a panic).
@@ -130,7 +131,20 @@ pub enum LoadError {
         /// Its model_type.
         model_type: String,
     },
-    /// A feature of the config is not implemented.
+    /// A config value the engine cannot run yet, refused at load (see
+    /// [`ConfigError::Unsupported`]).
+    #[error("{path}: field {field:?} = {value}: {reason}")]
+    UnsupportedConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The field (dotted path, e.g. `text_config.enable_moe_block`).
+        field: String,
+        /// Its value, as written in the file (JSON).
+        value: String,
+        /// What is missing in the engine and what to do.
+        reason: String,
+    },
+    /// A feature of the checkpoint is not implemented.
     #[error("unsupported checkpoint: {what}")]
     Unsupported {
         /// What.
@@ -163,4 +177,37 @@ pub enum LoadError {
     /// every buffer uploaded so far was released.
     #[error("loading was cancelled")]
     Cancelled,
+}
+
+impl From<ConfigError> for LoadError {
+    /// Each config error becomes the loader variant of the same name and fields.
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Malformed {
+                path,
+                field,
+                reason,
+            } => LoadError::MalformedConfig {
+                path,
+                field,
+                reason,
+            },
+            ConfigError::UnsupportedModelType { path, model_type } => {
+                LoadError::UnsupportedModelType { path, model_type }
+            }
+            ConfigError::Unsupported {
+                path,
+                field,
+                value,
+                reason,
+            } => LoadError::UnsupportedConfig {
+                path,
+                field,
+                value,
+                reason,
+            },
+            ConfigError::MissingFile { path, hint } => LoadError::MissingFile { path, hint },
+            ConfigError::Io { path, source } => LoadError::Io { path, source },
+        }
+    }
 }

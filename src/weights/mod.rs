@@ -2,7 +2,9 @@
 //! checkpoint layouts, float or MLX affine-quantized.
 //!
 //! ```text
-//! Checkpoint::open(dir)      config.json + mmap'd, validated safetensors (single file or index + shards)
+//! Checkpoint::open(dir)      every file of the folder, once: config.json (parsed once), the mmap'd,
+//!                            validated safetensors (single file or index + shards), and the
+//!                            tokenizer, chat template, generation and processor files (files.rs)
 //!   .plan()                  CPU only: builds and validates the tree of host tensors, and maps
 //!                            every stored key to its role (module, dropped, unexpected, ...)
 //!   .upload(ctx, opts)       the same construction, uploading to the GPU → ModelWeights
@@ -23,6 +25,7 @@
 //! multiple of the group size.
 
 mod error;
+pub mod files;
 pub mod host;
 pub mod keys;
 pub mod quant;
@@ -37,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use error::LoadError;
+pub use files::CheckpointFiles;
 pub use host::{HostLinear, HostQuant, HostTable, HostVector};
 pub use report::LoadReport;
 pub use tree::{
@@ -99,7 +103,8 @@ pub struct Plan {
     pub roles: BTreeMap<String, Role>,
 }
 
-/// An opened checkpoint: config plus mapped, validated tensors.
+/// An opened checkpoint folder: config, mapped and validated tensors, and the folder's other
+/// files ([`CheckpointFiles`]), each read once.
 #[derive(Debug)]
 pub struct Checkpoint {
     /// The directory.
@@ -108,6 +113,8 @@ pub struct Checkpoint {
     pub config: Gemma4Config,
     /// The stored tensors.
     pub store: TensorStore,
+    /// Tokenizer, chat template, generation and processor files, as read.
+    pub files: CheckpointFiles,
     rules: QuantRules,
     /// canonical key → stored key
     canon: BTreeMap<String, String>,
@@ -118,10 +125,13 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Reads `dir/config.json` and maps the safetensors files of `dir`.
+    /// Reads `dir/config.json` (once), maps the safetensors files of `dir` and reads the
+    /// folder's other files ([`CheckpointFiles`]).
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
-        let config = Gemma4Config::from_dir(dir)?;
+        let (config_path, config_json) = crate::config::read_json(dir)?;
+        let config = Gemma4Config::from_value(&config_json, &config_path)?;
         let store = TensorStore::open_dir(dir)?;
+        let files = CheckpointFiles::read(dir, config_json)?;
         let rules = QuantRules::new(config.quantization.as_ref());
         let mut canon = BTreeMap::new();
         let mut side = BTreeMap::new();
@@ -149,11 +159,22 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             config,
             store,
+            files,
             rules,
             canon,
             side,
             duplicates,
         })
+    }
+
+    /// Drops the tensor store's mappings (after an upload: the GPU holds the weights, and a
+    /// host-side PLE table keeps its own mapping), keeping the config and the other files.
+    /// [`plan`](Self::plan) and [`upload`](Self::upload) then find no tensors.
+    pub fn release_tensors(&mut self) {
+        self.store = TensorStore::default();
+        self.canon.clear();
+        self.side.clear();
+        self.duplicates.clear();
     }
 
     /// Builds and validates the whole tree on the CPU (no GPU), listing every key's role.

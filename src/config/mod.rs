@@ -1,0 +1,281 @@
+//! `config.json` of a Gemma 4 checkpoint (HF or MLX layout): text decoder ([`text`]), vision
+//! tower ([`vision`]), token ids and MLX quantization ([`quant`]), with the derived per-layer
+//! helpers the model code needs (KV sharing, head sizes, MLP widths).
+//!
+//! Parsing is strict about what the model cannot run without (`hidden_size`, `num_hidden_layers`,
+//! `layer_types`, ...: a missing one is [`ConfigError::Malformed`] naming the field) and
+//! lenient about everything else (transformers' defaults, unknown fields ignored). Values that
+//! make no sense (`sliding_window: 0`, odd head sizes, heads that do not divide, ...) are
+//! `Malformed` too, and configs of variants the engine cannot run yet (`enable_moe_block`,
+//! `use_bidirectional_attention`, `vision_config.standardize`, `model_type: "gemma4_unified"`,
+//! ...) are [`ConfigError::Unsupported`] naming the field: refused at load instead of loading
+//! and answering wrongly.
+//!
+//! Both forms of the full-attention head size are accepted: the hub's `global_head_dim` and the
+//! `per_layer_config: {"<layer>": {"head_dim": N}}` form written by transformers 5.24.
+//!
+//! The module knows nothing of the weight loader: its errors are [`ConfigError`]s, which the
+//! loader's `LoadError` takes over (`From`).
+
+mod error;
+pub mod quant;
+pub mod text;
+pub mod vision;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use error::ConfigError;
+pub use quant::{ModuleQuant, QuantParams, QuantizationConfig};
+pub use text::{LayerType, PerLayerOverride, RopeParameters, TextConfig, TokenIds};
+pub use vision::{VisionConfig, VisionRope};
+
+/// The `model_type`s this crate loads. Anything else is [`ConfigError::UnsupportedModelType`]
+/// (or [`ConfigError::Unsupported`] for the Gemma 4 variants it cannot run yet).
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gemma4", "gemma4_text"];
+
+fn d_image_token() -> u32 {
+    258880
+}
+fn d_boi() -> u32 {
+    255999
+}
+fn d_eoi() -> u32 {
+    258882
+}
+
+/// A whole Gemma 4 `config.json`.
+#[derive(Debug, Clone)]
+pub struct Gemma4Config {
+    /// "gemma4" or "gemma4_text".
+    pub model_type: String,
+    /// Text decoder.
+    pub text_config: TextConfig,
+    /// Vision tower (absent for text-only configs).
+    pub vision_config: Option<VisionConfig>,
+    /// Audio tower: recognised, not loaded.
+    pub audio_config: Option<serde_json::Value>,
+    /// Image soft-token id (258880).
+    pub image_token_id: u32,
+    /// Begin-of-image id (255999).
+    pub boi_token_id: u32,
+    /// End-of-image id (258882).
+    pub eoi_token_id: u32,
+    /// End-of-sequence ids (top level, e.g. [1, 106]; else the text config's).
+    pub eos_token_id: TokenIds,
+    /// MLX quantization (from `quantization` or `quantization_config`).
+    pub quantization: Option<QuantizationConfig>,
+}
+
+#[derive(Deserialize)]
+struct TopLevel {
+    #[serde(default = "d_image_token")]
+    image_token_id: u32,
+    #[serde(default = "d_boi")]
+    boi_token_id: u32,
+    #[serde(default = "d_eoi")]
+    eoi_token_id: u32,
+    #[serde(default)]
+    eos_token_id: Option<TokenIds>,
+}
+
+/// Turns a serde error into [`ConfigError::Malformed`], extracting the field of "missing field `x`".
+fn serde_err(path: &Path, section: &str, e: serde_json::Error) -> ConfigError {
+    let msg = e.to_string();
+    let field = msg
+        .split_once("missing field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(f, _)| f.to_string());
+    let (field, reason) = match field {
+        Some(f) => (
+            if section.is_empty() {
+                f
+            } else {
+                format!("{section}.{f}")
+            },
+            "required field is missing".to_string(),
+        ),
+        None => (section.to_string(), msg),
+    };
+    ConfigError::Malformed {
+        path: path.to_path_buf(),
+        field,
+        reason,
+    }
+}
+
+impl Gemma4Config {
+    /// Reads and validates `dir/config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let (path, v) = read_json(dir)?;
+        Self::from_value(&v, &path)
+    }
+
+    /// Parses and validates config JSON; `path` is used in error messages only.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::from_value(&parse_json(text, path)?, path)
+    }
+
+    /// Builds the config from a parsed JSON value.
+    pub fn from_value(v: &serde_json::Value, path: &Path) -> Result<Self, ConfigError> {
+        let p = path.to_path_buf();
+        let obj = v.as_object().ok_or_else(|| ConfigError::Malformed {
+            path: p.clone(),
+            field: String::new(),
+            reason: "the top level must be a JSON object".into(),
+        })?;
+        let model_type = obj
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .ok_or_else(|| ConfigError::Malformed {
+                path: p.clone(),
+                field: "model_type".into(),
+                reason: "required field is missing (expected \"gemma4\")".into(),
+            })?
+            .to_string();
+        if let Some(reason) = refused_model_type(&model_type) {
+            return Err(ConfigError::Unsupported {
+                path: p,
+                field: "model_type".into(),
+                value: format!("{model_type:?}"),
+                reason: reason.into(),
+            });
+        }
+        if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+            return Err(ConfigError::UnsupportedModelType {
+                path: p,
+                model_type,
+            });
+        }
+        let (text_config, vision_config, audio_config) = if model_type == "gemma4_text" {
+            let t: TextConfig =
+                serde_json::from_value(v.clone()).map_err(|e| serde_err(path, "", e))?;
+            (t, None, None)
+        } else {
+            let tv = obj
+                .get("text_config")
+                .ok_or_else(|| ConfigError::Malformed {
+                    path: p.clone(),
+                    field: "text_config".into(),
+                    reason: "required section is missing".into(),
+                })?;
+            let t: TextConfig = serde_json::from_value(tv.clone())
+                .map_err(|e| serde_err(path, "text_config", e))?;
+            let vis = match obj.get("vision_config") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(vv) => Some(
+                    serde_json::from_value::<VisionConfig>(vv.clone())
+                        .map_err(|e| serde_err(path, "vision_config", e))?,
+                ),
+            };
+            let aud = match obj.get("audio_config") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(a) => Some(a.clone()),
+            };
+            (t, vis, aud)
+        };
+        let top: TopLevel =
+            serde_json::from_value(v.clone()).map_err(|e| serde_err(path, "", e))?;
+        let quantization = match obj
+            .get("quantization")
+            .map(|q| ("quantization", q))
+            .or_else(|| {
+                obj.get("quantization_config")
+                    .map(|q| ("quantization_config", q))
+            }) {
+            Some((name, q)) if q.get("bits").is_some() => {
+                Some(QuantizationConfig::parse(q, path, name)?)
+            }
+            _ => None,
+        };
+        let eos = top
+            .eos_token_id
+            .unwrap_or_else(|| text_config.eos_token_id.clone());
+        let cfg = Gemma4Config {
+            model_type,
+            text_config,
+            vision_config,
+            audio_config,
+            image_token_id: top.image_token_id,
+            boi_token_id: top.boi_token_id,
+            eoi_token_id: top.eoi_token_id,
+            eos_token_id: eos,
+            quantization,
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations the loader and the model rely on, and refuses what the engine
+    /// cannot run yet (see [`TextConfig::validate`] and [`VisionConfig::validate`]).
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        self.text_config.validate(path)?;
+        if let Some(v) = &self.vision_config {
+            v.validate(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a Gemma 4 family `model_type` this crate does not run is refused, if it is one.
+fn refused_model_type(model_type: &str) -> Option<&'static str> {
+    Some(match model_type {
+        "gemma4_unified" | "gemma4_unified_text" => {
+            "the Gemma 4 12B unified model (encoder-free vision embedder, bidirectional image \
+             attention) is not implemented yet; use an E2B / E4B checkpoint"
+        }
+        "gemma4_audio" => {
+            "an audio-only checkpoint (the audio tower alone) cannot run: this crate runs the \
+             text decoder (with the vision tower) and does not implement audio input yet; load \
+             the whole model's config.json (model_type \"gemma4\")"
+        }
+        "gemma4_vision" => {
+            "a vision-tower-only checkpoint cannot run: load the whole model's config.json \
+             (model_type \"gemma4\")"
+        }
+        "gemma4_assistant" | "gemma4_unified_assistant" => {
+            "an MTP drafter (assistant) checkpoint is not a standalone model and drafting is not \
+             implemented yet; load its target model"
+        }
+        _ => return None,
+    })
+}
+
+/// Reads and parses `dir/config.json` as JSON, without interpreting it: a missing file is
+/// [`ConfigError::MissingFile`], invalid JSON [`ConfigError::Malformed`]. Returns the path
+/// with the value ([`Gemma4Config::from_value`] builds the config from it).
+pub fn read_json(dir: &Path) -> Result<(PathBuf, serde_json::Value), ConfigError> {
+    let path = config_path(dir);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::MissingFile {
+                path: path.clone(),
+                hint: "a checkpoint directory needs config.json next to the safetensors files; \
+                       download the whole repository (see models.toml)"
+                    .into(),
+            }
+        } else {
+            ConfigError::Io {
+                path: path.clone(),
+                source: e,
+            }
+        }
+    })?;
+    let v = parse_json(&text, &path)?;
+    Ok((path, v))
+}
+
+/// Parses config JSON text; invalid JSON is [`ConfigError::Malformed`] on `path`.
+pub fn parse_json(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
+    serde_json::from_str(text).map_err(|e| ConfigError::Malformed {
+        path: path.to_path_buf(),
+        field: String::new(),
+        reason: format!("not valid JSON: {e}"),
+    })
+}
+
+/// Path of `config.json` in a checkpoint directory.
+pub fn config_path(dir: &Path) -> PathBuf {
+    dir.join("config.json")
+}
