@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use gemma_wgpu::{CAPTION_PROMPT, Request};
@@ -96,9 +96,9 @@ fn main() -> Result<(), common::Failure> {
 }
 
 /// Reports a failed image on stderr and remembers it.
-fn report(failed: &mut Vec<PathBuf>, f: &PathBuf, e: gemma_wgpu::Error) {
+fn report(failed: &mut Vec<PathBuf>, f: &Path, e: gemma_wgpu::Error) {
     eprintln!("{}: {e}", f.display());
-    failed.push(f.clone());
+    failed.push(f.to_path_buf());
 }
 
 fn files_len_gt_one(args: &[PathBuf]) -> bool {

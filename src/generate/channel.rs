@@ -118,7 +118,7 @@ impl<T> Sender<T> {
     pub(crate) fn wait_demand(&self) -> bool {
         let mut ch = self.0.lock();
         if self.0.flow == Flow::OnDemand {
-            while !ch.dropped && !(ch.wanted && ch.items.is_empty()) {
+            while !(ch.dropped || ch.wanted && ch.items.is_empty()) {
                 ch = self.0.wait(ch);
             }
         }

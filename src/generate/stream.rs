@@ -72,7 +72,7 @@ impl ReplyStream<'_> {
 
     /// Runs the generation to its end (discarding the remaining deltas) and returns the reply.
     pub fn into_reply(mut self) -> Result<Reply> {
-        while let Some(item) = self.next() {
+        for item in self.by_ref() {
             item?;
         }
         self.reply.take().unwrap_or_else(|| {
