@@ -24,6 +24,9 @@
 //!
 //! Prints a markdown table and one line `BENCH_JSON {...}`.
 
+#[path = "common/failure.rs"]
+mod failure;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -236,7 +239,7 @@ fn test_image(w: u32, h: u32) -> image::DynamicImage {
     image::DynamicImage::ImageRgb8(img)
 }
 
-fn main() -> Result<(), BoxErr> {
+fn main() -> Result<(), failure::Failure> {
     let args = Args::parse();
     let ctx = GpuContext::new()?;
     let info = ctx.adapter_info().cloned();

@@ -1,4 +1,5 @@
-//! Captions images: one caption per image, streamed to stdout.
+//! Captions images: one caption per image, streamed to stdout. An image that fails is reported
+//! on stderr and the others are still captioned; the exit status is then 1.
 //!
 //! ```sh
 //! cargo run --release --example caption -- photo.jpg more/*.png
@@ -9,11 +10,10 @@
 mod common;
 
 use std::io::Write;
-use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use gemma_wgpu::CAPTION_PROMPT;
+use gemma_wgpu::{CAPTION_PROMPT, Request};
 
 #[derive(Parser, Debug)]
 #[command(about = "Caption images with Gemma 4 (one caption per image, streamed)")]
@@ -30,7 +30,7 @@ struct Cli {
 
 const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::Failure> {
     let cli = Cli::parse();
     let mut files = Vec::new();
     for p in &cli.images {
@@ -52,18 +52,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = cli.model.load()?;
     let opts = cli.model.options(&model);
     let mut out = std::io::stdout();
+    let n = files.len();
+    let mut failed = Vec::new();
     for f in files {
         if files_len_gt_one(&cli.images) {
             writeln!(out, "== {}", f.display())?;
         }
         // A fresh session per image: captions are independent.
         let mut chat = model.chat()?;
-        let r = chat.send_with(&cli.prompt, vec![f.clone().into()], &opts, |d| {
-            let _ = out.write_all(d.as_bytes());
-            let _ = out.flush();
-            ControlFlow::Continue(())
-        });
-        match r {
+        let req = Request::new(&cli.prompt)
+            .with_image(f.clone())
+            .with_options(opts.clone());
+        let mut stream = chat.stream(req);
+        for delta in &mut stream {
+            match delta {
+                Ok(d) => {
+                    out.write_all(d.as_bytes())?;
+                    out.flush()?;
+                }
+                Err(e) => report(&mut failed, &f, e),
+            }
+        }
+        match stream.into_reply() {
             Ok(r) => {
                 writeln!(out)?;
                 eprintln!(
@@ -74,10 +84,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     r.stats.decode_tok_per_s
                 );
             }
-            Err(e) => eprintln!("{}: {e}", f.display()),
+            // Already reported by the stream.
+            Err(_) if failed.last() == Some(&f) => {}
+            Err(e) => report(&mut failed, &f, e),
         }
     }
+    if !failed.is_empty() {
+        return Err(format!("{} of {n} image(s) failed", failed.len()).into());
+    }
     Ok(())
+}
+
+/// Reports a failed image on stderr and remembers it.
+fn report(failed: &mut Vec<PathBuf>, f: &Path, e: gemma_wgpu::Error) {
+    eprintln!("{}: {e}", f.display());
+    failed.push(f.to_path_buf());
 }
 
 fn files_len_gt_one(args: &[PathBuf]) -> bool {

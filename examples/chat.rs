@@ -12,7 +12,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Parser;
-use gemma_wgpu::ImageInput;
+use gemma_wgpu::{ImageInput, Request};
 
 #[derive(Parser, Debug)]
 #[command(about = "Chat with Gemma 4 in the terminal (/image PATH, /system TEXT, /reset, /quit)")]
@@ -24,7 +24,7 @@ struct Cli {
     system: Option<String>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::Failure> {
     let cli = Cli::parse();
     let model = cli.model.load()?;
     let opts = cli.model.options(&model);
@@ -69,7 +69,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             continue;
         }
-        let mut stream = chat.send_stream(line, std::mem::take(&mut images), &opts);
+        let req = Request::new(line)
+            .with_images(std::mem::take(&mut images))
+            .with_options(opts.clone());
+        let mut stream = chat.stream(req);
         let mut failed = None;
         for delta in &mut stream {
             match delta {

@@ -5,7 +5,7 @@
 //! created with [`GpuContext::device_descriptor`] so the engine gets the adapter's subgroup and
 //! f16 features and binding limits, and [`GpuContext::from_host`] wraps it. The model loads on a
 //! worker thread ([`ModelBuilder::build_async`]) with a progress bar; generation runs on worker
-//! threads ([`Model::caption_background`], [`Model::ask_background`]) and streams into the UI,
+//! threads ([`Model::spawn`] of a [`Request`]) and streams into the UI,
 //! which repaints on every token.
 //!
 //! ```sh
@@ -30,7 +30,7 @@ use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
 use gemma_wgpu::gpu::GpuContext;
 use gemma_wgpu::{
     GenerationEvent, GenerationHandle, GenerationOptions, LoadHandle, LoadStage, Model,
-    ModelBuilder,
+    ModelBuilder, Request,
 };
 
 /// Window size in points.
@@ -185,7 +185,7 @@ impl App {
         };
         let repaint = ctx.clone();
         let h = model
-            .caption_background(img.path.clone(), &self.opts)
+            .spawn(Request::caption(img.path.clone()).with_options(self.opts.clone()))
             .with_notify(move || repaint.request_repaint());
         self.running = Some((Target::Caption, h));
         self.status = "captioning ...".into();
@@ -201,7 +201,11 @@ impl App {
         }
         let repaint = ctx.clone();
         let h = model
-            .ask_background(img.path.clone(), &q, &self.opts)
+            .spawn(
+                Request::new(q.as_str())
+                    .with_image(img.path.clone())
+                    .with_options(self.opts.clone()),
+            )
             .with_notify(move || repaint.request_repaint());
         self.qa.push((q, String::new()));
         self.running = Some((Target::Answer(self.qa.len() - 1), h));
@@ -462,7 +466,7 @@ impl eframe::App for App {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::Failure> {
     let cli = Cli::parse();
     let failed = Arc::new(AtomicBool::new(false));
     // Create eframe's device with what the engine benefits from (subgroups, f16, the adapter's

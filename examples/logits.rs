@@ -6,6 +6,9 @@
 //! cargo run --release --example logits -- --model DIR --token-ids 2,105,... --out out.safetensors
 //! ```
 
+#[path = "common/failure.rs"]
+mod failure;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -40,7 +43,7 @@ struct Args {
     out: PathBuf,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), failure::Failure> {
     let args = Args::parse();
     if args.token_ids.is_empty() {
         return Err("--token-ids is empty".into());

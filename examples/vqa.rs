@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Parser;
+use gemma_wgpu::Request;
 
 #[derive(Parser, Debug)]
 #[command(about = "Ask Gemma 4 a question about an image (streamed answer)")]
@@ -22,13 +23,16 @@ struct Cli {
     question: String,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::Failure> {
     let cli = Cli::parse();
     let model = cli.model.load()?;
     let opts = cli.model.options(&model);
     let mut chat = model.chat()?;
     let mut out = std::io::stdout();
-    for delta in chat.send_stream(&cli.question, vec![cli.image.clone().into()], &opts) {
+    let req = Request::new(&cli.question)
+        .with_image(cli.image.clone())
+        .with_options(opts);
+    for delta in chat.stream(req) {
         out.write_all(delta?.as_bytes())?;
         out.flush()?;
     }

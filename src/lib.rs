@@ -7,17 +7,16 @@
 //! (weights, text decoder, vision tower) ↔ generation and chat API.
 #![warn(missing_docs)]
 
-pub mod chat;
 pub mod config;
 pub mod error;
-pub mod generation;
+pub mod generate;
 pub mod gpu;
 pub mod loading;
 pub mod memory;
 pub mod model;
 pub mod preprocess;
+pub mod prompt;
 pub mod registry;
-pub mod session;
 pub mod synthetic;
 pub mod text;
 pub mod tokenizer;
@@ -25,11 +24,10 @@ pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use generation::{GenerationOptions, Sampling};
+pub use generate::{
+    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent, GenerationHandle,
+    GenerationOptions, GenerationStats, ImageInput, Reply, ReplyStream, Request, Sampling,
+};
 pub use loading::{LoadHandle, LoadProgress, LoadStage};
 pub use memory::{MemoryReport, SessionMemory};
 pub use model::{Model, ModelBuilder, ModelOptions};
-pub use session::{
-    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent, GenerationHandle,
-    GenerationStats, ImageInput, Reply,
-};

@@ -21,12 +21,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
+use crate::generate::CancelToken;
+use crate::generate::channel::{self, Flow, Receiver, channel};
 use crate::model::{Model, ModelBuilder};
-use crate::session::CancelToken;
 use crate::weights::UploadProgress;
 
 /// What loading is doing.
@@ -124,27 +125,6 @@ impl LoadHooks {
     }
 }
 
-#[derive(Default)]
-struct LoadState {
-    progress: LoadProgress,
-    result: Option<Result<Model>>,
-    finished: bool,
-    taken: bool,
-    waker: Option<Waker>,
-}
-
-#[derive(Default)]
-struct LoadShared {
-    state: Mutex<LoadState>,
-    cv: Condvar,
-}
-
-impl LoadShared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LoadState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// A model loading on a worker thread (from [`ModelBuilder::build_async`]).
 ///
 /// Poll it from a UI frame loop ([`try_take`](Self::try_take), [`progress`](Self::progress)),
@@ -152,7 +132,10 @@ impl LoadShared {
 /// drive: the worker wakes the task, nothing blocks the executor thread). Dropping the handle
 /// before the model is taken cancels the load.
 pub struct LoadHandle {
-    shared: Arc<LoadShared>,
+    /// The result (the crate's one channel type).
+    result: Receiver<Result<Model>>,
+    progress: Arc<Mutex<LoadProgress>>,
+    taken: bool,
     cancel: CancelToken,
 }
 
@@ -167,52 +150,45 @@ impl std::fmt::Debug for LoadHandle {
 
 impl LoadHandle {
     pub(crate) fn spawn(builder: ModelBuilder, hooks: LoadHooks) -> LoadHandle {
-        let shared = Arc::new(LoadShared::default());
+        let progress = Arc::new(Mutex::new(LoadProgress::default()));
         let cancel = hooks.cancel.clone().unwrap_or_default();
         let user = hooks.progress.clone();
-        let s2 = shared.clone();
+        let p2 = progress.clone();
         let hooks = LoadHooks {
             progress: Some(Arc::new(move |p: &LoadProgress| {
-                s2.lock().progress = *p;
+                *p2.lock().unwrap_or_else(|e| e.into_inner()) = *p;
                 if let Some(f) = &user {
                     f(p);
                 }
             })),
             cancel: Some(cancel.clone()),
         };
-        let s3 = shared.clone();
-        let finish = move |r: Result<Model>| {
-            let mut st = s3.lock();
-            st.result = Some(r);
-            st.finished = true;
-            if let Some(w) = st.waker.take() {
-                w.wake();
-            }
-            drop(st);
-            s3.cv.notify_all();
-        };
+        let (tx, rx) = channel(Flow::Free);
         let spawned = std::thread::Builder::new()
             .name("gemma-wgpu loading".into())
-            .spawn({
-                let finish = finish.clone();
-                move || finish(builder.build_hooked(&hooks))
-            });
-        if let Err(e) = spawned {
-            finish(Err(Error::InvalidArgument(format!(
+            .spawn(move || tx.finish(builder.build_hooked(&hooks)));
+        let result = match spawned {
+            Ok(_) => rx,
+            Err(e) => channel::ready(Err(Error::InvalidArgument(format!(
                 "cannot start the loading thread: {e}"
-            ))));
+            )))),
+        };
+        LoadHandle {
+            result,
+            progress,
+            taken: false,
+            cancel,
         }
-        LoadHandle { shared, cancel }
     }
 
     /// The latest progress event.
     pub fn progress(&self) -> LoadProgress {
-        self.shared.lock().progress
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether loading has ended (with a model or an error).
     pub fn is_finished(&self) -> bool {
-        self.shared.lock().finished
+        self.result.is_closed()
     }
 
     /// Requests cancellation: loading stops after the tensor being uploaded with
@@ -224,23 +200,16 @@ impl LoadHandle {
     /// The result once loading has ended, without blocking; `None` while it runs (and after
     /// the result was taken).
     pub fn try_take(&mut self) -> Option<Result<Model>> {
-        let mut st = self.shared.lock();
-        let r = st.result.take();
-        if r.is_some() {
-            st.taken = true;
-        }
+        let r = self.result.try_recv();
+        self.taken |= r.is_some();
         r
     }
 
     /// Blocks until loading has ended and returns the model.
     pub fn wait(mut self) -> Result<Model> {
-        let mut st = self.shared.lock();
-        while !st.finished {
-            st = self.shared.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        drop(st);
-        self.try_take()
-            .unwrap_or_else(|| Err(Error::InvalidArgument("the model was already taken".into())))
+        let r = self.result.recv();
+        self.taken = true;
+        r.unwrap_or_else(|| Err(Error::InvalidArgument("the model was already taken".into())))
     }
 }
 
@@ -249,22 +218,21 @@ impl Future for LoadHandle {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let mut st = this.shared.lock();
-        if st.finished {
-            st.taken = true;
-            return Poll::Ready(st.result.take().unwrap_or_else(|| {
-                Err(Error::InvalidArgument("the model was already taken".into()))
-            }));
+        match this.result.poll_recv(cx) {
+            Poll::Ready(r) => {
+                this.taken = true;
+                Poll::Ready(r.unwrap_or_else(|| {
+                    Err(Error::InvalidArgument("the model was already taken".into()))
+                }))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        st.waker = Some(cx.waker().clone());
-        Poll::Pending
     }
 }
 
 impl Drop for LoadHandle {
     fn drop(&mut self) {
-        let st = self.shared.lock();
-        if !st.finished && !st.taken {
+        if !self.is_finished() && !self.taken {
             self.cancel.cancel();
         }
     }

@@ -5,14 +5,14 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::chat::ChatTemplate;
 use crate::config::Gemma4Config;
 use crate::error::{Error, Result};
-use crate::generation::GenerationOptions;
+use crate::generate::CancelToken;
+use crate::generate::GenerationOptions;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::loading::{LoadHandle, LoadHooks, LoadProgress, LoadStage};
 use crate::preprocess::{self, ImageOptions};
-use crate::session::CancelToken;
+use crate::prompt::ChatTemplate;
 use crate::text::{Logits, TextDecoder};
 use crate::tokenizer::Tokenizer;
 use crate::vision::{ImagePatches, VisionEncoder};
@@ -61,7 +61,7 @@ pub struct LogitsOutput {
 /// defaults.
 ///
 /// `Model` is a cheap handle (`Clone` shares the weights through an `Arc`) and `Send + Sync`:
-/// sessions ([`ChatSession`](crate::session::ChatSession)) and threads each hold a clone.
+/// sessions ([`ChatSession`](crate::ChatSession)) and threads each hold a clone.
 #[derive(Clone)]
 pub struct Model {
     pub(crate) inner: Arc<Inner>,
@@ -240,7 +240,7 @@ impl Model {
 
     /// Generation defaults from `generation_config.json` (or the crate's defaults): what
     /// [`caption`](Self::caption), [`ask`](Self::ask) and
-    /// [`ChatSession::send`](crate::session::ChatSession::send) callers usually start from.
+    /// [`ChatSession::send`](crate::ChatSession::send) callers usually start from.
     pub fn generation_defaults(&self) -> &GenerationOptions {
         &self.inner.generation
     }

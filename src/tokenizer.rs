@@ -80,7 +80,7 @@ impl Tokenizer {
     /// Decodes `ids` to text; `skip_special` drops special tokens (`<bos>`, `<turn|>`, ...).
     ///
     /// Byte-fallback tokens that do not form complete UTF-8 decode to U+FFFD; for streaming use
-    /// [`crate::generation::Detokenizer`].
+    /// [`crate::generate::Detokenizer`].
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         let vocab = self.vocab_size();
         if let Some(&bad) = ids.iter().find(|&&id| (id as usize) >= vocab) {

@@ -3,18 +3,16 @@
 
 mod common;
 
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
 use common::golden::{Golden, fixtures_dir};
-use gemma_wgpu::chat::Message;
 use gemma_wgpu::gpu::reference;
 use gemma_wgpu::{
     CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationOptions, ImageInput, Model,
-    ModelBuilder, Reply, Sampling,
+    ModelBuilder, Reply, ReplyStream, Request, Sampling,
 };
 
 fn model() -> Option<Model> {
@@ -50,7 +48,7 @@ fn full_caption() -> Reply {
     R.get_or_init(|| {
         model()
             .unwrap()
-            .caption_reply(image(), &greedy(16))
+            .generate(Request::caption(image()).with_options(greedy(16)))
             .unwrap()
     })
     .clone()
@@ -58,8 +56,20 @@ fn full_caption() -> Reply {
 
 /// A short text-only one-shot prompt (no image: cheap).
 fn hello(m: &Model, opts: &GenerationOptions) -> Reply {
-    m.generate(None, Message::user("Hello there."), vec![], opts)
+    m.generate(Request::new("Hello there.").with_options(opts.clone()))
         .unwrap()
+}
+
+/// A text-only request, greedy, `n` tokens.
+fn say(t: &str, n: usize) -> Request {
+    Request::new(t).with_options(greedy(n))
+}
+
+/// The caption request of the golden, greedy, `n` tokens.
+fn caption(n: usize) -> Request {
+    Request::new(CAPTION_PROMPT)
+        .with_image(image())
+        .with_options(greedy(n))
 }
 
 /// Greedy, `n` tokens, no stop tokens (as the golden was generated).
@@ -86,20 +96,20 @@ fn caption_and_ask_match_the_golden() {
     // The text form and a decoded-image input give the same.
     let img = image::open(image()).unwrap();
     let text = m
-        .caption_with(ImageInput::Dynamic(img), &greedy(16))
-        .unwrap();
+        .generate(Request::caption(ImageInput::Dynamic(img)).with_options(greedy(16)))
+        .unwrap()
+        .text;
     assert_eq!(text, r.text);
 
-    let r = m
-        .ask_reply(image(), "What is in the picture?", &greedy(16))
-        .unwrap();
+    let ask = || {
+        Request::new("What is in the picture?")
+            .with_image(image())
+            .with_options(greedy(16))
+    };
+    let r = m.generate(ask()).unwrap();
     assert_eq!(r.prompt_ids, ids(&g, "ask_ids"), "ask prompt");
     assert_eq!(r.tokens, ids(&g, "ask_greedy"), "ask tokens");
-    assert_eq!(
-        m.ask_with(image(), "What is in the picture?", &greedy(16))
-            .unwrap(),
-        r.text
-    );
+    assert_eq!(m.generate(ask()).unwrap().text, r.text);
 }
 
 #[test]
@@ -107,7 +117,7 @@ fn second_chat_turn_reuses_the_cache() {
     let Some(m) = model() else { return };
     let g = golden();
     let mut chat = m.chat().unwrap();
-    let r1 = chat.send("Hello there.", vec![], &greedy(8)).unwrap();
+    let r1 = chat.send(say("Hello there.", 8)).unwrap();
     assert_eq!(r1.prompt_ids, ids(&g, "chat_turn1_ids"));
     assert_eq!(r1.tokens, ids(&g, "chat_turn1_greedy"));
 
@@ -115,7 +125,7 @@ fn second_chat_turn_reuses_the_cache() {
     // decodes differently in the Rust tokenizer): use the same reply text.
     let reply_text = g.meta("chat_turn1_reply_text").unwrap().to_string();
     assert!(chat.set_last_reply(reply_text));
-    let r2 = chat.send("And then?", vec![], &greedy(16)).unwrap();
+    let r2 = chat.send(say("And then?", 16)).unwrap();
     let want_ids = ids(&g, "chat_turn2_ids");
     assert_eq!(r2.prompt_ids, want_ids, "turn 2 prompt");
     // Turn 1's prompt came from the cache (the reply re-tokenizes differently, so the cache was
@@ -139,18 +149,18 @@ fn second_chat_turn_reuses_the_cache() {
 
     // Without the text edit: the reply tokens stay cached, the next turn extends them.
     let mut chat = m.chat().unwrap();
-    chat.send("Hello there.", vec![], &greedy(8)).unwrap();
-    let r = chat.send("Hi.", vec![], &greedy(2)).unwrap();
+    chat.send(say("Hello there.", 8)).unwrap();
+    let r = chat.send(say("Hi.", 2)).unwrap();
     assert!(r.prompt_tokens + r1.prompt_ids.len() <= r.prompt_ids.len());
 
     // A system prompt change is not a prefix extension: the cache is rewound to the common
     // prefix (`<bos><|turn>`) and the rest prefilled.
     chat.reset();
     assert_eq!(chat.cached_tokens(), 0);
-    let r = chat.send("Hello there.", vec![], &greedy(8)).unwrap();
+    let r = chat.send(say("Hello there.", 8)).unwrap();
     assert_eq!(r.tokens, r1.tokens);
     chat.set_system(Some("Be brief.".into()));
-    let r = chat.send("And then?", vec![], &greedy(4)).unwrap();
+    let r = chat.send(say("And then?", 4)).unwrap();
     assert_eq!(r.prompt_tokens, r.prompt_ids.len() - 2);
     assert_eq!(r.tokens.len(), 4);
 }
@@ -160,7 +170,11 @@ fn several_images_in_one_turn() {
     let Some(m) = model() else { return };
     let mut chat = m.chat().unwrap();
     let r = chat
-        .send("Compare.", vec![image().into(), image().into()], &greedy(2))
+        .send(
+            Request::new("Compare.")
+                .with_images([image(), image()])
+                .with_options(greedy(2)),
+        )
         .unwrap();
     let cfg = m.config();
     let boi = r
@@ -171,7 +185,7 @@ fn several_images_in_one_turn() {
     assert_eq!(boi, 2);
     assert_eq!(r.tokens.len(), 2);
     // The images stay in the conversation: a text-only follow-up reuses the cache.
-    let r2 = chat.send("And now?", vec![], &greedy(1)).unwrap();
+    let r2 = chat.send(say("And now?", 1)).unwrap();
     assert!(r2.prompt_tokens < r2.prompt_ids.len() - r.prompt_ids.len() + 2);
 }
 
@@ -184,7 +198,7 @@ fn stop_tokens_and_stop_strings_end_generation() {
     let stop = full[3];
     let first = full.iter().position(|&t| t == stop).unwrap();
     let r = m
-        .caption_reply(image(), &greedy(16).with_stop_tokens(vec![stop]))
+        .generate(Request::caption(image()).with_options(greedy(16).with_stop_tokens(vec![stop])))
         .unwrap();
     assert_eq!(r.tokens, full[..=first].to_vec());
     assert_eq!(r.finish, FinishReason::StopToken(stop));
@@ -198,7 +212,7 @@ fn stop_tokens_and_stop_strings_end_generation() {
     let needle = &text[at..end];
     let cut = text.find(needle).unwrap();
     let r = m
-        .caption_reply(image(), &greedy(16).with_stop_string(needle))
+        .generate(Request::caption(image()).with_options(greedy(16).with_stop_string(needle)))
         .unwrap();
     assert_eq!(r.text, text[..cut]);
     assert_eq!(r.finish, FinishReason::StopString);
@@ -206,7 +220,7 @@ fn stop_tokens_and_stop_strings_end_generation() {
 }
 
 /// A minimal executor for the async stream: polls, parking the thread between wake-ups.
-fn block_on_stream(mut s: gemma_wgpu::session::AsyncTextStream) -> Vec<String> {
+fn block_on_stream(mut s: ReplyStream<'_>) -> Vec<String> {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -231,36 +245,29 @@ fn streamed_deltas_concatenate_to_the_text() {
     let want = full_caption().text;
 
     let mut chat = m.chat().unwrap();
-    let deltas: Vec<String> = chat
-        .send_stream(CAPTION_PROMPT, vec![image().into()], &greedy(16))
-        .map(|d| d.unwrap())
-        .collect();
+    let deltas: Vec<String> = chat.stream(caption(16)).map(|d| d.unwrap()).collect();
     assert!(deltas.iter().all(|d| !d.is_empty()));
     assert_eq!(deltas.concat(), want);
 
     let mut chat = m.chat().unwrap();
     let mut got = String::new();
-    let r = chat
-        .send_with(CAPTION_PROMPT, vec![image().into()], &greedy(16), |d| {
-            got.push_str(d);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let mut stream = chat.stream(caption(16));
+    for d in &mut stream {
+        got.push_str(&d.unwrap());
+    }
+    let r = stream.into_reply().unwrap();
     assert_eq!(got, r.text);
     assert_eq!(r.text, want);
 
     let mut chat = m.chat().unwrap();
-    let s = chat.send_async(CAPTION_PROMPT, vec![image().into()], &greedy(16));
+    let s = chat.stream(caption(16));
     assert_eq!(block_on_stream(s).concat(), want);
     // The async turn joined the conversation.
     assert_eq!(chat.messages().len(), 2);
 
     // The iterator's reply.
     let mut chat = m.chat().unwrap();
-    let r = chat
-        .send_stream(CAPTION_PROMPT, vec![image().into()], &greedy(16))
-        .into_reply()
-        .unwrap();
+    let r = chat.stream(caption(16)).into_reply().unwrap();
     assert_eq!(r.text, want);
 }
 
@@ -291,11 +298,7 @@ fn repetition_penalty_runs_on_the_gpu_like_the_reference() {
     let penalty = 3.0;
     let mut chat = m.chat().unwrap();
     let r = chat
-        .send(
-            "Hello there.",
-            vec![],
-            &greedy(4).with_repetition_penalty(penalty),
-        )
+        .send(Request::new("Hello there.").with_options(greedy(4).with_repetition_penalty(penalty)))
         .unwrap();
     // The first token: the CPU reference penalty over the prompt ids, then argmax.
     let mut logits = chat.last_prompt_logits().unwrap();
@@ -313,13 +316,13 @@ fn cancellation_stops_within_one_token() {
     let mut chat = m.chat().unwrap();
     let token = chat.cancel_token();
     let mut deltas = 0;
-    let r = chat
-        .send_with(CAPTION_PROMPT, vec![image().into()], &greedy(16), |_| {
-            deltas += 1;
-            token.cancel();
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let mut stream = chat.stream(caption(16));
+    for d in &mut stream {
+        d.unwrap();
+        deltas += 1;
+        token.cancel();
+    }
+    let r = stream.into_reply().unwrap();
     assert_eq!(deltas, 1);
     assert_eq!(r.finish, FinishReason::Cancelled);
     assert!(r.tokens.len() < full.tokens.len());
@@ -332,19 +335,18 @@ fn cancellation_stops_within_one_token() {
     let cancel = CancelToken::new();
     chat.set_cancel_token(cancel.clone());
     cancel.cancel();
-    let r = chat.send("More.", vec![], &greedy(4)).unwrap();
+    let r = chat.send(say("More.", 4)).unwrap();
     assert_eq!(r.tokens.len(), 0);
     assert_eq!(r.finish, FinishReason::Cancelled);
-    let r = chat.send("More.", vec![], &greedy(4)).unwrap();
+    let r = chat.send(say("More.", 4)).unwrap();
     assert_eq!(r.tokens.len(), 4);
 
-    // Breaking out of the callback also stops.
+    // Cancelling the stream after its first delta also stops.
     let mut chat = m.chat().unwrap();
-    let r = chat
-        .send_with("Hello there.", vec![], &greedy(16), |_| {
-            ControlFlow::Break(())
-        })
-        .unwrap();
+    let mut stream = chat.stream(say("Hello there.", 16));
+    stream.next().unwrap().unwrap();
+    stream.cancel();
+    let r = stream.into_reply().unwrap();
     assert_eq!(r.finish, FinishReason::Cancelled);
     assert!(r.tokens.len() < 16);
 }
@@ -363,7 +365,7 @@ fn errors_are_typed_and_clear() {
     assert!(e.contains("tokenizer.json"), "{e}");
     // A missing image file names the file.
     let e = m
-        .caption_with("/no/such/image.png", &greedy(1))
+        .generate(Request::caption("/no/such/image.png").with_options(greedy(1)))
         .unwrap_err()
         .to_string();
     assert!(e.contains("image.png"), "{e}");
@@ -383,5 +385,6 @@ fn api_types_are_send_and_sync() {
     send_sync::<CancelToken>();
     send_sync::<Reply>();
     send_sync::<GenerationOptions>();
-    send::<gemma_wgpu::session::AsyncTextStream>();
+    send::<ReplyStream<'static>>();
+    send_sync::<Request>();
 }

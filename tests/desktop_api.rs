@@ -12,12 +12,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::golden::{Golden, fixtures_dir};
-use gemma_wgpu::chat::Message;
 use gemma_wgpu::gpu::GpuContext;
 use gemma_wgpu::{
     CAPTION_PROMPT, CancelToken, ChatSession, Error, FinishReason, GenerationEvent,
     GenerationHandle, GenerationOptions, LoadHandle, LoadProgress, LoadStage, MemoryReport, Model,
-    ModelBuilder,
+    ModelBuilder, Request,
 };
 
 fn dir() -> String {
@@ -53,6 +52,11 @@ fn greedy(n: usize) -> GenerationOptions {
         .greedy()
         .with_max_new_tokens(n)
         .with_stop_tokens(Vec::new())
+}
+
+/// A text-only request, greedy, `n` tokens.
+fn say(t: &str, n: usize) -> Request {
+    Request::new(t).with_options(greedy(n))
 }
 
 fn ids(g: &Golden, name: &str) -> Vec<u32> {
@@ -179,11 +183,11 @@ fn background_generation_streams_and_cancels_within_one_token() {
     let g = golden();
 
     // The caption on a worker thread: deltas, then Done with the reply; the same tokens as the
-    // golden (and so as `caption_with`, which tests/api.rs checks against it).
+    // golden (and so as `Model::generate`, which tests/api.rs checks against it).
     let notified = Arc::new(AtomicUsize::new(0));
     let n2 = notified.clone();
     let h = m
-        .caption_background(image(), &greedy(16))
+        .spawn(Request::caption(image()).with_options(greedy(16)))
         .with_notify(move || {
             n2.fetch_add(1, Ordering::SeqCst);
         });
@@ -206,7 +210,7 @@ fn background_generation_streams_and_cancels_within_one_token() {
     // Cancel after the first delta: at most one more token is generated.
     let want = ids(&g, "chat_turn1_greedy");
     let mut chat = m.chat().unwrap();
-    let h = chat.send_background("Hello there.", vec![], &greedy(64));
+    let h = chat.spawn(say("Hello there.", 64));
     let at_cancel = match h.recv().unwrap() {
         GenerationEvent::Delta(_) => {
             let n = h.tokens_generated();
@@ -228,7 +232,7 @@ fn background_generation_streams_and_cancels_within_one_token() {
     // A chat session in the background; its reply joins the conversation. Polled with
     // try_recv like a UI frame loop; a cancel after the end is a no-op.
     let mut chat = m.chat().unwrap();
-    let h = chat.send_background("Hello there.", vec![], &greedy(8));
+    let h = chat.spawn(say("Hello there.", 8));
     let reply = loop {
         match h.try_recv() {
             Some(GenerationEvent::Done(r)) => break r.unwrap(),
@@ -239,23 +243,23 @@ fn background_generation_streams_and_cancels_within_one_token() {
     h.cancel();
     assert_eq!(reply.tokens, want);
     assert_eq!(chat.messages().len(), 2);
-    let r = chat.send("More.", vec![], &greedy(3)).unwrap();
+    let r = chat.send(say("More.", 3)).unwrap();
     assert_eq!(
         r.tokens.len(),
         3,
         "a stale cancel request stopped the next turn"
     );
     // The session's own cancel token stops a background generation too.
-    let h = chat.send_background("Again.", vec![], &greedy(64));
+    let h = chat.spawn(say("Again.", 64));
     assert!(matches!(h.recv(), Some(GenerationEvent::Delta(_))));
     chat.cancel_token().cancel();
     assert_eq!(h.wait().unwrap().finish, FinishReason::Cancelled);
     // Dropping the handle cancels the generation (dropped mid-generation: the worker holds the
     // session, so the next turn waits for it).
-    let h = chat.send_background("Again.", vec![], &greedy(64));
+    let h = chat.spawn(say("Again.", 64));
     assert!(matches!(h.recv(), Some(GenerationEvent::Delta(_))));
     drop(h);
-    let r = chat.send("More.", vec![], &greedy(2)).unwrap();
+    let r = chat.send(say("More.", 2)).unwrap();
     assert_eq!(r.tokens.len(), 2);
     let msgs = chat.messages();
     assert_eq!(
@@ -289,7 +293,7 @@ fn several_sessions_share_one_model_and_report_memory() {
     let run = |m: Model| {
         std::thread::spawn(move || {
             let mut chat = m.chat().unwrap();
-            let r = chat.send("Hello there.", vec![], &greedy(8)).unwrap();
+            let r = chat.send(say("Hello there.", 8)).unwrap();
             (chat, r)
         })
     };
@@ -323,7 +327,7 @@ fn several_sessions_share_one_model_and_report_memory() {
     let rep2 = m.memory_report();
     assert_eq!(rep2.kv_cache_gpu, rep.kv_cache_gpu - ma.kv_cache);
     assert!(chat_a.set_last_reply(g.meta("chat_turn1_reply_text").unwrap().to_string()));
-    let r2 = chat_a.send("And then?", vec![], &greedy(16)).unwrap();
+    let r2 = chat_a.send(say("And then?", 16)).unwrap();
     assert_eq!(r2.prompt_ids, ids(&g, "chat_turn2_ids"));
     assert_eq!(r2.prompt_tokens, r2.prompt_ids.len(), "all prefilled again");
     assert_eq!(r2.tokens, ids(&g, "chat_turn2_greedy"));
@@ -333,7 +337,11 @@ fn several_sessions_share_one_model_and_report_memory() {
     // Images are counted while a session holds them; dropped sessions leave the report.
     let mut chat_c = m.chat().unwrap();
     chat_c
-        .send(CAPTION_PROMPT, vec![image().into()], &greedy(1))
+        .send(
+            Request::new(CAPTION_PROMPT)
+                .with_image(image())
+                .with_options(greedy(1)),
+        )
         .unwrap();
     assert!(chat_c.memory().image_features > 0);
     assert_eq!(
@@ -477,7 +485,7 @@ fn host_keeps_rendering_on_the_shared_queue() {
         .unwrap();
     // The host renders frames on the same queue while the engine generates on a worker.
     let frame = HostFrame::new(&device);
-    let h = m.caption_background(image(), &greedy(16));
+    let h = m.spawn(Request::caption(image()).with_options(greedy(16)));
     let mut frames = 0;
     let mut text = String::new();
     let reply = loop {
@@ -509,9 +517,7 @@ fn host_keeps_rendering_on_the_shared_queue() {
         .build()
         .unwrap();
     assert_eq!(m2.context().adapter_name(), "host device");
-    let r = m2
-        .generate(None, Message::user("Hello there."), vec![], &greedy(8))
-        .unwrap();
+    let r = m2.generate(say("Hello there.", 8)).unwrap();
     assert_eq!(r.tokens, ids(&g, "chat_turn1_greedy"));
     assert!(frame.render(&device, &queue, 7));
 }

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::golden::fixtures_dir;
-use gemma_wgpu::ModelBuilder;
+use gemma_wgpu::{ModelBuilder, Request};
 
 const MAX_TOKENS: usize = 12;
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -195,7 +195,10 @@ fn desktop_example_captions_in_a_real_window() {
             .clone()
             .with_max_new_tokens(MAX_TOKENS)
             .greedy();
-        model.caption_with(&img2, &opts).unwrap()
+        model
+            .generate(Request::caption(&img2).with_options(opts))
+            .unwrap()
+            .text
     });
     let status = wait_with_timeout(&mut child, TIMEOUT);
     let lines = reader.join().unwrap();

@@ -1,4 +1,9 @@
-//! Command-line options shared by the caption, vqa and chat examples.
+//! Command-line options shared by the caption, vqa, chat and desktop examples, and their error
+//! type ([`Failure`]).
+
+pub mod failure;
+
+pub use failure::Failure;
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! Fused decoder-layer kernels: the attention input (per-head norms, RoPE and the KV-cache write
 //! in one dispatch) and the residual add with post-norm, layer scale and the next block's
-//! pre-norm. Together with the fused matvecs of [`super::linear`] they bring a Gemma 4 decoder
-//! layer to 12 dispatches per decoded token.
+//! pre-norm. Together with the fused matvecs of [`super::linear`](mod@super::linear) they bring a
+//! Gemma 4 decoder layer to 12 dispatches per decoded token.
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,5 +1,4 @@
-//! Chat messages, the checkpoint's chat template (rendered with minijinja) and the expansion of
-//! image placeholders into soft-token runs (spec §6).
+//! Chat messages and the checkpoint's chat template (rendered with minijinja, spec §6).
 //!
 //! The template is the one shipped next to the weights: `chat_template.jinja`, else
 //! `chat_template.json`, else the `chat_template` field of `tokenizer_config.json` (a string, or a
@@ -501,40 +500,4 @@ impl ChatTemplate {
         tmpl.render(ctx)
             .map_err(|e| template_err("rendering the chat template failed", e))
     }
-}
-
-/// Expands each image placeholder: the i-th occurrence of `image_token` in `ids` becomes
-/// `boi`, `image_token` × `soft_tokens[i]`, `eoi` (the processor's form, spec §4/§6).
-///
-/// The number of occurrences must equal `soft_tokens.len()`; otherwise
-/// [`Error::ImageTokenMismatch`].
-pub fn expand_image_tokens(
-    ids: &[u32],
-    image_token: u32,
-    boi: u32,
-    eoi: u32,
-    soft_tokens: &[usize],
-) -> Result<Vec<u32>> {
-    let placeholders = ids.iter().filter(|&&t| t == image_token).count();
-    if placeholders != soft_tokens.len() {
-        return Err(Error::ImageTokenMismatch {
-            placeholders,
-            images: soft_tokens.len(),
-        });
-    }
-    let extra: usize = soft_tokens.iter().map(|n| n + 1).sum();
-    let mut out = Vec::with_capacity(ids.len() + extra);
-    let mut next = soft_tokens.iter();
-    for &t in ids {
-        if t == image_token {
-            // Counts were checked above, so `next` cannot run out.
-            let n = next.next().copied().unwrap_or(0);
-            out.push(boi);
-            out.extend(std::iter::repeat_n(image_token, n));
-            out.push(eoi);
-        } else {
-            out.push(t);
-        }
-    }
-    Ok(out)
 }

@@ -1,12 +1,10 @@
-//! Generation options (from `generation_config.json`, spec §7), incremental UTF-8-safe
-//! detokenization, and stop-string matching for streamed text.
+//! Generation options: [`GenerationOptions`] (from `generation_config.json`, spec §7) and
+//! [`Sampling`].
 
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::ops::sample::SampleParams;
-use crate::tokenizer::Tokenizer;
 
 /// Default `max_new_tokens` when the checkpoint does not say.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
@@ -73,7 +71,7 @@ pub struct GenerationOptions {
     pub sampling: Sampling,
     /// Token ids that end generation (not emitted as text).
     pub stop_tokens: Vec<u32>,
-    /// Strings that end generation; the text is cut before the first one (see [`StopMatcher`]).
+    /// Strings that end generation; the text is cut before the first one (see [`StopMatcher`](super::StopMatcher)).
     pub stop_strings: Vec<String>,
     /// Seed of the host random numbers fed to the sampler.
     pub seed: u64,
@@ -348,183 +346,5 @@ impl GenerationOptions {
             )));
         }
         Ok(())
-    }
-}
-
-/// Incremental detokenizer: turns a stream of token ids into text deltas that are always
-/// complete UTF-8 (a character split over byte-fallback tokens such as `<0xE2>` is held back
-/// until it is complete).
-///
-/// It decodes a window of recent tokens twice — without and with the pending ones — and emits
-/// the difference once it no longer ends in U+FFFD (the decoder's mark for an incomplete byte
-/// sequence). The concatenated deltas plus [`finish`](Self::finish) equal the decode of all ids.
-#[derive(Debug, Clone)]
-pub struct Detokenizer {
-    tokenizer: Arc<Tokenizer>,
-    skip_special: bool,
-    ids: Vec<u32>,
-    /// Start of the decode window.
-    prefix_offset: usize,
-    /// Tokens before this index have been emitted.
-    read_offset: usize,
-    text: String,
-}
-
-impl Detokenizer {
-    /// A detokenizer that skips special tokens.
-    pub fn new(tokenizer: Arc<Tokenizer>) -> Self {
-        Detokenizer {
-            tokenizer,
-            skip_special: true,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-            text: String::new(),
-        }
-    }
-
-    /// Whether special tokens (`<turn|>`, `<|channel>`, ...) are dropped (default true).
-    pub fn with_skip_special(mut self, skip: bool) -> Self {
-        self.skip_special = skip;
-        self
-    }
-
-    /// Appends a token; returns the new text when the pending tokens form complete UTF-8.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        self.ids.push(id);
-        let prefix = self.tokenizer.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        )?;
-        let full = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        if full.len() <= prefix.len() || full.ends_with('\u{FFFD}') {
-            return Ok(None);
-        }
-        let delta = match full.strip_prefix(prefix.as_str()) {
-            Some(d) => d.to_string(),
-            // The decoder rewrote the window's start (should not happen with Gemma's decoder):
-            // emit the part past the common prefix length if that is a character boundary.
-            None => match full.get(prefix.len()..) {
-                Some(d) => d.to_string(),
-                None => return Ok(None),
-            },
-        };
-        self.prefix_offset = self.read_offset;
-        self.read_offset = self.ids.len();
-        self.text.push_str(&delta);
-        Ok(Some(delta))
-    }
-
-    /// Flushes what is pending (an incomplete sequence decodes to U+FFFD here) and returns it.
-    pub fn finish(&mut self) -> Result<String> {
-        if self.read_offset == self.ids.len() {
-            return Ok(String::new());
-        }
-        let prefix = self.tokenizer.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        )?;
-        let full = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        let delta = full
-            .strip_prefix(prefix.as_str())
-            .or_else(|| full.get(prefix.len()..))
-            .unwrap_or_default()
-            .to_string();
-        self.prefix_offset = self.read_offset;
-        self.read_offset = self.ids.len();
-        self.text.push_str(&delta);
-        Ok(delta)
-    }
-
-    /// All text emitted so far.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// All ids pushed so far.
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
-    }
-
-    /// Forgets everything (for a new reply).
-    pub fn reset(&mut self) {
-        self.ids.clear();
-        self.prefix_offset = 0;
-        self.read_offset = 0;
-        self.text.clear();
-    }
-}
-
-/// Finds stop strings in streamed text. Text that could be the start of a stop string is held
-/// back until it is known not to be; at a stop string the text is cut (the stop string itself
-/// is not emitted) and the matcher reports `stopped`.
-#[derive(Debug, Clone, Default)]
-pub struct StopMatcher {
-    stops: Vec<String>,
-    pending: String,
-    stopped: bool,
-}
-
-impl StopMatcher {
-    /// A matcher for these stop strings (empty strings are ignored).
-    pub fn new(stop_strings: Vec<String>) -> Self {
-        StopMatcher {
-            stops: stop_strings.into_iter().filter(|s| !s.is_empty()).collect(),
-            pending: String::new(),
-            stopped: false,
-        }
-    }
-
-    /// Feeds a text delta; returns the text that is safe to emit and whether a stop string was
-    /// reached (after which every push returns `("", true)`).
-    pub fn push(&mut self, delta: &str) -> (String, bool) {
-        if self.stopped {
-            return (String::new(), true);
-        }
-        self.pending.push_str(delta);
-        // The earliest stop string occurrence.
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min();
-        if let Some(at) = hit {
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            self.stopped = true;
-            return (out, true);
-        }
-        // Hold back the longest suffix that is a proper prefix of some stop string.
-        let hold_from = self
-            .pending
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| {
-                let tail = &self.pending[i..];
-                self.stops.iter().any(|s| s.starts_with(tail))
-            })
-            .unwrap_or(self.pending.len());
-        let out = self.pending[..hold_from].to_string();
-        self.pending.drain(..hold_from);
-        (out, false)
-    }
-
-    /// Ends the stream: returns the held-back text (empty after a stop).
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-
-    /// Whether a stop string was reached.
-    pub fn stopped(&self) -> bool {
-        self.stopped
-    }
-
-    /// The stop strings.
-    pub fn stop_strings(&self) -> &[String] {
-        &self.stops
     }
 }

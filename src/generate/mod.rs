@@ -1,0 +1,48 @@
+//! Generation on top of [`Model`](crate::Model): a [`Request`] (text, images, options) run to
+//! completion ([`ChatSession::send`], [`Model::generate`](crate::Model::generate)), as a stream
+//! of text deltas ([`ChatSession::stream`]: an iterator and an async
+//! [`Stream`](futures_core::Stream)) or in the background ([`ChatSession::spawn`],
+//! [`Model::spawn`](crate::Model::spawn): a [`GenerationHandle`]), plus the one-liners
+//! [`Model::caption`](crate::Model::caption) and [`Model::ask`](crate::Model::ask).
+//!
+//! | file | holds |
+//! |---|---|
+//! | `options.rs` | [`GenerationOptions`], [`Sampling`] |
+//! | `request.rs` | [`Request`], [`ImageInput`] |
+//! | `reply.rs` | [`Reply`], [`FinishReason`], [`GenerationStats`] |
+//! | `cancel.rs` | [`CancelToken`] |
+//! | `detokenizer.rs`, `stop.rs` | [`Detokenizer`], [`StopMatcher`] |
+//! | `sampler.rs` | token selection on the GPU (penalty, argmax / sample) |
+//! | `state.rs` | a conversation's KV cache, workspace, messages, images |
+//! | `step.rs` | the step machine: setup, prefill with cache reuse, decode loop, finalize |
+//! | `session.rs` | [`ChatSession`] |
+//! | `channel.rs` | the one channel behind every stream and handle |
+//! | `stream.rs`, `background.rs` | [`ReplyStream`], [`GenerationHandle`] |
+//! | `oneshot.rs` | `Model::generate`, `spawn`, `caption`, `ask` |
+
+mod background;
+mod cancel;
+pub(crate) mod channel;
+mod detokenizer;
+mod oneshot;
+mod options;
+mod reply;
+mod request;
+mod sampler;
+mod session;
+mod state;
+mod step;
+mod stop;
+mod stream;
+
+pub use background::{GenerationEvent, GenerationHandle};
+pub use cancel::CancelToken;
+pub use detokenizer::Detokenizer;
+pub use options::{
+    DEFAULT_GEMMA4_STOP_TOKENS, DEFAULT_MAX_NEW_TOKENS, GenerationOptions, Sampling,
+};
+pub use reply::{FinishReason, GenerationStats, Reply};
+pub use request::{CAPTION_PROMPT, ImageInput, Request};
+pub use session::ChatSession;
+pub use stop::StopMatcher;
+pub use stream::ReplyStream;

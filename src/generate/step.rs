@@ -1,0 +1,408 @@
+//! The step machine behind every way of running a [`Request`]: [`Turn::prepare`] (the one
+//! place a request is set up: options, the user message, image encoding, the rendered prompt),
+//! [`Generation::start`] (KV-cache reuse and the prefill), [`Generation::next_delta`] (one
+//! decode step per submit until a text delta is complete) and [`Generation::finalize`] (the
+//! reply joins the conversation).
+//!
+//! Normally the previously processed tokens are a prefix of the new prompt; otherwise the cache
+//! is rewound to the longest common prefix when no sliding-window key it needs was overwritten
+//! since, else reset and everything prefilled. Each decode step is **one** submit: the decoder
+//! for one token and the selection ([`Sampler`]); only the 4-byte token id is read back. Stop
+//! tokens are checked on the host after each token, stop strings on the streamed text
+//! ([`StopMatcher`]); the [`CancelToken`]s are checked before every step.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use super::sampler::Sampler;
+use super::state::{Buffers, State, bufs};
+use super::{
+    CancelToken, Detokenizer, FinishReason, GenerationOptions, GenerationStats, Reply, Request,
+    StopMatcher,
+};
+use crate::error::{Error, Result};
+use crate::gpu::GpuTensor;
+use crate::model::Model;
+use crate::prompt::soft_tokens::{concat_features, encode_images, image_runs, prompt_ids};
+use crate::prompt::{Content, Message, Role};
+use crate::text::Logits;
+
+/// A request set up against a conversation: the conversation with the new user message, the
+/// features of all its images, the rendered prompt, the options.
+pub(crate) struct Turn {
+    messages: Vec<Message>,
+    images: Vec<GpuTensor>,
+    /// The rendered, tokenized prompt with the images expanded.
+    pub(crate) ids: Vec<u32>,
+    pub(crate) opts: GenerationOptions,
+    stats: GenerationStats,
+    counters0: (u64, u64),
+}
+
+impl Turn {
+    /// Sets up `req` after the conversation `messages` / `images` (empty for a one-shot
+    /// request): validates the options (the model's defaults when the request has none),
+    /// encodes the request's images and renders the conversation with the new message. The
+    /// conversation itself is only changed once the generation starts.
+    pub(crate) fn prepare(
+        model: &Model,
+        system: Option<&str>,
+        messages: &[Message],
+        images: &[GpuTensor],
+        req: Request,
+    ) -> Result<Turn> {
+        let (text, new_images, opts) = req.into_parts();
+        let opts = opts.unwrap_or_else(|| model.generation_defaults().clone());
+        opts.validate()?;
+        let counters0 = model.context().counters().snapshot();
+        let mut stats = GenerationStats::default();
+
+        let t0 = Instant::now();
+        let user = Message::user_with_images(new_images.len(), text);
+        let new_features = encode_images(model, new_images)?;
+        stats.image_encode_s = t0.elapsed().as_secs_f64();
+
+        let mut messages = messages.to_vec();
+        messages.push(user);
+        let mut all_images = images.to_vec();
+        all_images.extend(new_features);
+        let ids = prompt_ids(model, system, &messages, &all_images)?;
+        Ok(Turn {
+            messages,
+            images: all_images,
+            ids,
+            opts,
+            stats,
+            counters0,
+        })
+    }
+}
+
+/// One running generation (the step machine behind every API form). It borrows nothing; each
+/// call gets the model and the conversation state.
+pub(crate) struct Generation {
+    opts: GenerationOptions,
+    cancel: CancelToken,
+    sampler: Sampler,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    tokens: Vec<u32>,
+    prompt_ids: Vec<u32>,
+    prompt_tokens: usize,
+    text: String,
+    finish: Option<FinishReason>,
+    flushed: bool,
+    finalized: bool,
+    stats: GenerationStats,
+    counters0: (u64, u64),
+    decode_start: Option<Instant>,
+    /// A second cancel token (a stream's or background handle's own), checked like `cancel`.
+    cancel_also: Option<CancelToken>,
+    /// Tokens generated so far, published for a background handle.
+    published: Option<Arc<AtomicUsize>>,
+}
+
+impl Generation {
+    /// Starts `turn` on the conversation `st`: reuses what the KV cache holds, prefills the
+    /// rest and sets up the decode loop (the first [`next_delta`](Self::next_delta) selects
+    /// the first token).
+    pub(crate) fn start(
+        model: &Model,
+        st: &mut State,
+        turn: Turn,
+        cancel: CancelToken,
+    ) -> Result<Self> {
+        let Turn {
+            messages,
+            images: all_images,
+            ids,
+            opts,
+            mut stats,
+            counters0,
+        } = turn;
+        let tokenizer = model
+            .tokenizer()
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} has no tokenizer.json: text generation needs it",
+                    model.dir().display()
+                ))
+            })?
+            .clone();
+        if ids.len() + 1 > st.max_context {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt has {} tokens but the maximum context is {} (raise it with \
+                 ModelBuilder::with_max_context)",
+                ids.len(),
+                st.max_context
+            )));
+        }
+        st.ensure(model)?;
+        let b = bufs(&mut st.bufs)?;
+
+        // KV reuse: keep the longest common prefix of the processed tokens and the new prompt
+        // (normally all processed tokens), rewinding the cache when that is safe; no image's
+        // soft tokens may straddle the boundary, and at least one token must remain to prefill.
+        let image_token = model.config().image_token_id;
+        let runs = image_runs(&ids, image_token);
+        let processed = b.cache.position().min(st.history.len());
+        let mut pos = if st.dirty {
+            0
+        } else {
+            st.history[..processed]
+                .iter()
+                .zip(&ids)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(ids.len() - 1)
+        };
+        if let Some(&(s, _)) = runs.iter().find(|&&(s, e)| s < pos && pos < e) {
+            pos = s;
+        }
+        if pos < b.cache.position() && !b.cache.can_truncate_to(pos) {
+            pos = 0;
+        }
+        if pos == 0 {
+            b.cache.reset();
+        } else {
+            b.cache.truncate(pos);
+        }
+        st.dirty = true;
+        let old_messages = std::mem::replace(&mut st.messages, messages);
+        let old_images = std::mem::replace(&mut st.images, all_images);
+        let first_new_image = runs.iter().filter(|&&(_, e)| e <= pos).count();
+        let media = concat_features(model, &st.images[first_new_image..])?;
+
+        let t1 = Instant::now();
+        let suffix = &ids[pos..];
+        let logits = model.text().forward(
+            &mut b.cache,
+            &mut b.ws,
+            suffix,
+            media.as_ref(),
+            Logits::Last,
+        );
+        let logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                // The cache may hold part of the suffix: start over next time, without this turn.
+                b.cache.reset();
+                st.history.clear();
+                st.messages = old_messages;
+                st.images = old_images;
+                return Err(e);
+            }
+        };
+        stats.prefill_s = t1.elapsed().as_secs_f64();
+        stats.prefill_tok_per_s = suffix.len() as f64 / stats.prefill_s.max(1e-9);
+        st.last_logits = Some(logits);
+        st.history = ids.clone();
+
+        let sampler = Sampler::new(model, &opts, &ids, &b.penalty_ids);
+        let mut g = Generation {
+            stops: StopMatcher::new(opts.stop_strings.clone()),
+            opts,
+            cancel,
+            sampler,
+            detok: Detokenizer::new(tokenizer),
+            tokens: Vec::new(),
+            prompt_tokens: suffix.len(),
+            prompt_ids: ids,
+            text: String::new(),
+            finish: None,
+            flushed: false,
+            finalized: false,
+            stats,
+            counters0,
+            decode_start: None,
+            cancel_also: None,
+            published: None,
+        };
+        if g.opts.max_new_tokens == 0 {
+            g.finish = Some(FinishReason::MaxTokens);
+        }
+        st.update_mem();
+        Ok(g)
+    }
+
+    /// Also stops on `cancel` (a stream's or background handle's own token).
+    pub(crate) fn with_cancel_also(mut self, cancel: CancelToken) -> Self {
+        self.cancel_also = Some(cancel);
+        self
+    }
+
+    /// Publishes the number of tokens generated so far to `counter`.
+    pub(crate) fn with_published(mut self, counter: Arc<AtomicUsize>) -> Self {
+        self.published = Some(counter);
+        self
+    }
+
+    /// Produces the next token (one submit). Ends the generation on cancellation or a full
+    /// context instead.
+    fn step(&mut self, model: &Model, st: &mut State) -> Result<Option<u32>> {
+        if self.cancel.take() | self.cancel_also.as_ref().is_some_and(|c| c.take()) {
+            self.finish = Some(FinishReason::Cancelled);
+            return Ok(None);
+        }
+        let Buffers {
+            cache,
+            ws,
+            penalty_ids,
+        } = bufs(&mut st.bufs)?;
+        let text = model.text();
+        let sampler = &mut self.sampler;
+        let id = match self.tokens.last() {
+            None => {
+                self.decode_start = Some(Instant::now());
+                text.select_last(ws, |rec, sel| sampler.record(rec, sel, penalty_ids))?
+            }
+            Some(&prev) => {
+                if cache.position() + 1 > cache.max_context() {
+                    self.finish = Some(FinishReason::ContextFull);
+                    return Ok(None);
+                }
+                text.step_with(cache, ws, prev, |rec, sel| {
+                    sampler.record(rec, sel, penalty_ids)
+                })?
+            }
+        };
+        self.sampler.observe(model, id, penalty_ids);
+        Ok(Some(id))
+    }
+
+    /// Runs the generation to its end, calling `on_delta` with every text delta; returning
+    /// [`ControlFlow::Break`] stops it ([`FinishReason::Cancelled`]). The reply joins the
+    /// conversation, also after an error.
+    pub(crate) fn run(
+        mut self,
+        model: &Model,
+        st: &mut State,
+        on_delta: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Reply> {
+        while let Some(delta) = self.next_delta(model, st) {
+            match delta {
+                Ok(d) => {
+                    if on_delta(&d).is_break() {
+                        self.finish = Some(FinishReason::Cancelled);
+                        self.flushed = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.finalize(model, st);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.finalize(model, st))
+    }
+
+    /// The next non-empty text delta, or `None` when the generation has ended.
+    pub(crate) fn next_delta(&mut self, model: &Model, st: &mut State) -> Option<Result<String>> {
+        loop {
+            if self.finish.is_some() {
+                if self.flushed {
+                    return None;
+                }
+                self.flushed = true;
+                if self.stops.stopped() {
+                    return None;
+                }
+                let tail = match self.detok.finish() {
+                    Ok(t) => t,
+                    Err(e) => return Some(Err(e)),
+                };
+                let (mut out, stopped) = self.stops.push(&tail);
+                if stopped {
+                    self.finish = Some(FinishReason::StopString);
+                } else {
+                    out.push_str(&self.stops.finish());
+                }
+                if out.is_empty() {
+                    return None;
+                }
+                self.text.push_str(&out);
+                return Some(Ok(out));
+            }
+            let id = match self.step(model, st) {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.finish = Some(FinishReason::Cancelled);
+                    self.flushed = true;
+                    // The cache state is unknown after a failed step.
+                    if let Some(b) = &mut st.bufs {
+                        b.cache.reset();
+                    }
+                    st.history.clear();
+                    return Some(Err(e));
+                }
+            };
+            self.tokens.push(id);
+            st.history.push(id);
+            if let Some(p) = &self.published {
+                p.store(self.tokens.len(), Ordering::SeqCst);
+            }
+            if self.opts.is_stop_token(id) {
+                self.finish = Some(FinishReason::StopToken(id));
+                continue;
+            }
+            if self.tokens.len() >= self.opts.max_new_tokens {
+                self.finish = Some(FinishReason::MaxTokens);
+            }
+            match self.detok.push(id) {
+                Ok(Some(delta)) => {
+                    let (out, stopped) = self.stops.push(&delta);
+                    if stopped {
+                        self.finish = Some(FinishReason::StopString);
+                    }
+                    if !out.is_empty() {
+                        self.text.push_str(&out);
+                        return Some(Ok(out));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.finish = Some(FinishReason::Cancelled);
+                    self.flushed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Ends the turn: the reply joins the conversation (also when the stream was dropped early).
+    pub(crate) fn finalize(&mut self, model: &Model, st: &mut State) -> Reply {
+        if !self.finalized {
+            self.finalized = true;
+            st.messages.push(Message::new(
+                Role::Assistant,
+                vec![Content::Text(self.text.clone())],
+            ));
+            st.dirty = false;
+        }
+        let finish = *self.finish.get_or_insert(FinishReason::Cancelled);
+        if let Some(t) = self.decode_start {
+            self.stats.decode_s = t.elapsed().as_secs_f64();
+            let n = self.tokens.len().saturating_sub(1);
+            self.stats.decode_tok_per_s = if n > 0 {
+                n as f64 / self.stats.decode_s.max(1e-9)
+            } else {
+                0.0
+            };
+        }
+        let (d, s) = model.context().counters().snapshot();
+        self.stats.dispatches = d.saturating_sub(self.counters0.0);
+        self.stats.submits = s.saturating_sub(self.counters0.1);
+        Reply {
+            text: self.text.clone(),
+            tokens: self.tokens.clone(),
+            prompt_ids: self.prompt_ids.clone(),
+            prompt_tokens: self.prompt_tokens,
+            finish,
+            stats: self.stats,
+        }
+    }
+}

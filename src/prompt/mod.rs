@@ -1,0 +1,8 @@
+//! What the model reads: chat messages and the checkpoint's chat template ([`ChatTemplate`]),
+//! and the image soft tokens of a prompt ([`expand_image_tokens`]).
+
+pub(crate) mod soft_tokens;
+mod template;
+
+pub use soft_tokens::expand_image_tokens;
+pub use template::{BUILTIN_GEMMA4_TEMPLATE, ChatTemplate, Content, Message, Role, TemplateSource};
