@@ -504,26 +504,5 @@ pub fn expand_image_tokens(
     eoi: u32,
     soft_tokens: &[usize],
 ) -> Result<Vec<u32>> {
-    let placeholders = ids.iter().filter(|&&t| t == image_token).count();
-    if placeholders != soft_tokens.len() {
-        return Err(Error::ImageTokenMismatch {
-            placeholders,
-            images: soft_tokens.len(),
-        });
-    }
-    let extra: usize = soft_tokens.iter().map(|n| n + 1).sum();
-    let mut out = Vec::with_capacity(ids.len() + extra);
-    let mut next = soft_tokens.iter();
-    for &t in ids {
-        if t == image_token {
-            // Counts were checked above, so `next` cannot run out.
-            let n = next.next().copied().unwrap_or(0);
-            out.push(boi);
-            out.extend(std::iter::repeat_n(image_token, n));
-            out.push(eoi);
-        } else {
-            out.push(t);
-        }
-    }
-    Ok(out)
+    crate::model::media::expand_image_tokens(ids, image_token, boi, eoi, soft_tokens)
 }

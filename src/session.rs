@@ -341,49 +341,15 @@ struct Generation {
 
 /// Encodes images into per-image soft-token features.
 fn encode_images(model: &Model, images: Vec<ImageInput>) -> Result<Vec<GpuTensor>> {
-    if images.is_empty() {
-        return Ok(Vec::new());
-    }
-    let vision = model.vision().ok_or_else(|| {
-        Error::InvalidArgument("images given but the checkpoint has no vision tower".into())
-    })?;
-    let mut out = Vec::with_capacity(images.len());
-    for img in images {
-        let patches = match img {
-            ImageInput::Path(p) => model.prepare_image_file(&p)?,
-            ImageInput::Dynamic(d) => model.prepare_image(&d)?,
-        };
-        out.push(vision.encode(&patches, false)?.0);
-    }
-    Ok(out)
+    crate::model::media::encode_each(model.vision(), images, |img| match img {
+        ImageInput::Path(p) => model.prepare_image_file(&p),
+        ImageInput::Dynamic(d) => model.prepare_image(&d),
+    })
 }
 
 /// Concatenates feature tensors `[n_i, hidden]` into one `[sum, hidden]` (one submit).
 fn concat_features(model: &Model, parts: &[GpuTensor]) -> Result<Option<GpuTensor>> {
-    match parts {
-        [] => Ok(None),
-        [one] => Ok(Some(one.clone())),
-        _ => {
-            let ctx = model.context();
-            let h = model.config().text_config.hidden_size;
-            let total: usize = parts.iter().map(|p| p.shape[0]).sum();
-            let all = GpuTensor::zeros(ctx, &[total, h], DType::F32)?;
-            let mut rec = ctx.recorder();
-            let mut row = 0;
-            for p in parts {
-                rec.copy(
-                    &p.buffer,
-                    p.offset,
-                    &all.buffer,
-                    (row * h * 4) as u64,
-                    p.bytes(),
-                );
-                row += p.shape[0];
-            }
-            rec.submit()?;
-            Ok(Some(all))
-        }
-    }
+    crate::model::media::concat_features(model.context(), parts)
 }
 
 /// Renders `system` + `messages` (+ generation prompt), tokenizes, expands images.
@@ -423,20 +389,7 @@ fn prompt_ids(
 
 /// Start positions of the image soft-token runs of `ids` (one per image, in order).
 fn image_runs(ids: &[u32], image_token: u32) -> Vec<(usize, usize)> {
-    let mut runs = Vec::new();
-    let mut i = 0;
-    while i < ids.len() {
-        if ids[i] == image_token {
-            let s = i;
-            while i < ids.len() && ids[i] == image_token {
-                i += 1;
-            }
-            runs.push((s, i));
-        } else {
-            i += 1;
-        }
-    }
-    runs
+    crate::model::media::image_runs(ids, image_token)
 }
 
 impl Generation {
