@@ -162,20 +162,10 @@ impl MediaRuns {
         let Some(features) = concat_features(ctx, parts)? else {
             return Ok(None);
         };
-        let mut row = 0;
-        let runs = image_runs(ids, token)
-            .into_iter()
-            .map(|(s, e)| {
-                let r = MediaRun {
-                    start: s,
-                    len: e - s,
-                    feature_row: row,
-                };
-                row += e - s;
-                r
-            })
-            .collect();
-        Ok(Some(MediaRuns { features, runs }))
+        Ok(Some(MediaRuns {
+            features,
+            runs: runs_of(ids, token),
+        }))
     }
 
     /// The feature rows `[Σ n_i, H]`.
@@ -191,14 +181,112 @@ impl MediaRuns {
     /// The parts of the runs inside `positions` (e.g. one prefill chunk), with `start`
     /// relative to `positions.start`.
     pub fn within(&self, positions: Range<usize>) -> impl Iterator<Item = MediaRun> + '_ {
-        self.runs.iter().filter_map(move |r| {
-            let s = r.start.max(positions.start);
-            let e = (r.start + r.len).min(positions.end);
-            (s < e).then(|| MediaRun {
-                start: s - positions.start,
+        clip_runs(&self.runs, positions)
+    }
+}
+
+/// The soft-token runs of `ids`, each with the feature row of its first token.
+fn runs_of(ids: &[u32], token: u32) -> Vec<MediaRun> {
+    let mut row = 0;
+    image_runs(ids, token)
+        .into_iter()
+        .map(|(s, e)| {
+            let r = MediaRun {
+                start: s,
                 len: e - s,
-                feature_row: r.feature_row + (s - r.start),
-            })
+                feature_row: row,
+            };
+            row += e - s;
+            r
         })
+        .collect()
+}
+
+/// The parts of `runs` inside `positions`, with `start` relative to `positions.start`.
+fn clip_runs(runs: &[MediaRun], positions: Range<usize>) -> impl Iterator<Item = MediaRun> + '_ {
+    runs.iter().filter_map(move |r| {
+        let s = r.start.max(positions.start);
+        let e = (r.start + r.len).min(positions.end);
+        (s < e).then(|| MediaRun {
+            start: s - positions.start,
+            len: e - s,
+            feature_row: r.feature_row + (s - r.start),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMG: u32 = 9;
+
+    #[test]
+    fn runs_carry_their_feature_rows() {
+        let ids = [1, IMG, IMG, 2, 3, IMG, IMG, IMG, 4];
+        assert_eq!(image_runs(&ids, IMG), vec![(1, 3), (5, 8)]);
+        assert_eq!(count_soft_tokens(&ids, IMG), 5);
+        let runs = runs_of(&ids, IMG);
+        assert_eq!(
+            runs,
+            vec![
+                MediaRun {
+                    start: 1,
+                    len: 2,
+                    feature_row: 0
+                },
+                MediaRun {
+                    start: 5,
+                    len: 3,
+                    feature_row: 2
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn chunks_see_the_parts_of_runs_inside_them() {
+        let ids = [1, IMG, IMG, 2, 3, IMG, IMG, IMG, 4];
+        let runs = runs_of(&ids, IMG);
+        // Chunks of 4 tokens: [0, 4), [4, 8), [8, 9).
+        let chunk = |r: Range<usize>| clip_runs(&runs, r).collect::<Vec<_>>();
+        assert_eq!(
+            chunk(0..4),
+            vec![MediaRun {
+                start: 1,
+                len: 2,
+                feature_row: 0
+            }]
+        );
+        assert_eq!(
+            chunk(4..8),
+            vec![MediaRun {
+                start: 1,
+                len: 3,
+                feature_row: 2
+            }]
+        );
+        assert!(chunk(8..9).is_empty());
+        // A chunk boundary inside a run splits it; the rows stay in order.
+        assert_eq!(
+            chunk(6..9),
+            vec![MediaRun {
+                start: 0,
+                len: 2,
+                feature_row: 3
+            }]
+        );
+        let rows: usize = [0..3, 3..6, 6..9]
+            .into_iter()
+            .flat_map(|r| clip_runs(&runs, r))
+            .map(|r| r.len)
+            .sum();
+        assert_eq!(rows, 5);
+    }
+
+    #[test]
+    fn pooled_token_counts() {
+        assert_eq!(pooled_tokens((48, 63), 3), 16 * 21);
+        assert_eq!(pooled_tokens((6, 6), 3), 4);
     }
 }
