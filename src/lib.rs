@@ -20,8 +20,10 @@ pub mod registry;
 pub mod synthetic;
 pub mod text;
 pub mod tokenizer;
-pub mod vision;
 pub mod weights;
+
+/// The vision tower, at its old path (it lives in [`model::vision`]).
+pub use model::vision;
 
 pub use error::{Error, Result};
 pub use generate::{

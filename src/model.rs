@@ -1,15 +1,18 @@
 //! A loaded Gemma 4 model: configuration, weights on the GPU, the text decoder and the vision
 //! encoder, with the glue that runs a (multimodal) prompt of token ids.
 
+pub mod embed;
+pub mod media;
+pub mod vision;
+
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::Gemma4Config;
 use crate::error::{Error, Result};
-use crate::generate::CancelToken;
-use crate::generate::GenerationOptions;
-use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::generate::{CancelToken, GenerationOptions};
+use crate::gpu::{GpuContext, GpuTensor};
 use crate::loading::{LoadHandle, LoadHooks, LoadProgress, LoadStage};
 use crate::preprocess::{self, ImageOptions};
 use crate::prompt::ChatTemplate;
@@ -409,33 +412,8 @@ impl Model {
 
     /// Encodes images (in prompt order) and concatenates their soft tokens: `[total, H]`.
     pub fn encode_images(&self, images: &[ImagePatches]) -> Result<Option<GpuTensor>> {
-        if images.is_empty() {
-            return Ok(None);
-        }
-        let vision = self.inner.vision.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("images given but the checkpoint has no vision tower".into())
-        })?;
-        let h = self.inner.checkpoint.config.text_config.hidden_size;
-        let mut parts = Vec::new();
-        for img in images {
-            parts.push(vision.encode(img, false)?.0);
-        }
-        let total: usize = parts.iter().map(|p| p.shape[0]).sum();
-        let all = GpuTensor::zeros(&self.inner.ctx, &[total, h], DType::F32)?;
-        let mut rec = self.inner.ctx.recorder();
-        let mut row = 0;
-        for p in &parts {
-            rec.copy(
-                &p.buffer,
-                p.offset,
-                &all.buffer,
-                (row * h * 4) as u64,
-                p.bytes(),
-            );
-            row += p.shape[0];
-        }
-        rec.submit()?;
-        Ok(Some(all))
+        let parts = media::encode_each(self.vision(), images, Ok)?;
+        media::concat_features(&self.inner.ctx, &parts)
     }
 
     /// Runs the fully expanded prompt `ids` (each image as boi, n soft tokens, eoi) with the
@@ -447,35 +425,24 @@ impl Model {
         images: &[ImagePatches],
         greedy: usize,
     ) -> Result<LogitsOutput> {
-        let n_img_tokens = ids
-            .iter()
-            .filter(|&&t| t == self.inner.checkpoint.config.image_token_id)
-            .count();
-        let k = self
-            .inner
-            .checkpoint
-            .config
-            .vision_config
-            .as_ref()
-            .map(|v| v.pooling_kernel_size as u32)
-            .unwrap_or(1);
-        let n_soft: usize = images.iter().map(|i| i.soft_tokens(k)).sum();
-        if n_img_tokens != n_soft {
-            return Err(Error::InvalidArgument(format!(
-                "the prompt has {n_img_tokens} image soft tokens (id {}) but the images give \
-                 {n_soft}",
-                self.inner.checkpoint.config.image_token_id
-            )));
-        }
-        let media = self.encode_images(images)?;
+        let parts = media::encode_each(self.vision(), images, Ok)?;
+        let placed = media::MediaRuns::place(
+            &self.inner.ctx,
+            ids,
+            self.inner.checkpoint.config.image_token_id,
+            &parts,
+        )?;
         let (mut cache, mut ws) = self.inner.text.new_session(
             self.inner.options.max_context.max(ids.len() + greedy + 1),
             self.inner.options.prefill_chunk,
         )?;
-        let logits =
-            self.inner
-                .text
-                .forward(&mut cache, &mut ws, ids, media.as_ref(), Logits::All)?;
+        let logits = self.inner.text.forward(
+            &mut cache,
+            &mut ws,
+            ids,
+            placed.as_ref().map(media::MediaRuns::features),
+            Logits::All,
+        )?;
         let vocab = self.inner.checkpoint.config.text_config.vocab_size;
         let mut out = Vec::new();
         if greedy > 0 {

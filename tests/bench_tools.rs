@@ -46,9 +46,9 @@ fn synthetic_checkpoint_is_accepted_and_decodes() {
     }
     let v = plan.weights.vision.as_ref().unwrap();
     assert_eq!(v.layers.len(), 2);
-    assert_eq!(v.layers[0].q_proj.w.format_name(), "bf16");
-    assert!(v.layers[0].q_proj.input_min.is_some());
-    assert_eq!(v.embedding_projection.format_name(), "affine4");
+    assert_eq!(v.layers[0].self_attn.q_proj.w.format_name(), "bf16");
+    assert!(v.layers[0].self_attn.q_proj.input_min.is_some());
+    assert_eq!(v.embed_vision.embedding_projection.format_name(), "affine4");
 
     let Some(ctx) = common::gpu() else { return };
     let opts = ModelOptions {

@@ -493,13 +493,13 @@ fn vision_layers_keep_kv_and_clip_bounds() {
     assert!(VL > first_shared);
     for (j, l) in vis.layers.iter().enumerate() {
         for (n, cl) in [
-            ("q", &l.q_proj),
-            ("k", &l.k_proj),
-            ("v", &l.v_proj),
-            ("o", &l.o_proj),
-            ("gate", &l.gate_proj),
-            ("up", &l.up_proj),
-            ("down", &l.down_proj),
+            ("q", &l.self_attn.q_proj),
+            ("k", &l.self_attn.k_proj),
+            ("v", &l.self_attn.v_proj),
+            ("o", &l.self_attn.o_proj),
+            ("gate", &l.mlp.gate_proj),
+            ("up", &l.mlp.up_proj),
+            ("down", &l.mlp.down_proj),
         ] {
             assert!(
                 cl.input_min.is_some()
@@ -520,7 +520,7 @@ fn vision_layers_keep_kv_and_clip_bounds() {
         .find(|t| t.key == "model.vision_tower.encoder.layers.3.self_attn.k_proj.input_min")
         .unwrap()
         .vals[0];
-    assert_eq!(vis.layers[3].k_proj.input_min, Some(want));
+    assert_eq!(vis.layers[3].self_attn.k_proj.input_min, Some(want));
     assert_eq!(plan.weights.report.dropped, 6);
 }
 
@@ -1083,11 +1083,11 @@ fn clip_bounds_off_and_text_only_configs() {
     assert!(
         vis.layers
             .iter()
-            .all(|l| !l.q_proj.is_clipped() && !l.down_proj.is_clipped())
+            .all(|l| !l.self_attn.q_proj.is_clipped() && !l.mlp.down_proj.is_clipped())
     );
     assert_eq!(p.weights.report.dropped, VL * 7 * 4);
     assert!(p.weights.report.unexpected.is_empty());
-    assert_eq!(vis.position_table.shape, [2, POS, HV]);
+    assert_eq!(vis.patch_embedder.position_table.shape, [2, POS, HV]);
 
     let text_only = r#"{"model_type": "gemma4", "text_config": {
         "hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128,

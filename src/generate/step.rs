@@ -25,7 +25,8 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
 use crate::model::Model;
-use crate::prompt::soft_tokens::{concat_features, encode_images, image_runs, prompt_ids};
+use crate::model::media::{concat_features, image_runs};
+use crate::prompt::soft_tokens::{encode_images, prompt_ids};
 use crate::prompt::{Content, Message, Role};
 use crate::text::Logits;
 
@@ -173,7 +174,7 @@ impl Generation {
         let old_messages = std::mem::replace(&mut st.messages, messages);
         let old_images = std::mem::replace(&mut st.images, all_images);
         let first_new_image = runs.iter().filter(|&&(_, e)| e <= pos).count();
-        let media = concat_features(model, &st.images[first_new_image..])?;
+        let media = concat_features(model.context(), &st.images[first_new_image..])?;
 
         let t1 = Instant::now();
         let suffix = &ids[pos..];

@@ -621,3 +621,43 @@ impl Drop for Recorder {
         }
     }
 }
+
+// Row copies for the vision tower and media placement (model code never computes byte offsets).
+impl Recorder {
+    /// Records a copy of rows `src_row..src_row + rows` of `src` to rows
+    /// `dst_row..dst_row + rows` of `dst` (first dimension; both tensors must have the same
+    /// element type and row width). Ordered with the dispatches around it.
+    pub fn copy_rows(
+        &mut self,
+        src: &super::tensor::GpuTensor,
+        src_row: usize,
+        dst: &super::tensor::GpuTensor,
+        dst_row: usize,
+        rows: usize,
+    ) -> Result<(), GpuError> {
+        let height = |t: &super::tensor::GpuTensor| t.shape.first().copied().unwrap_or(1);
+        if src.dtype != dst.dtype
+            || src.row_elems() != dst.row_elems()
+            || src_row + rows > height(src)
+            || dst_row + rows > height(dst)
+        {
+            return Err(GpuError::Kernel {
+                kernel: "copy_rows".into(),
+                message: format!(
+                    "rows {src_row}..{} of {:?} {:?} to rows {dst_row}..{} of {:?} {:?}",
+                    src_row + rows,
+                    src.dtype,
+                    src.shape,
+                    dst_row + rows,
+                    dst.dtype,
+                    dst.shape
+                ),
+            });
+        }
+        let s = src.rows(src_row, rows);
+        let d = dst.rows(dst_row, rows);
+        let size = (rows * src.row_elems() * src.dtype.size()) as u64;
+        self.copy(&s.buffer, s.offset, &d.buffer, d.offset, size);
+        Ok(())
+    }
+}

@@ -144,3 +144,92 @@ impl GpuTensor {
         ctx.read_u32(&self.buffer, (self.offset / 4) as usize, self.numel())
     }
 }
+
+// Helpers for the vision tower and media placement (row views, re-typing views, concatenation),
+// so that model code never computes byte offsets itself.
+impl GpuTensor {
+    /// Elements per row: every dimension but the first (1 for a 1-D tensor).
+    pub fn row_elems(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    /// A view of rows `start..start + count` (along the first dimension; same buffer).
+    ///
+    /// Panics if the range is outside the tensor (a bug in the caller, not a user error).
+    pub fn rows(&self, start: usize, count: usize) -> GpuTensor {
+        let total = self.shape.first().copied().unwrap_or(1);
+        assert!(
+            start + count <= total,
+            "rows {start}..{} of a tensor with {total} rows",
+            start + count
+        );
+        let mut shape = self.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = count;
+        }
+        GpuTensor {
+            buffer: self.buffer.clone(),
+            offset: self.offset + (start * self.row_elems() * self.dtype.size()) as u64,
+            shape,
+            dtype: self.dtype,
+        }
+    }
+
+    /// A view of this f32 tensor as a `[rows, last dim]` f32 weight matrix (all leading
+    /// dimensions folded into the rows), e.g. for [`ops::embedding`](super::ops::embedding)
+    /// over a table uploaded as a vector.
+    /// The tensor must start at offset 0 of its buffer (a matrix window has no offset).
+    pub fn as_f32_matrix(&self) -> Result<super::Matrix, GpuError> {
+        if self.dtype != DType::F32 || self.shape.is_empty() || self.offset != 0 {
+            return Err(GpuError::Kernel {
+                kernel: "tensor".into(),
+                message: format!(
+                    "as_f32_matrix on a {:?} tensor of shape {:?} at byte offset {}",
+                    self.dtype, self.shape, self.offset
+                ),
+            });
+        }
+        let cols = self.shape[self.shape.len() - 1];
+        let rows = self.numel() / cols.max(1);
+        Ok(super::Matrix {
+            rows,
+            cols,
+            format: super::WeightFormat::F32,
+            windows: vec![super::MatrixWindow {
+                row_start: 0,
+                rows,
+                data: self.buffer.clone(),
+                scale_bias: None,
+            }],
+        })
+    }
+
+    /// Concatenates tensors with the same row shape along the first dimension into a new
+    /// tensor (one submit).
+    pub fn concat_rows(ctx: &GpuContext, parts: &[GpuTensor]) -> Result<GpuTensor, GpuError> {
+        let Some(first) = parts.first() else {
+            return Err(GpuError::Kernel {
+                kernel: "concat_rows".into(),
+                message: "no tensors to concatenate".into(),
+            });
+        };
+        let total: usize = parts
+            .iter()
+            .map(|p| p.shape.first().copied().unwrap_or(1))
+            .sum();
+        let mut shape = first.shape.clone();
+        if let Some(d) = shape.first_mut() {
+            *d = total;
+        }
+        let all = GpuTensor::zeros(ctx, &shape, first.dtype)?;
+        let mut rec = ctx.recorder();
+        let mut row = 0;
+        for p in parts {
+            let n = p.shape.first().copied().unwrap_or(1);
+            rec.copy_rows(p, 0, &all, row, n)?;
+            row += n;
+        }
+        rec.submit()?;
+        Ok(all)
+    }
+}

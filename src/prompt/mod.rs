@@ -4,5 +4,5 @@
 pub(crate) mod soft_tokens;
 mod template;
 
-pub use soft_tokens::expand_image_tokens;
+pub use crate::model::media::expand_image_tokens;
 pub use template::{BUILTIN_GEMMA4_TEMPLATE, ChatTemplate, Content, Message, Role, TemplateSource};

@@ -855,40 +855,8 @@ impl<S: Sink> Builder<'_, S> {
         })
     }
 
-    fn clipped(
-        &mut self,
-        path: &str,
-        rows: usize,
-        cols: usize,
-        clip: bool,
-    ) -> Result<ClippedLinear<S::M>, LoadError> {
-        let w = self.linear(
-            &format!("{path}.linear"),
-            rows,
-            cols,
-            false,
-            MatrixRole::Vision,
-        )?;
-        let mut b = [None; 4];
-        if clip {
-            for (slot, name) in
-                b.iter_mut()
-                    .zip(["input_min", "input_max", "output_min", "output_max"])
-            {
-                *slot = self
-                    .scalar(&format!("{path}.{name}"), path, false)?
-                    .filter(|v| v.is_finite());
-            }
-        }
-        Ok(ClippedLinear {
-            w,
-            input_min: b[0],
-            input_max: b[1],
-            output_min: b[2],
-            output_max: b[3],
-        })
-    }
-
+    /// The vision tower and its embedder into the text stream, each block loading itself
+    /// through a prefix view (`crate::model::vision`).
     fn vision(&mut self) -> Result<VisionWeights<S::M, S::V>, LoadError> {
         let Some(v) = self.ck.config.vision_config.clone() else {
             return Err(LoadError::Unsupported {
@@ -896,76 +864,7 @@ impl<S: Sink> Builder<'_, S> {
             });
         };
         let h = self.ck.config.text_config.hidden_size;
-        let hv = v.hidden_size;
-        let hd = v.head_dim();
-        let nh = v.num_attention_heads;
-        let kv = v.kv_heads();
-        let iv = v.intermediate_size;
-        let clip = v.use_clipped_linears;
-        let input_proj = self.linear(
-            "vision_tower.patch_embedder.input_proj",
-            hv,
-            v.patch_values(),
-            false,
-            MatrixRole::Vision,
-        )?;
-        let position_table = self.vector(
-            "vision_tower.patch_embedder.position_embedding_table",
-            &[2, v.position_embedding_size, hv],
-            "vision_tower.patch_embedder",
-            false,
-        )?;
-        let mut layers = Vec::with_capacity(v.num_hidden_layers);
-        for j in 0..v.num_hidden_layers {
-            let pre = format!("vision_tower.encoder.layers.{j}");
-            let nv = |b: &mut Self, s: &str, len: usize| {
-                b.vec1(
-                    &format!("{pre}.{s}.weight"),
-                    len,
-                    &format!("{pre}.{s}"),
-                    false,
-                )
-            };
-            let m = |s: &str| format!("{pre}.{s}");
-            layers.push(VisionLayer {
-                input_layernorm: nv(self, "input_layernorm", hv)?,
-                post_attention_layernorm: nv(self, "post_attention_layernorm", hv)?,
-                pre_feedforward_layernorm: nv(self, "pre_feedforward_layernorm", hv)?,
-                post_feedforward_layernorm: nv(self, "post_feedforward_layernorm", hv)?,
-                q_norm: nv(self, "self_attn.q_norm", hd)?,
-                k_norm: nv(self, "self_attn.k_norm", hd)?,
-                q_proj: self.clipped(&m("self_attn.q_proj"), nh * hd, hv, clip)?,
-                k_proj: self.clipped(&m("self_attn.k_proj"), kv * hd, hv, clip)?,
-                v_proj: self.clipped(&m("self_attn.v_proj"), kv * hd, hv, clip)?,
-                o_proj: self.clipped(&m("self_attn.o_proj"), hv, nh * hd, clip)?,
-                gate_proj: self.clipped(&m("mlp.gate_proj"), iv, hv, clip)?,
-                up_proj: self.clipped(&m("mlp.up_proj"), iv, hv, clip)?,
-                down_proj: self.clipped(&m("mlp.down_proj"), hv, iv, clip)?,
-            });
-        }
-        let embedding_projection = self.linear(
-            "embed_vision.embedding_projection",
-            h,
-            hv,
-            false,
-            MatrixRole::Text,
-        )?;
-        let (std_bias, std_scale) = if v.standardize {
-            (
-                Some(self.vec1("vision_tower.std_bias", hv, "vision_tower", false)?),
-                Some(self.vec1("vision_tower.std_scale", hv, "vision_tower", false)?),
-            )
-        } else {
-            (None, None)
-        };
-        Ok(VisionWeights {
-            input_proj,
-            position_table,
-            layers,
-            embedding_projection,
-            std_bias,
-            std_scale,
-        })
+        VisionWeights::load(&mut self.scope(""), &v, h)
     }
 }
 
@@ -990,4 +889,80 @@ pub fn canonical_keys(store: &TensorStore) -> BTreeSet<String> {
             _ => None,
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefix views over the builder (candle's `VarBuilder::pp`), used by the vision blocks in
+// `crate::model::vision` and `crate::model::embed` to load their tensors by their own names.
+
+/// A view of the [`Builder`] at a module path: blocks load their tensors by names relative to
+/// it and open sub-views with [`pp`](Self::pp). Every tensor loaded through it is recorded in
+/// the builder's role table like any other. Vision-tower and embedder tensors are never
+/// KV-shared, so every lookup passes `kv_shared = false`.
+pub(crate) struct Scope<'s, 'a, S: Sink> {
+    b: &'s mut Builder<'a, S>,
+    prefix: String,
+}
+
+impl<'a, S: Sink> Builder<'a, S> {
+    /// The view at `prefix` (`""`: the checkpoint root).
+    fn scope(&mut self, prefix: &str) -> Scope<'_, 'a, S> {
+        Scope {
+            b: self,
+            prefix: prefix.to_string(),
+        }
+    }
+}
+
+impl<'a, S: Sink> Scope<'_, 'a, S> {
+    /// `prefix.name`.
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The sub-view `prefix.name`.
+    pub(crate) fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_, 'a, S> {
+        let prefix = self.key(&name.to_string());
+        Scope {
+            b: &mut *self.b,
+            prefix,
+        }
+    }
+
+    /// The Linear/Embedding module `prefix.name` as a `[rows, cols]` matrix.
+    pub(crate) fn linear(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        role: MatrixRole,
+    ) -> Result<S::M, LoadError> {
+        let path = self.key(name);
+        self.b.linear(&path, rows, cols, false, role)
+    }
+
+    /// The norm module `prefix.name`: its `[n]` `weight`.
+    pub(crate) fn norm(&mut self, name: &str, n: usize) -> Result<S::V, LoadError> {
+        let module = self.key(name);
+        self.b.vec1(&format!("{module}.weight"), n, &module, false)
+    }
+
+    /// The tensor `prefix.name` of `shape`, owned by this view's module.
+    pub(crate) fn vector(&mut self, name: &str, shape: &[usize]) -> Result<S::V, LoadError> {
+        let key = self.key(name);
+        let module = self.prefix.clone();
+        self.b.vector(&key, shape, &module, false)
+    }
+
+    /// The scalar `prefix.name` (`[]` or `[1]`), owned by this view's module; `None` when
+    /// absent and not `required`.
+    pub(crate) fn scalar(&mut self, name: &str, required: bool) -> Result<Option<f32>, LoadError> {
+        let key = self.key(name);
+        let module = self.prefix.clone();
+        self.b.scalar(&key, &module, required)
+    }
 }

@@ -1,0 +1,156 @@
+//! The SigLIP-style tower (spec §3): patch embedding → encoder layers → pooling, then the
+//! multimodal embedder into the text stream. One image is one submit.
+
+use std::sync::Arc;
+
+use super::layer::{LayerInputs, LayerScratch, VisionLayer};
+use super::patch_embed::{self, PatchEmbedder};
+use super::patches::ImagePatches;
+use super::pool::Pooler;
+use crate::config::VisionConfig;
+use crate::error::Result;
+use crate::gpu::ops::{self, AttnMask, AttnShape, KvLayout};
+use crate::gpu::{DType, GpuContext, GpuTensor, Matrix};
+use crate::model::embed::MultimodalEmbedder;
+use crate::weights::{LoadError, Scope, Sink};
+
+/// Vision tower weights (canonical prefixes `vision_tower.` and `embed_vision.`).
+#[derive(Debug)]
+pub struct VisionWeights<M = Matrix, V = GpuTensor> {
+    /// `vision_tower.patch_embedder`.
+    pub patch_embedder: PatchEmbedder<M, V>,
+    /// `vision_tower.encoder.layers.{j}`.
+    pub layers: Vec<VisionLayer<M, V>>,
+    /// Pooling (and the `standardize` tensors of `vision_tower`).
+    pub pooler: Pooler<V>,
+    /// `embed_vision`: the multimodal embedder into the text stream.
+    pub embed_vision: MultimodalEmbedder<M>,
+}
+
+impl<M, V> VisionWeights<M, V> {
+    /// Loads the tower and its embedder from the checkpoint root `root`.
+    pub(crate) fn load<S: Sink<M = M, V = V>>(
+        root: &mut Scope<'_, '_, S>,
+        cfg: &VisionConfig,
+        text_hidden: usize,
+    ) -> Result<Self, LoadError> {
+        let mut tower = root.pp("vision_tower");
+        let patch_embedder = PatchEmbedder::load(&mut tower.pp("patch_embedder"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|j| VisionLayer::load(&mut tower.pp(format_args!("encoder.layers.{j}")), cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let embed_vision =
+            MultimodalEmbedder::load(&mut root.pp("embed_vision"), cfg.hidden_size, text_hidden)?;
+        let pooler = Pooler::load(&mut root.pp("vision_tower"), cfg)?;
+        Ok(VisionWeights {
+            patch_embedder,
+            layers,
+            pooler,
+            embed_vision,
+        })
+    }
+
+    /// Every matrix with its canonical module path (for inspection and tests).
+    pub fn matrices(&self) -> Vec<(String, &M)> {
+        let mut v = vec![(
+            "vision_tower.patch_embedder.input_proj".to_string(),
+            &self.patch_embedder.input_proj,
+        )];
+        for (j, l) in self.layers.iter().enumerate() {
+            v.extend(l.matrices(&format!("vision_tower.encoder.layers.{j}")));
+        }
+        v.push((
+            "embed_vision.embedding_projection".into(),
+            &self.embed_vision.embedding_projection,
+        ));
+        v
+    }
+}
+
+/// The vision tower plus the embedder into the text stream, on the GPU.
+pub struct VisionEncoder {
+    ctx: GpuContext,
+    cfg: VisionConfig,
+    text_hidden: usize,
+    w: Arc<VisionWeights>,
+    inv_freq: GpuTensor,
+}
+
+impl VisionEncoder {
+    /// Builds the encoder over loaded weights.
+    pub fn new(
+        ctx: &GpuContext,
+        cfg: &VisionConfig,
+        text_hidden: usize,
+        weights: Arc<VisionWeights>,
+    ) -> Result<Self> {
+        let f = ops::rope_2d_inv_freq(cfg.head_dim(), cfg.rope_parameters.rope_theta);
+        let inv_freq = GpuTensor::from_f32(ctx, &[f.len()], &f)?;
+        Ok(VisionEncoder {
+            ctx: ctx.clone(),
+            cfg: cfg.clone(),
+            text_hidden,
+            w: weights,
+            inv_freq,
+        })
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &VisionWeights {
+        &self.w
+    }
+
+    /// Encodes one image: returns `[soft_tokens, text_hidden]` features (after the embedder) and,
+    /// when `keep_pooled`, also the pooled tower output `[soft_tokens, Hv]` (before the embedder).
+    pub fn encode(
+        &self,
+        img: &ImagePatches,
+        keep_pooled: bool,
+    ) -> Result<(GpuTensor, Option<GpuTensor>)> {
+        let c = &self.cfg;
+        img.check(c)?;
+        let (n, hv, k) = (img.len(), c.hidden_size, c.pooling_kernel_size as u32);
+        let ctx = &self.ctx;
+        let z = |shape: &[usize]| GpuTensor::zeros(ctx, shape, DType::F32);
+        let scratch = LayerScratch::new(ctx, c, n)?;
+        let flat: Vec<u32> = img.positions.iter().flat_map(|p| [p[0], p[1]]).collect();
+        let positions = GpuTensor::from_u32(ctx, &[n, 2], &flat)?;
+        let ids = patch_embed::table_ids(&img.positions, c.position_embedding_size);
+        let ids = GpuTensor::from_u32(ctx, &[2 * n], &ids)?;
+        let pixels = GpuTensor::from_f32(ctx, &[n, c.patch_values()], &img.pixel_values)?;
+        let pe = z(&[2 * n, hv])?;
+        let soft = img.soft_tokens(k);
+        let pooled = z(&[soft, hv])?;
+        let normed = z(&[soft, hv])?;
+        let features = z(&[soft, self.text_hidden])?;
+        let inputs = LayerInputs {
+            n,
+            eps: c.rms_norm_eps as f32,
+            attn: AttnShape {
+                n_heads: c.num_attention_heads as u32,
+                n_kv_heads: c.kv_heads() as u32,
+                head_dim: c.head_dim() as u32,
+                cap: n as u32,
+                scale: 1.0,
+                layout: KvLayout::TokenMajor,
+                mask: AttnMask::Bidirectional { n_keys: n as u32 },
+            },
+            positions: &positions,
+            inv_freq: &self.inv_freq,
+        };
+
+        let mut rec = ctx.recorder();
+        let w = &*self.w;
+        w.patch_embedder
+            .record(&mut rec, &pixels, &ids, &pe, &scratch.x)?;
+        for layer in &w.layers {
+            layer.record(&mut rec, &scratch, &inputs)?;
+        }
+        w.pooler
+            .record(&mut rec, &scratch.x, &pooled, img.grid, k)?;
+        w.embed_vision
+            .record(&mut rec, &pooled, &normed, &features, inputs.eps)?;
+        rec.submit()?;
+        Ok((features, keep_pooled.then_some(pooled)))
+    }
+}
