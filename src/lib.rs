@@ -19,10 +19,12 @@ pub mod preprocess;
 pub mod registry;
 pub mod session;
 pub mod synthetic;
-pub mod text;
 pub mod tokenizer;
 pub mod vision;
 pub mod weights;
+
+/// The text decoder (moved to [`model::text`]; this path is kept).
+pub use model::text;
 
 pub use error::{Error, Result};
 pub use generation::{GenerationOptions, Sampling};

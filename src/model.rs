@@ -1,6 +1,8 @@
 //! A loaded Gemma 4 model: configuration, weights on the GPU, the text decoder and the vision
 //! encoder, with the glue that runs a (multimodal) prompt of token ids.
 
+pub mod text;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -621,3 +621,61 @@ impl Drop for Recorder {
         }
     }
 }
+
+use super::readback::Readback;
+use super::tensor::GpuTensor;
+
+/// Tensor-level copies for model code (no buffers or byte offsets outside the runtime).
+impl Recorder {
+    /// Records a copy of rows `src_row..src_row + n` of `src` into rows `dst_row..` of `dst`
+    /// (both `[rows, …]` with the same row size and element type).
+    pub fn copy_rows(
+        &mut self,
+        src: &GpuTensor,
+        src_row: usize,
+        dst: &GpuTensor,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        let (rs, rd) = (src.row_len(), dst.row_len());
+        let rows_of = |t: &GpuTensor| t.shape.first().copied().unwrap_or(1);
+        if rs != rd
+            || src.dtype != dst.dtype
+            || src_row + n > rows_of(src)
+            || dst_row + n > rows_of(dst)
+        {
+            return Err(GpuError::Kernel {
+                kernel: "copy_rows".into(),
+                message: format!(
+                    "rows {src_row}..+{n} of {:?} {:?} into rows {dst_row}.. of {:?} {:?}",
+                    src.shape, src.dtype, dst.shape, dst.dtype
+                ),
+            });
+        }
+        let (s, d) = (src.rows(src_row, n), dst.rows(dst_row, n));
+        let size = (n * rs * src.dtype.size()) as u64;
+        self.copy(&s.buffer, s.offset, &d.buffer, d.offset, size);
+        Ok(())
+    }
+
+    /// Records the concatenation of `parts` (each `[rows_i, …]`, same row size) along the rows
+    /// into `dst`, from its first row; returns the rows written.
+    pub fn concat_rows(
+        &mut self,
+        parts: &[&GpuTensor],
+        dst: &GpuTensor,
+    ) -> Result<usize, GpuError> {
+        let mut row = 0;
+        for p in parts {
+            let n = p.shape.first().copied().unwrap_or(1);
+            self.copy_rows(p, 0, dst, row, n)?;
+            row += n;
+        }
+        Ok(row)
+    }
+
+    /// Records a copy of `src` (its whole extent) into the readback buffer `rb`.
+    pub fn read_back(&mut self, rb: &Readback, src: &GpuTensor) -> Result<(), GpuError> {
+        rb.record(self, &src.buffer, src.offset, src.bytes())
+    }
+}
