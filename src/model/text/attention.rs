@@ -241,17 +241,7 @@ impl Attention {
             },
         )?;
         let lc = env.cache.layer(src)?;
-        let shape = AttnShape {
-            n_heads: nh as u32,
-            n_kv_heads: self.n_kv_heads as u32,
-            head_dim: hd as u32,
-            cap: lc.cap as u32,
-            scale: 1.0,
-            layout: KvLayout::HeadMajor,
-            mask: AttnMask::Causal {
-                window: self.window.map(|w| w as u32),
-            },
-        };
+        let shape = self.shape(lc.cap);
         let attn = env.ws.attn.view(0, &[l, nh, hd]);
         if l == 1 {
             let scratch = &env.ws.attn_scratch;
@@ -261,6 +251,22 @@ impl Attention {
         }
         ops::linear(rec, &self.o_proj, &attn.reshape(&[l, nh * hd]), out)?;
         Ok(())
+    }
+
+    /// The attention kernels' shape over a cache ring of `cap` slots: scale 1 (spec §1.5),
+    /// causal, windowed on sliding layers.
+    fn shape(&self, cap: usize) -> AttnShape {
+        AttnShape {
+            n_heads: self.n_heads as u32,
+            n_kv_heads: self.n_kv_heads as u32,
+            head_dim: self.head_dim as u32,
+            cap: cap as u32,
+            scale: 1.0,
+            layout: KvLayout::HeadMajor,
+            mask: AttnMask::Causal {
+                window: self.window.map(|w| w as u32),
+            },
+        }
     }
 
     /// The layer whose cache this layer's attention reads.
