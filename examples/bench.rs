@@ -167,30 +167,27 @@ fn weight_bytes_per_token(dir: &Path) -> Result<(u64, Value), BoxErr> {
     let mut layers = 0u64;
     let (mut attn, mut mlp, mut ple) = (0u64, 0u64, 0u64);
     for l in &t.layers {
-        attn += l.q_proj.stored_bytes() + l.o_proj.stored_bytes();
-        attn += l.k_proj.as_ref().map_or(0, |m| m.stored_bytes());
-        attn += l.v_proj.as_ref().map_or(0, |m| m.stored_bytes());
-        mlp += l.gate_proj.stored_bytes() + l.up_proj.stored_bytes() + l.down_proj.stored_bytes();
-        ple += l
-            .per_layer_input_gate
-            .as_ref()
-            .map_or(0, |m| m.stored_bytes());
-        ple += l
-            .per_layer_projection
-            .as_ref()
-            .map_or(0, |m| m.stored_bytes());
+        let a = &l.self_attn;
+        attn += a.q_proj.stored_bytes() + a.o_proj.stored_bytes();
+        attn += a.kv.k_proj().map_or(0, |m| m.stored_bytes());
+        attn += a.kv.v_proj().map_or(0, |m| m.stored_bytes());
+        let m = l.mlp.dense();
+        mlp += m.gate_proj.stored_bytes() + m.up_proj.stored_bytes() + m.down_proj.stored_bytes();
+        if let Some(p) = &l.per_layer_input {
+            ple += p.gate.stored_bytes() + p.projection.stored_bytes();
+        }
         layers += 1;
     }
     ple += t
-        .per_layer_model_projection
+        .per_layer
         .as_ref()
-        .map_or(0, |m| m.stored_bytes());
-    let head = t.embed_tokens.stored_bytes();
-    let embed_row = head / t.embed_tokens.rows.max(1) as u64;
-    let ple_row = match &t.embed_per_layer {
-        PerLayerTable::Host(h) => h.linear.stored_bytes() / h.rows().max(1) as u64,
-        PerLayerTable::Gpu(m) => m.stored_bytes() / m.rows.max(1) as u64,
-        PerLayerTable::None => 0,
+        .map_or(0, |p| p.model_projection.stored_bytes());
+    let head = t.embed.embed_tokens.stored_bytes();
+    let embed_row = head / t.embed.embed_tokens.rows.max(1) as u64;
+    let ple_row = match t.per_layer_table() {
+        Some(PerLayerTable::Host(h)) => h.linear.stored_bytes() / h.rows().max(1) as u64,
+        Some(PerLayerTable::Gpu(m)) => m.stored_bytes() / m.rows.max(1) as u64,
+        None => 0,
     };
     let total = attn + mlp + ple + head + embed_row + ple_row;
     Ok((

@@ -18,12 +18,13 @@ pub mod preprocess;
 pub mod prompt;
 pub mod registry;
 pub mod synthetic;
-pub mod text;
 pub mod tokenizer;
 pub mod weights;
 
 /// The vision tower, at its old path (it lives in [`model::vision`]).
 pub use model::vision;
+/// The text decoder (moved to [`model::text`]; this path is kept).
+pub use model::text;
 
 pub use error::{Error, Result};
 pub use generate::{

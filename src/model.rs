@@ -3,6 +3,7 @@
 
 pub mod embed;
 pub mod media;
+pub mod text;
 pub mod vision;
 
 use std::ops::ControlFlow;
@@ -440,7 +441,7 @@ impl Model {
             &mut cache,
             &mut ws,
             ids,
-            placed.as_ref().map(media::MediaRuns::features),
+            placed.as_ref(),
             Logits::All,
         )?;
         let vocab = self.inner.checkpoint.config.text_config.vocab_size;

@@ -34,14 +34,19 @@ fn synthetic_checkpoint_is_accepted_and_decodes() {
     let plan = Checkpoint::open(&dir).unwrap().plan().unwrap();
     let t = &plan.weights.text;
     assert_eq!(t.layers.len(), 4);
-    assert_eq!(t.embed_tokens.format_name(), "affine4");
-    assert_eq!(t.layers[0].gate_proj.format_name(), "affine8");
-    assert_eq!(t.layers[0].down_proj.format_name(), "affine8");
-    assert_eq!(t.layers[0].q_proj.format_name(), "affine4");
-    assert!(t.layers[1].k_proj.is_some() && t.layers[2].k_proj.is_none());
-    assert_eq!(t.layers[3].gate_proj.rows, 2 * spec.intermediate_size);
-    match &t.embed_per_layer {
-        PerLayerTable::Host(h) => assert_eq!(h.linear.format_name(), "affine4"),
+    assert_eq!(t.embed.embed_tokens.format_name(), "affine4");
+    assert_eq!(t.layers[0].mlp.dense().gate_proj.format_name(), "affine8");
+    assert_eq!(t.layers[0].mlp.dense().down_proj.format_name(), "affine8");
+    assert_eq!(t.layers[0].self_attn.q_proj.format_name(), "affine4");
+    assert!(
+        t.layers[1].self_attn.kv.k_proj().is_some() && t.layers[2].self_attn.kv.k_proj().is_none()
+    );
+    assert_eq!(
+        t.layers[3].mlp.dense().gate_proj.rows,
+        2 * spec.intermediate_size
+    );
+    match t.per_layer_table() {
+        Some(PerLayerTable::Host(h)) => assert_eq!(h.linear.format_name(), "affine4"),
         _ => panic!("the PLE table stays on the host by default"),
     }
     let v = plan.weights.vision.as_ref().unwrap();

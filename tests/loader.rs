@@ -450,9 +450,9 @@ fn redundant_shared_kv_tensors_are_dropped() {
         Role::DroppedKvShared
     );
     for (i, l) in pw.weights.text.layers.iter().enumerate() {
-        assert_eq!(l.k_proj.is_some(), i < 2);
-        assert_eq!(l.v_proj.is_some(), i < 2);
-        assert_eq!(l.k_norm.is_some(), i < 2);
+        assert_eq!(l.self_attn.kv.k_proj().is_some(), i < 2);
+        assert_eq!(l.self_attn.kv.v_proj().is_some(), i < 2);
+        assert_eq!(l.self_attn.kv.k_norm().is_some(), i < 2);
     }
     // Same tree, same values.
     let mw = pw.weights.matrices();
@@ -577,7 +577,7 @@ fn mlx_quantized_and_hf_layouts_agree() {
         .find(|t| t.key == "model.language_model.layers.0.mlp.up_proj.weight")
         .unwrap()
         .vals;
-    let got = pm.weights.text.layers[0].up_proj.to_f32();
+    let got = pm.weights.text.layers[0].mlp.dense().up_proj.to_f32();
     let max = src
         .iter()
         .zip(&got)
@@ -585,12 +585,18 @@ fn mlx_quantized_and_hf_layouts_agree() {
         .fold(0f32, f32::max);
     assert!(max < 2.0 / 255.0, "8-bit error {max}");
     // Norms agree too.
-    assert_eq!(pm.weights.text.norm.data, ph.weights.text.norm.data);
+    assert_eq!(
+        pm.weights.text.head.norm.data,
+        ph.weights.text.head.norm.data
+    );
 
     let Some(ctx) = ctx() else { return };
     let g = load(&ctx, &mlx, &LoadOptions::default()).unwrap();
-    assert_eq!(g.text.layers[0].gate_proj.format.bits(), Some(8));
-    assert_eq!(g.text.layers[0].q_proj.format.bits(), Some(4));
+    assert_eq!(
+        g.text.layers[0].mlp.dense().gate_proj.format.bits(),
+        Some(8)
+    );
+    assert_eq!(g.text.layers[0].self_attn.q_proj.format.bits(), Some(4));
     let gh = load(
         &ctx,
         &hf,
@@ -600,7 +606,10 @@ fn mlx_quantized_and_hf_layouts_agree() {
         },
     )
     .unwrap();
-    assert_eq!(gh.text.layers[1].down_proj.format.bits(), Some(4));
+    assert_eq!(
+        gh.text.layers[1].mlp.dense().down_proj.format.bits(),
+        Some(4)
+    );
     assert!(gh.report.uploaded_by_format.contains_key("affine4"));
 }
 
@@ -1014,7 +1023,7 @@ fn ple_host_gather_matches_dequantized_rows() {
     let cols = N * P;
     // Quantized table.
     let pm = Checkpoint::open(&mlx).unwrap().plan().unwrap();
-    let PerLayerTable::Host(table) = &pm.weights.text.embed_per_layer else {
+    let Some(PerLayerTable::Host(table)) = pm.weights.text.per_layer_table() else {
         panic!("table not on host")
     };
     assert_eq!((table.rows(), table.cols()), (V, cols));
@@ -1029,7 +1038,7 @@ fn ple_host_gather_matches_dequantized_rows() {
     }
     // Float (bf16) table.
     let ph = Checkpoint::open(&hf).unwrap().plan().unwrap();
-    let PerLayerTable::Host(table) = &ph.weights.text.embed_per_layer else {
+    let Some(PerLayerTable::Host(table)) = ph.weights.text.per_layer_table() else {
         panic!("table not on host")
     };
     table.gather(&ids, &mut out).unwrap();
@@ -1058,7 +1067,10 @@ fn ple_host_gather_matches_dequantized_rows() {
         },
     )
     .unwrap();
-    assert!(matches!(g.text.embed_per_layer, PerLayerTable::Gpu(_)));
+    assert!(matches!(
+        g.text.per_layer_table(),
+        Some(PerLayerTable::Gpu(_))
+    ));
     assert_eq!(g.report.bytes_host, 0);
 }
 

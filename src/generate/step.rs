@@ -25,7 +25,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
 use crate::model::Model;
-use crate::model::media::{concat_features, image_runs};
+use crate::model::media::{MediaRuns, image_runs};
 use crate::prompt::soft_tokens::{encode_images, prompt_ids};
 use crate::prompt::{Content, Message, Role};
 use crate::text::Logits;
@@ -174,17 +174,20 @@ impl Generation {
         let old_messages = std::mem::replace(&mut st.messages, messages);
         let old_images = std::mem::replace(&mut st.images, all_images);
         let first_new_image = runs.iter().filter(|&&(_, e)| e <= pos).count();
-        let media = concat_features(model.context(), &st.images[first_new_image..])?;
+        let suffix = &ids[pos..];
+        let media = MediaRuns::place(
+            model.context(),
+            suffix,
+            image_token,
+            &st.images[first_new_image..],
+        );
 
         let t1 = Instant::now();
-        let suffix = &ids[pos..];
-        let logits = model.text().forward(
-            &mut b.cache,
-            &mut b.ws,
-            suffix,
-            media.as_ref(),
-            Logits::Last,
-        );
+        let logits = media.and_then(|media| {
+            model
+                .text()
+                .forward(&mut b.cache, &mut b.ws, suffix, media.as_ref(), Logits::Last)
+        });
         let logits = match logits {
             Ok(l) => l,
             Err(e) => {

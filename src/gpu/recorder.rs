@@ -622,42 +622,60 @@ impl Drop for Recorder {
     }
 }
 
-// Row copies for the vision tower and media placement (model code never computes byte offsets).
+use super::readback::Readback;
+use super::tensor::GpuTensor;
+
+/// Tensor-level copies for model code (no buffers or byte offsets outside the runtime).
 impl Recorder {
-    /// Records a copy of rows `src_row..src_row + rows` of `src` to rows
-    /// `dst_row..dst_row + rows` of `dst` (first dimension; both tensors must have the same
-    /// element type and row width). Ordered with the dispatches around it.
+    /// Records a copy of rows `src_row..src_row + n` of `src` into rows `dst_row..` of `dst`
+    /// (both `[rows, …]` with the same row size and element type).
     pub fn copy_rows(
         &mut self,
-        src: &super::tensor::GpuTensor,
+        src: &GpuTensor,
         src_row: usize,
-        dst: &super::tensor::GpuTensor,
+        dst: &GpuTensor,
         dst_row: usize,
-        rows: usize,
+        n: usize,
     ) -> Result<(), GpuError> {
-        let height = |t: &super::tensor::GpuTensor| t.shape.first().copied().unwrap_or(1);
-        if src.dtype != dst.dtype
-            || src.row_elems() != dst.row_elems()
-            || src_row + rows > height(src)
-            || dst_row + rows > height(dst)
+        let (rs, rd) = (src.row_len(), dst.row_len());
+        let rows_of = |t: &GpuTensor| t.shape.first().copied().unwrap_or(1);
+        if rs != rd
+            || src.dtype != dst.dtype
+            || src_row + n > rows_of(src)
+            || dst_row + n > rows_of(dst)
         {
             return Err(GpuError::Kernel {
                 kernel: "copy_rows".into(),
                 message: format!(
-                    "rows {src_row}..{} of {:?} {:?} to rows {dst_row}..{} of {:?} {:?}",
-                    src_row + rows,
-                    src.dtype,
-                    src.shape,
-                    dst_row + rows,
-                    dst.dtype,
-                    dst.shape
+                    "rows {src_row}..+{n} of {:?} {:?} into rows {dst_row}.. of {:?} {:?}",
+                    src.shape, src.dtype, dst.shape, dst.dtype
                 ),
             });
         }
-        let s = src.rows(src_row, rows);
-        let d = dst.rows(dst_row, rows);
-        let size = (rows * src.row_elems() * src.dtype.size()) as u64;
+        let (s, d) = (src.rows(src_row, n), dst.rows(dst_row, n));
+        let size = (n * rs * src.dtype.size()) as u64;
         self.copy(&s.buffer, s.offset, &d.buffer, d.offset, size);
         Ok(())
+    }
+
+    /// Records the concatenation of `parts` (each `[rows_i, …]`, same row size) along the rows
+    /// into `dst`, from its first row; returns the rows written.
+    pub fn concat_rows(
+        &mut self,
+        parts: &[&GpuTensor],
+        dst: &GpuTensor,
+    ) -> Result<usize, GpuError> {
+        let mut row = 0;
+        for p in parts {
+            let n = p.shape.first().copied().unwrap_or(1);
+            self.copy_rows(p, 0, dst, row, n)?;
+            row += n;
+        }
+        Ok(row)
+    }
+
+    /// Records a copy of `src` (its whole extent) into the readback buffer `rb`.
+    pub fn read_back(&mut self, rb: &Readback, src: &GpuTensor) -> Result<(), GpuError> {
+        rb.record(self, &src.buffer, src.offset, src.bytes())
     }
 }

@@ -145,31 +145,22 @@ impl GpuTensor {
     }
 }
 
-// Helpers for the vision tower and media placement (row views, re-typing views, concatenation),
-// so that model code never computes byte offsets itself.
+/// Views, row copies and host transfers for model code (no byte offsets outside this file).
 impl GpuTensor {
-    /// Elements per row: every dimension but the first (1 for a 1-D tensor).
-    pub fn row_elems(&self) -> usize {
+    /// Elements per outermost row (the product of all dimensions but the first; 1 for a vector).
+    pub fn row_len(&self) -> usize {
         self.shape.iter().skip(1).product()
     }
 
-    /// A view of rows `start..start + count` (along the first dimension; same buffer).
-    ///
-    /// Panics if the range is outside the tensor (a bug in the caller, not a user error).
-    pub fn rows(&self, start: usize, count: usize) -> GpuTensor {
-        let total = self.shape.first().copied().unwrap_or(1);
-        assert!(
-            start + count <= total,
-            "rows {start}..{} of a tensor with {total} rows",
-            start + count
-        );
+    /// Rows `start..start + n` of a tensor of shape `[rows, …]`, as `[n, …]` (same buffer).
+    pub fn rows(&self, start: usize, n: usize) -> GpuTensor {
         let mut shape = self.shape.clone();
-        if let Some(first) = shape.first_mut() {
-            *first = count;
+        if let Some(d) = shape.first_mut() {
+            *d = n;
         }
         GpuTensor {
             buffer: self.buffer.clone(),
-            offset: self.offset + (start * self.row_elems() * self.dtype.size()) as u64,
+            offset: self.offset + (start * self.row_len() * self.dtype.size()) as u64,
             shape,
             dtype: self.dtype,
         }
@@ -231,5 +222,64 @@ impl GpuTensor {
         }
         rec.submit()?;
         Ok(all)
+    }
+
+    /// The same elements (the first `numel(shape)` of them) as `shape`.
+    pub fn reshape(&self, shape: &[usize]) -> GpuTensor {
+        debug_assert!(
+            shape.iter().product::<usize>() <= self.numel(),
+            "reshape {:?} to {shape:?}",
+            self.shape
+        );
+        self.view(0, shape)
+    }
+
+    /// The same bytes seen as element type `dtype` (a re-typing view; the shape is kept).
+    pub fn as_dtype(&self, dtype: DType) -> GpuTensor {
+        GpuTensor {
+            dtype,
+            ..self.clone()
+        }
+    }
+
+    /// Columns `col..col + width` of every row of a 2-D `[rows, cols]` tensor, as a flat view
+    /// from the first row's column `col` to the last row's column `col + width`, and the row
+    /// stride in elements (`cols`): what strided kernels take.
+    pub fn column_window(&self, col: usize, width: usize) -> (GpuTensor, usize) {
+        let (rows, cols) = (self.shape[0], self.row_len());
+        let len = rows.saturating_sub(1) * cols + width;
+        (self.view(col, &[len]), cols)
+    }
+
+    /// Size of the whole underlying buffer in bytes (for memory accounting).
+    pub fn buffer_size(&self) -> u64 {
+        self.buffer.size()
+    }
+
+    fn check_write(&self, n: usize, dtype: DType) -> Result<(), GpuError> {
+        if n != self.numel() || self.dtype != dtype {
+            return Err(GpuError::Kernel {
+                kernel: "tensor".into(),
+                message: format!(
+                    "writing {n} {dtype:?} values into a {:?} {:?} tensor",
+                    self.shape, self.dtype
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a write of f32 host data into the tensor (executes before the next submit).
+    pub fn write_f32(&self, ctx: &GpuContext, data: &[f32]) -> Result<(), GpuError> {
+        self.check_write(data.len(), DType::F32)?;
+        ctx.write(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Queues a write of u32 host data into the tensor (executes before the next submit).
+    pub fn write_u32(&self, ctx: &GpuContext, data: &[u32]) -> Result<(), GpuError> {
+        self.check_write(data.len(), DType::U32)?;
+        ctx.write(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        Ok(())
     }
 }

@@ -33,25 +33,26 @@ pub mod quantize;
 mod report;
 pub mod safetensors;
 mod tree;
+pub(crate) mod var_builder;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub use crate::model::text::{PerLayerTable, TextWeights};
 pub use error::LoadError;
 pub use files::CheckpointFiles;
 pub use host::{HostLinear, HostQuant, HostTable, HostVector};
 pub use report::LoadReport;
-pub use tree::{
-    ClippedLinear, ModelWeights, PerLayerTable, TextLayer, TextWeights, VisionLayer, VisionWeights,
-};
+pub use tree::{ClippedLinear, ModelWeights, VisionLayer, VisionWeights};
 
 use crate::config::Gemma4Config;
 use crate::gpu::{GpuContext, GpuTensor, HostMatrix, Matrix, WeightFormat};
 use keys::KeyKind;
 use quant::QuantRules;
 use safetensors::{StDType, StoredTensor, TensorStore};
+use var_builder::VarBuilder;
 
 /// Storage format for float matrices on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -239,7 +240,11 @@ impl Checkpoint {
             used: BTreeMap::new(),
             formats: BTreeMap::new(),
         };
-        let text = b.text(ple_on_gpu)?;
+        let text = TextWeights::load(
+            &self.config.text_config,
+            &mut VarBuilder::root(&mut b, "language_model", MatrixRole::Text),
+            ple_on_gpu,
+        )?;
         let vision = match &self.config.vision_config {
             Some(_) => Some(b.vision()?),
             None => None,
@@ -303,7 +308,7 @@ impl Checkpoint {
                 shown.join(", ")
             );
         }
-        if let PerLayerTable::Host(h) = &text.embed_per_layer {
+        if let Some(PerLayerTable::Host(h)) = text.per_layer_table() {
             report.bytes_host = h.bytes();
         }
         report.elapsed = start.elapsed();
@@ -723,136 +728,6 @@ impl<S: Sink> Builder<'_, S> {
     ) -> Result<S::M, LoadError> {
         let lin = self.host_linear(path, rows, cols, kv_shared)?;
         self.sink.matrix(&lin, role)
-    }
-
-    fn text(&mut self, ple_on_gpu: bool) -> Result<TextWeights<S::M, S::V>, LoadError> {
-        let cfg = self.ck.config.text_config.clone();
-        if !cfg.tie_word_embeddings {
-            return Err(LoadError::Unsupported {
-                what: "tie_word_embeddings = false (a separate lm_head) is not implemented".into(),
-            });
-        }
-        let h = cfg.hidden_size;
-        let n = cfg.num_hidden_layers;
-        let p = cfg.hidden_size_per_layer_input;
-        let tx = MatrixRole::Text;
-        let embed_tokens =
-            self.linear("language_model.embed_tokens", cfg.vocab_size, h, false, tx)?;
-        let (embed_per_layer, per_layer_model_projection, per_layer_projection_norm) = if cfg
-            .has_ple()
-        {
-            let path = "language_model.embed_tokens_per_layer";
-            let table = if ple_on_gpu {
-                PerLayerTable::Gpu(self.linear(
-                    path,
-                    cfg.vocab_size_per_layer_input,
-                    n * p,
-                    false,
-                    tx,
-                )?)
-            } else {
-                let lin = self.host_linear(path, cfg.vocab_size_per_layer_input, n * p, false)?;
-                PerLayerTable::Host(HostTable { linear: lin })
-            };
-            let proj = self.linear(
-                "language_model.per_layer_model_projection",
-                n * p,
-                h,
-                false,
-                tx,
-            )?;
-            let norm = self.vec1(
-                "language_model.per_layer_projection_norm.weight",
-                p,
-                "language_model.per_layer_projection_norm",
-                false,
-            )?;
-            (table, Some(proj), Some(norm))
-        } else {
-            (PerLayerTable::None, None, None)
-        };
-        let norm = self.vec1(
-            "language_model.norm.weight",
-            h,
-            "language_model.norm",
-            false,
-        )?;
-        let mut layers = Vec::with_capacity(n);
-        for i in 0..n {
-            let pre = format!("language_model.layers.{i}");
-            let sh = cfg.is_kv_shared(i);
-            let hd = cfg.layer_head_dim(i);
-            let nh = cfg.num_attention_heads;
-            let kv = cfg.layer_kv_heads(i);
-            let inter = cfg.intermediate(i);
-            let m = |s: &str| format!("{pre}.{s}");
-            let nv = |b: &mut Self, s: &str, len: usize| {
-                b.vec1(&format!("{pre}.{s}.weight"), len, &format!("{pre}.{s}"), sh)
-            };
-            let input_layernorm = nv(self, "input_layernorm", h)?;
-            let post_attention_layernorm = nv(self, "post_attention_layernorm", h)?;
-            let pre_feedforward_layernorm = nv(self, "pre_feedforward_layernorm", h)?;
-            let post_feedforward_layernorm = nv(self, "post_feedforward_layernorm", h)?;
-            let q_proj = self.linear(&m("self_attn.q_proj"), nh * hd, h, sh, tx)?;
-            let k_proj = if sh {
-                None
-            } else {
-                Some(self.linear(&m("self_attn.k_proj"), kv * hd, h, sh, tx)?)
-            };
-            let v_proj = if sh || cfg.k_eq_v(i) {
-                None
-            } else {
-                Some(self.linear(&m("self_attn.v_proj"), kv * hd, h, sh, tx)?)
-            };
-            let o_proj = self.linear(&m("self_attn.o_proj"), h, nh * hd, sh, tx)?;
-            let q_norm = nv(self, "self_attn.q_norm", hd)?;
-            let k_norm = if sh {
-                None
-            } else {
-                Some(nv(self, "self_attn.k_norm", hd)?)
-            };
-            let gate_proj = self.linear(&m("mlp.gate_proj"), inter, h, sh, tx)?;
-            let up_proj = self.linear(&m("mlp.up_proj"), inter, h, sh, tx)?;
-            let down_proj = self.linear(&m("mlp.down_proj"), h, inter, sh, tx)?;
-            let (per_layer_input_gate, per_layer_projection, post_per_layer_input_norm) =
-                if cfg.has_ple() {
-                    (
-                        Some(self.linear(&m("per_layer_input_gate"), p, h, sh, tx)?),
-                        Some(self.linear(&m("per_layer_projection"), h, p, sh, tx)?),
-                        Some(nv(self, "post_per_layer_input_norm", h)?),
-                    )
-                } else {
-                    (None, None, None)
-                };
-            let layer_scalar = self.scalar(&m("layer_scalar"), &pre, true)?.unwrap_or(1.0);
-            layers.push(TextLayer {
-                input_layernorm,
-                post_attention_layernorm,
-                pre_feedforward_layernorm,
-                post_feedforward_layernorm,
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                q_norm,
-                k_norm,
-                gate_proj,
-                up_proj,
-                down_proj,
-                per_layer_input_gate,
-                per_layer_projection,
-                post_per_layer_input_norm,
-                layer_scalar,
-            });
-        }
-        Ok(TextWeights {
-            embed_tokens,
-            embed_per_layer,
-            per_layer_model_projection,
-            per_layer_projection_norm,
-            norm,
-            layers,
-        })
     }
 
     /// The vision tower and its embedder into the text stream, each block loading itself

@@ -1,0 +1,444 @@
+//! The decoder's forward pass: embed → layers → head, in prefill chunks or one decoded token,
+//! each recorded into one [`Recorder`] and submitted once.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::config::TextConfig;
+use crate::error::{Error, Result};
+use crate::model::media::MediaRuns;
+use crate::gpu::ops::{self, SampleScratch};
+use crate::gpu::{GpuContext, GpuTensor, Matrix, Recorder};
+use crate::weights::var_builder::VarBuilder;
+use crate::weights::{LoadError, Sink};
+
+use super::attention::{AttnEnv, RopeTables};
+use super::cache::KvCache;
+use super::embedding::{TokenEmbedding, scatter_media_rows};
+use super::head::LmHead;
+use super::layer::{DecoderLayer, LayerRows};
+use super::per_layer::{PerLayerEmbedding, PerLayerTable};
+use super::workspace::Workspace;
+
+/// Which logits a forward pass produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (e.g. prefill of a prompt prefix).
+    None,
+    /// The last position only (generation).
+    Last,
+    /// Every position of the chunk (conformance dumps, parity tests).
+    All,
+}
+
+/// Text decoder weights (canonical key prefix `language_model.`), one block per part of the
+/// spec: embedding → per-layer inputs → layers → head.
+#[derive(Debug)]
+pub struct TextWeights<M = Matrix, V = GpuTensor> {
+    /// `embed_tokens`; also the tied LM head.
+    pub embed: TokenEmbedding<M>,
+    /// The per-layer-embedding inputs (PLE models).
+    pub per_layer: Option<PerLayerEmbedding<M, V>>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer<M, V>>,
+    /// Final norm and softcap.
+    pub head: LmHead<V>,
+}
+
+impl<M, V> TextWeights<M, V> {
+    /// Loads the decoder from `vb` (module `language_model`), the PLE table on the GPU when
+    /// `ple_on_gpu`.
+    pub(crate) fn load<S: Sink<M = M, V = V>>(
+        cfg: &TextConfig,
+        vb: &mut VarBuilder<'_, '_, S>,
+        ple_on_gpu: bool,
+    ) -> Result<Self, LoadError> {
+        if !cfg.tie_word_embeddings {
+            return Err(LoadError::Unsupported {
+                what: "tie_word_embeddings = false (a separate lm_head) is not implemented".into(),
+            });
+        }
+        let embed = TokenEmbedding::load(vb, cfg.vocab_size, cfg.hidden_size)?;
+        let per_layer = cfg
+            .has_ple()
+            .then(|| PerLayerEmbedding::load(cfg, vb, ple_on_gpu))
+            .transpose()?;
+        let head = LmHead::load(cfg, vb)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(cfg, i, &mut vb.pp(&format!("layers.{i}"))))
+            .collect::<Result<_, _>>()?;
+        Ok(TextWeights {
+            embed,
+            per_layer,
+            layers,
+            head,
+        })
+    }
+
+    /// The PLE table, if the model has one.
+    pub fn per_layer_table(&self) -> Option<&PerLayerTable<M>> {
+        self.per_layer.as_ref().map(|p| &p.table)
+    }
+
+    /// Every matrix with its canonical module path (for inspection and tests).
+    pub fn matrices(&self) -> Vec<(String, &M)> {
+        let t = |n: &str| format!("language_model.{n}");
+        let mut v: Vec<(String, &M)> = vec![(t("embed_tokens"), &self.embed.embed_tokens)];
+        if let Some(p) = &self.per_layer {
+            if let PerLayerTable::Gpu(m) = &p.table {
+                v.push((t("embed_tokens_per_layer"), m));
+            }
+            v.push((t("per_layer_model_projection"), &p.model_projection));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |n: &str| format!("language_model.layers.{i}.{n}");
+            let a = &l.self_attn;
+            v.push((p("self_attn.q_proj"), &a.q_proj));
+            if let Some(m) = a.kv.k_proj() {
+                v.push((p("self_attn.k_proj"), m));
+            }
+            if let Some(m) = a.kv.v_proj() {
+                v.push((p("self_attn.v_proj"), m));
+            }
+            v.push((p("self_attn.o_proj"), &a.o_proj));
+            let mlp = l.mlp.dense();
+            v.push((p("mlp.gate_proj"), &mlp.gate_proj));
+            v.push((p("mlp.up_proj"), &mlp.up_proj));
+            v.push((p("mlp.down_proj"), &mlp.down_proj));
+            if let Some(pli) = &l.per_layer_input {
+                v.push((p("per_layer_input_gate"), &pli.gate));
+                v.push((p("per_layer_projection"), &pli.projection));
+            }
+        }
+        v
+    }
+}
+
+/// The text decoder: weights plus per-device constants (RoPE tables).
+pub struct TextDecoder {
+    ctx: GpuContext,
+    cfg: TextConfig,
+    w: Arc<TextWeights>,
+    rope: RopeTables,
+    /// Media token id whose embedding rows are replaced (image soft token), if any.
+    media_token: Option<u32>,
+    /// First layer of the trailing run of layers that own no KV cache (the KV-shared layers;
+    /// `num_hidden_layers` when the last layer owns its cache).
+    shared_tail: usize,
+}
+
+/// What a token-selection hook of [`TextDecoder::step_with`] / [`TextDecoder::select_last`]
+/// works on: the last position's logits (`[vocab]` f32, may be modified in place), the u32
+/// output the selected id must be written to, and the selection ops' scratch.
+pub struct Selection<'a> {
+    /// The logits row (`[vocab]`).
+    pub logits: &'a GpuTensor,
+    /// Where the selected token id goes (u32 `[1]`).
+    pub out: &'a GpuTensor,
+    /// Scratch for [`ops::argmax`] / [`ops::sample()`] / [`ops::top_k`].
+    pub scratch: &'a SampleScratch,
+}
+
+impl TextDecoder {
+    /// Builds the decoder over loaded weights.
+    pub fn new(
+        ctx: &GpuContext,
+        cfg: &TextConfig,
+        weights: Arc<TextWeights>,
+        media_token: Option<u32>,
+    ) -> Result<Self> {
+        Ok(TextDecoder {
+            ctx: ctx.clone(),
+            cfg: cfg.clone(),
+            w: weights,
+            rope: RopeTables::new(ctx, cfg)?,
+            media_token,
+            shared_tail: (0..cfg.num_hidden_layers)
+                .rev()
+                .take_while(|&i| cfg.kv_source(i) != Some(i))
+                .last()
+                .unwrap_or(cfg.num_hidden_layers),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    /// Allocates the KV cache for up to `max_context` tokens and a workspace for prefill chunks
+    /// of `chunk` tokens.
+    pub fn new_session(&self, max_context: usize, chunk: usize) -> Result<(KvCache, Workspace)> {
+        let chunk = chunk.max(1);
+        let cache = KvCache::new(&self.ctx, &self.cfg, max_context, chunk)?;
+        let ws = Workspace::new(&self.ctx, &self.cfg, chunk)?;
+        Ok((cache, ws))
+    }
+
+    /// Runs `ids` through the decoder at the cache's current position, in chunks of the
+    /// workspace size, and advances the cache. Returns the requested logits (`[rows, vocab]`,
+    /// flattened) read back to the host.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        ids: &[u32],
+        media: Option<&MediaRuns>,
+        logits: Logits,
+    ) -> Result<Vec<f32>> {
+        let n = ids.len();
+        // Check the whole prompt before running any of it, so a failure leaves the cache as it was.
+        if cache.position() + n > cache.max_context() {
+            return Err(Error::InvalidArgument(format!(
+                "context overflow: position {} + {n} tokens exceeds the maximum context of {} \
+                 (raise it when creating the session)",
+                cache.position(),
+                cache.max_context()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {} ids",
+                self.cfg.vocab_size
+            )));
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < n {
+            // All positions' logits: sub-chunks that fit the logits buffer (exact: chunked
+            // prefill gives the same result).
+            let step = match logits {
+                Logits::All => ws.chunk.min(ws.logits_rows),
+                _ => ws.chunk,
+            };
+            let len = step.min(n - start);
+            let chunk_ids = &ids[start..start + len];
+            let last_chunk = start + len == n;
+            let want = match logits {
+                Logits::All => Logits::All,
+                Logits::Last if last_chunk => Logits::Last,
+                _ => Logits::None,
+            };
+            let mut rec = self.ctx.recorder();
+            let chunk_media = media.map(|m| (m, start..start + len));
+            self.record_chunk(&mut rec, cache, ws, chunk_ids, chunk_media, want)?;
+            rec.submit()?;
+            match want {
+                Logits::All => out.extend(ws.logits.rows(0, len).to_f32(&self.ctx)?),
+                Logits::Last => out.extend(ws.logits.rows(0, 1).to_f32(&self.ctx)?),
+                Logits::None => {}
+            }
+            cache.advance(len);
+            start += len;
+        }
+        Ok(out)
+    }
+
+    /// One greedy decode step: feeds `token` at the cache position, samples the next token with
+    /// argmax on the GPU and reads back only its id (4 bytes). One submit.
+    pub fn step_greedy(&self, cache: &mut KvCache, ws: &mut Workspace, token: u32) -> Result<u32> {
+        self.step_with(cache, ws, token, |rec, sel| {
+            ops::argmax(rec, sel.logits, sel.out, sel.scratch)?;
+            Ok(())
+        })
+    }
+
+    /// One decode step with a caller-chosen token selection: feeds `token` at the cache
+    /// position, records the decoder, then `select` (which must write the next token id into
+    /// [`Selection::out`], e.g. with [`ops::sample()`] or [`ops::argmax`], optionally after
+    /// in-place logit processing such as [`ops::repetition_penalty`]) into the **same**
+    /// recorder; one submit, and only the 4-byte id is read back. Advances the cache by one.
+    pub fn step_with(
+        &self,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        token: u32,
+        select: impl FnOnce(&mut Recorder, &Selection<'_>) -> Result<()>,
+    ) -> Result<u32> {
+        let mut rec = self.ctx.recorder();
+        self.record_chunk(&mut rec, cache, ws, &[token], None, Logits::Last)?;
+        let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
+        select(
+            &mut rec,
+            &Selection {
+                logits: &logits,
+                out: &ws.token,
+                scratch: &ws.sample_scratch,
+            },
+        )?;
+        rec.read_back(&ws.readback, &ws.token)?;
+        rec.submit()?;
+        ws.last_step = rec.stats();
+        let id = ws.readback.read_u32(&self.ctx)?;
+        cache.advance(1);
+        Ok(id)
+    }
+
+    /// Selects a token from the logits the last [`forward`](Self::forward) with
+    /// [`Logits::Last`] left on the GPU (the prompt's last position), with the same `select`
+    /// hook as [`step_with`](Self::step_with); one submit, 4 bytes read back. The cache is not
+    /// touched.
+    pub fn select_last(
+        &self,
+        ws: &mut Workspace,
+        select: impl FnOnce(&mut Recorder, &Selection<'_>) -> Result<()>,
+    ) -> Result<u32> {
+        let mut rec = self.ctx.recorder();
+        let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
+        select(
+            &mut rec,
+            &Selection {
+                logits: &logits,
+                out: &ws.token,
+                scratch: &ws.sample_scratch,
+            },
+        )?;
+        rec.submit()?;
+        Ok(ws.token.to_u32(&self.ctx)?[0])
+    }
+
+    /// Greedy generation of up to `max_new` tokens after the prompt (the prompt is prefilled
+    /// first). Stops early at any of `stop` ids (the stop id is included).
+    pub fn generate_greedy(
+        &self,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        prompt: &[u32],
+        media: Option<&MediaRuns>,
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        let logits = self.forward(cache, ws, prompt, media, Logits::Last)?;
+        let mut next = argmax_host(&logits);
+        let mut out = Vec::with_capacity(max_new);
+        while out.len() < max_new {
+            out.push(next);
+            if stop.contains(&next) || out.len() == max_new {
+                break;
+            }
+            next = self.step_greedy(cache, ws, next)?;
+        }
+        Ok(out)
+    }
+
+    /// Records one chunk: embed (with the media scatter) → per-layer inputs → layers → head.
+    /// `media`: the forward pass's placed media and the chunk's positions within its ids.
+    fn record_chunk(
+        &self,
+        rec: &mut Recorder,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        ids: &[u32],
+        media: Option<(&MediaRuns, Range<usize>)>,
+        want: Logits,
+    ) -> Result<()> {
+        let (w, l, pos0) = (&*self.w, ids.len(), cache.position());
+        let eps = self.cfg.rms_norm_eps as f32;
+        if pos0 + l > cache.max_context() {
+            return Err(Error::InvalidArgument(format!(
+                "context overflow: position {} + {} tokens exceeds the maximum context of {} \
+                 (raise it when creating the session)",
+                pos0,
+                l,
+                cache.max_context()
+            )));
+        }
+        // h0 = embed(ids') * sqrt(H) (ids' = ids with media positions -> pad); media rows
+        // replaced by the projected features.
+        let lookup_ids = self.lookup_ids(ids)?;
+        let ids_t = ws.ids.rows(0, l);
+        ids_t.write_u32(&self.ctx, &lookup_ids)?;
+        let (h, xn) = (ws.h.rows(0, l), ws.xn.rows(0, l));
+        w.embed.record(rec, &ids_t, &h)?;
+        if let Some((m, positions)) = media {
+            scatter_media_rows(rec, m, positions, &h)?;
+        }
+        let ple = match &w.per_layer {
+            Some(p) => Some(p.record(rec, &self.ctx, ws, &lookup_ids, &ids_t, &h, eps)?),
+            None => None,
+        };
+        // The first layer's input norm; every later one (and the final norm) is fused into the
+        // residual kernel that produces its input (`next_norm`).
+        if let Some(first) = w.layers.first() {
+            ops::rms_norm(rec, &h, Some(&first.input_layernorm), &xn, eps)?;
+        }
+        let env = AttnEnv {
+            ws,
+            cache,
+            rope: &self.rope,
+            eps,
+        };
+        for (i, layer) in w.layers.iter().enumerate() {
+            let r0 = self.first_live_row(i, l, want);
+            let rows = LayerRows {
+                h: h.rows(r0, l - r0),
+                xn: xn.rows(r0, l - r0),
+                ple: ple.as_ref().map(|p| p.rows(r0, l - r0)),
+                pos0: pos0 + r0,
+            };
+            let next_norm = match w.layers.get(i + 1) {
+                Some(next) => Some(&next.input_layernorm),
+                None if want != Logits::None => Some(&w.head.norm),
+                None => None,
+            };
+            layer.record(rec, &env, &rows, next_norm)?;
+        }
+        // Tied LM head over the final-normed rows (xn; h itself when there are no layers).
+        let n = match want {
+            Logits::None => return Ok(()),
+            Logits::Last => 1,
+            Logits::All => l,
+        };
+        let x = if w.layers.is_empty() { &h } else { &xn };
+        let (x, logits) = (x.rows(l - n, n), ws.logits.rows(0, n));
+        let normed = !w.layers.is_empty();
+        w.head
+            .record(rec, &w.embed, &x, normed, &ws.final_h, &logits, eps)
+    }
+
+    /// The chunk's token ids for the embedding lookups (media positions -> pad), checked
+    /// against the vocabulary.
+    fn lookup_ids(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        let c = &self.cfg;
+        let lookup: Vec<u32> = ids
+            .iter()
+            .map(|&t| {
+                if Some(t) == self.media_token {
+                    c.pad_token_id
+                } else {
+                    t
+                }
+            })
+            .collect();
+        if let Some(&t) = lookup.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {t} is outside the vocabulary of {} ids",
+                c.vocab_size
+            )));
+        }
+        Ok(lookup)
+    }
+
+    /// First row of an `l`-token chunk that layer `i` computes: from the first layer of the
+    /// trailing run of KV-shared layers on, only the last position matters unless every
+    /// position's logits are wanted (those layers write no cache that a later layer or step
+    /// reads, so the other rows would be dead work).
+    fn first_live_row(&self, i: usize, l: usize, want: Logits) -> usize {
+        if want != Logits::All && i >= self.shared_tail {
+            l - 1
+        } else {
+            0
+        }
+    }
+}
+
+/// Index of the largest value (first on ties), as torch.argmax.
+pub fn argmax_host(v: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,84 @@
+//! A prefix view over the loader's [`Builder`](super::Builder), as candle's `VarBuilder`: each
+//! model block loads its own tensors by their name relative to the block
+//! (`vb.pp("self_attn").linear("q_proj", rows, cols)`), through the one construction path of the
+//! loader (every sink, the role bookkeeping, the error messages).
+
+use super::{Builder, HostLinear, LoadError, MatrixRole, Sink};
+
+/// The loader seen from one module path (e.g. `language_model.layers.3`).
+pub(crate) struct VarBuilder<'b, 'a, S: Sink> {
+    b: &'b mut Builder<'a, S>,
+    prefix: String,
+    /// Whether the module belongs to a KV-shared text layer (named in missing-tensor errors).
+    kv_shared: bool,
+    /// Matrix role of the module's matrices (text side or vision tower).
+    role: MatrixRole,
+}
+
+impl<'b, 'a, S: Sink> VarBuilder<'b, 'a, S> {
+    /// The view of module `prefix`.
+    pub(super) fn root(b: &'b mut Builder<'a, S>, prefix: &str, role: MatrixRole) -> Self {
+        VarBuilder {
+            b,
+            prefix: prefix.to_string(),
+            kv_shared: false,
+            role,
+        }
+    }
+
+    /// The sub-module `name` (`prefix.name`); it inherits the KV-shared flag and the role.
+    pub(crate) fn pp(&mut self, name: &str) -> VarBuilder<'_, 'a, S> {
+        VarBuilder {
+            prefix: self.path(name),
+            b: &mut *self.b,
+            kv_shared: self.kv_shared,
+            role: self.role,
+        }
+    }
+
+    /// Marks this module (and its sub-modules) as part of a KV-shared text layer.
+    pub(crate) fn set_kv_shared(&mut self, kv_shared: bool) {
+        self.kv_shared = kv_shared;
+    }
+
+    /// `prefix.name`.
+    pub(crate) fn path(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// Validates sub-module `name` as a `[rows, cols]` Linear/Embedding and hands it to the sink.
+    pub(crate) fn linear(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<S::M, LoadError> {
+        let path = self.path(name);
+        self.b.linear(&path, rows, cols, self.kv_shared, self.role)
+    }
+
+    /// Validates sub-module `name` as a `[rows, cols]` Linear/Embedding, kept on the host.
+    pub(crate) fn host_linear(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<HostLinear, LoadError> {
+        let path = self.path(name);
+        self.b.host_linear(&path, rows, cols, self.kv_shared)
+    }
+
+    /// The `[len]` weight of norm sub-module `name` (`prefix.name.weight`).
+    pub(crate) fn norm(&mut self, name: &str, len: usize) -> Result<S::V, LoadError> {
+        let module = self.path(name);
+        self.b
+            .vec1(&format!("{module}.weight"), len, &module, self.kv_shared)
+    }
+
+    /// The scalar tensor `prefix.name` (`[]` or `[1]`) owned by this module; `None` when absent
+    /// and not required.
+    pub(crate) fn scalar(&mut self, name: &str, required: bool) -> Result<Option<f32>, LoadError> {
+        let key = self.path(name);
+        self.b.scalar(&key, &self.prefix, required)
+    }
+}
