@@ -16,6 +16,7 @@ pub mod loading;
 pub mod memory;
 pub mod model;
 pub mod preprocess;
+pub mod quant;
 pub mod registry;
 pub mod session;
 pub mod synthetic;

@@ -1,9 +1,14 @@
-//! CPU helpers for MLX affine quantization (`mx.quantize(w, group_size, bits)`, mode "affine").
+//! CPU MLX affine quantization (`mx.quantize(w, group_size, bits)`, mode "affine"): the layout,
+//! packing and unpacking of codes, the MLX-exact quantizer (tests, synthetic checkpoints and
+//! quantize-on-load) and dequantization (the host PLE table, CPU references, tests).
 //!
 //! Layout (MLX): per row a little-endian bit stream of `bits`-bit codes in u32 words; code `k`
 //! occupies bits `[k * bits, (k + 1) * bits)` of the row's stream, so 3/5/6-bit codes may straddle
 //! two words. Per group of `group` consecutive columns one scale and one bias; `w = scale * q + bias`.
 //! Scales may be negative (MLX anchors the group at the edge with the larger magnitude).
+//! The GPU kernels decode the same layout (`wgsl/common/affine.wgsl`).
+
+use crate::gpu::ScaleDType;
 
 /// Words of one packed row of `cols` codes of `bits` bits.
 pub fn row_words(cols: usize, bits: u32) -> usize {
@@ -80,6 +85,7 @@ pub fn pack_codes(codes: &[u32], cols: usize, bits: u32) -> Vec<u32> {
 }
 
 /// Code `k` of one packed row.
+#[inline]
 pub fn unpack_code(row_words: &[u32], k: usize, bits: u32) -> u32 {
     let bit = k * bits as usize;
     let (wi, sh) = (bit / 32, (bit % 32) as u32);
@@ -89,6 +95,29 @@ pub fn unpack_code(row_words: &[u32], k: usize, bits: u32) -> u32 {
         v |= row_words[wi + 1] << (32 - sh);
     }
     v & mask
+}
+
+/// Reads little-endian u32 words from bytes (e.g. a row of a stored `.weight` tensor).
+pub fn words_of(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Dequantizes one packed row: `out[k] = scales[k / group] * q_k + biases[k / group]`.
+pub fn dequantize_row(
+    words: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    bits: u32,
+    group: usize,
+    out: &mut [f32],
+) {
+    for (k, o) in out.iter_mut().enumerate() {
+        let g = k / group;
+        *o = scales[g] * unpack_code(words, k, bits) as f32 + biases[g];
+    }
 }
 
 /// Dequantizes packed codes with per-group scales and biases back to `[rows, cols]` f32.
@@ -103,15 +132,116 @@ pub fn dequantize_affine(
 ) -> Vec<f32> {
     let rw = row_words(cols, bits);
     let groups = cols / group.max(1);
-    let mut out = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        let row = &packed[r * rw..(r + 1) * rw];
-        for k in 0..cols {
-            let g = r * groups + k / group;
-            out.push(scales[g] * unpack_code(row, k, bits) as f32 + biases[g]);
-        }
+    let mut out = vec![0f32; rows * cols];
+    for (r, o) in out.chunks_exact_mut(cols.max(1)).enumerate().take(rows) {
+        let g = r * groups..(r + 1) * groups;
+        dequantize_row(
+            &packed[r * rw..(r + 1) * rw],
+            &scales[g.clone()],
+            &biases[g],
+            bits,
+            group,
+            o,
+        );
     }
     out
+}
+
+/// A quantized matrix in the MLX storage layout, scales and biases as stored bytes.
+#[derive(Debug, Clone)]
+pub struct Quantized {
+    /// `rows * row_words` packed words, row-major.
+    pub words: Vec<u32>,
+    /// `rows * cols / group` scales, little-endian in `scale_dtype`.
+    pub scales: Vec<u8>,
+    /// `rows * cols / group` biases, little-endian in `scale_dtype`.
+    pub biases: Vec<u8>,
+    /// Storage type of scales/biases.
+    pub scale_dtype: ScaleDType,
+}
+
+fn push(out: &mut Vec<u8>, x: f32, t: ScaleDType) {
+    match t {
+        ScaleDType::F32 => out.extend_from_slice(&x.to_le_bytes()),
+        ScaleDType::F16 => out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes()),
+        ScaleDType::BF16 => out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes()),
+    }
+}
+
+/// Whether f16 scales and biases would lose precision (subnormal or out of range) for these
+/// values.
+fn f16_ok(values: &[f32], bits: u32, group: usize) -> bool {
+    let n = ((1u32 << bits) - 1) as f32;
+    values.chunks(group).all(|g| {
+        let (mn, mx) = g
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let s = (mx - mn) / n;
+        (s == 0.0 || s >= 6.2e-5) && mn.abs() < 60000.0 && mx.abs() < 60000.0
+    })
+}
+
+/// [`quantize_affine`] with scales and biases stored as `st` (rounded from the f32 values MLX
+/// computes; the codes are those of the f32 scales, as in MLX).
+pub fn quantize_affine_with(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group: usize,
+    st: ScaleDType,
+) -> Quantized {
+    let (words, scales, biases) = quantize_affine(values, rows, cols, bits, group);
+    let mut q = Quantized {
+        words,
+        scales: Vec::with_capacity(scales.len() * st.size()),
+        biases: Vec::with_capacity(biases.len() * st.size()),
+        scale_dtype: st,
+    };
+    for (s, b) in scales.into_iter().zip(biases) {
+        push(&mut q.scales, s, st);
+        push(&mut q.biases, b, st);
+    }
+    q
+}
+
+/// Quantize-on-load of a matrix produced row by row (`row(r, out)` fills row `r`), so that a
+/// large stored matrix is never materialised in f32: one pass picks the scale type (f16 unless a
+/// group's range needs f32), a second quantizes each row with [`quantize_affine_with`].
+pub fn quantize_rows(
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group: usize,
+    row: impl Fn(usize, &mut [f32]),
+) -> Quantized {
+    let mut buf = vec![0f32; cols];
+    let mut ok = true;
+    for r in 0..rows {
+        row(r, &mut buf);
+        if !f16_ok(&buf, bits, group) {
+            ok = false;
+            break;
+        }
+    }
+    let st = if ok { ScaleDType::F16 } else { ScaleDType::F32 };
+    let ng = cols / group.max(1);
+    let mut q = Quantized {
+        words: Vec::with_capacity(rows * row_words(cols, bits)),
+        scales: Vec::with_capacity(rows * ng * st.size()),
+        biases: Vec::with_capacity(rows * ng * st.size()),
+        scale_dtype: st,
+    };
+    for r in 0..rows {
+        row(r, &mut buf);
+        let one = quantize_affine_with(&buf, 1, cols, bits, group, st);
+        q.words.extend_from_slice(&one.words);
+        q.scales.extend_from_slice(&one.scales);
+        q.biases.extend_from_slice(&one.biases);
+    }
+    q
 }
 
 #[cfg(test)]
@@ -228,6 +358,40 @@ mod tests {
                     if bits >= 4 && range > 0.0 {
                         assert!(sc <= range / n_bins * (1.0 + 2.0 / n_bins) + 1e-7);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stored_scales_round_trip_every_width() {
+        // (formerly weights::quantize's test) f32 storage dequantizes within half a step
+        let cols = 128;
+        let vals: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 70.0)
+            .collect();
+        for bits in [2u32, 3, 4, 5, 6, 8] {
+            let q = quantize_affine_with(&vals, 2, cols, bits, 64, ScaleDType::F32);
+            let s: Vec<f32> = bytemuck::pod_collect_to_vec(&q.scales);
+            let b: Vec<f32> = bytemuck::pod_collect_to_vec(&q.biases);
+            let wpr = row_words(cols, bits);
+            for r in 0..2 {
+                let mut out = vec![0f32; cols];
+                let words = words_of(bytemuck::cast_slice(&q.words[r * wpr..(r + 1) * wpr]));
+                dequantize_row(
+                    &words,
+                    &s[r * 2..r * 2 + 2],
+                    &b[r * 2..r * 2 + 2],
+                    bits,
+                    64,
+                    &mut out,
+                );
+                for k in 0..cols {
+                    let step = s[r * 2 + k / 64].abs();
+                    assert!(
+                        (out[k] - vals[r * cols + k]).abs() <= step * 0.5 + 1e-6,
+                        "bits {bits}"
+                    );
                 }
             }
         }
