@@ -1,6 +1,6 @@
 //! Attention (`wgsl/attention.wgsl`): flash-decode for one query, online-softmax prefill for
 //! many, over keys and values written by [`kv_write`](super::kv_write) or
-//! [`attention_input`](super::attention_input).
+//! [`attention_input`](fn@super::attention_input).
 //!
 //! Keys and values live in a store addressed by absolute position: the key of position `p` of
 //! kv head `g` sits in slot `p % cap`. [`KvLayout::HeadMajor`] is the KV cache `[nkv, cap, hd]`
