@@ -16,6 +16,7 @@ pub mod memory;
 pub mod model;
 pub mod preprocess;
 pub mod prompt;
+pub mod quant;
 pub mod registry;
 pub mod synthetic;
 pub mod tokenizer;

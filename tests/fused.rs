@@ -11,8 +11,9 @@ use gemma_wgpu::gpu::ops::{
     residual_norm,
 };
 use gemma_wgpu::gpu::{
-    GpuContext, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat, quant, reference,
+    GpuContext, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat, reference,
 };
+use gemma_wgpu::quant;
 
 struct Host {
     m: Matrix,

@@ -6,8 +6,9 @@ mod common;
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{embedding, linear};
 use gemma_wgpu::gpu::{
-    DType, GpuContext, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat, quant, reference,
+    DType, GpuContext, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat, reference,
 };
+use gemma_wgpu::quant;
 
 /// Host storage of a matrix: data, scales, biases.
 struct Host {

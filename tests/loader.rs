@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use gemma_wgpu::config::{ConfigError, Gemma4Config};
 use gemma_wgpu::gpu::ScaleDType;
-use gemma_wgpu::weights::quant::{dequantize_row, words_of};
-use gemma_wgpu::weights::quantize::quantize_affine_with;
+use gemma_wgpu::quant::{dequantize_row, quantize_affine_with, words_of};
 use gemma_wgpu::weights::{
     Checkpoint, FloatFormat, LoadError, LoadOptions, PerLayerTable, Role, load,
 };

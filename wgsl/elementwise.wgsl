@@ -31,12 +31,7 @@ struct Params {
 //#endif
 //#endif
 
-fn gelu_tanh(x: f32) -> f32 {
-    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with tanh clamped for large |z|
-    let z = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    let zc = clamp(z, -15.0, 15.0);
-    return 0.5 * x * (1.0 + tanh(zc));
-}
+//#include "common/gelu.wgsl"
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -2,7 +2,8 @@
 // out[i, k] = W[ids[i], k] * scale for every id inside the window (rows row_start .. row_start +
 // rows); other ids are skipped (another window's dispatch writes them). One invocation per output
 // element, 256 per workgroup; workgroup index = wid.x + wid.y * num_workgroups.x.
-// Same format defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT; otherwise W_FMT.
+// Same format defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT (common/affine.wgsl);
+// otherwise W_FMT (common/dense.wgsl).
 
 // 32 bytes: the recorder's parameter slots are only guaranteed to hold 32 bytes.
 struct Params {
@@ -28,20 +29,10 @@ struct Params {
 //#endif
 
 //#if AFFINE
-const BITS: u32 = {{BITS}}u;
-const GROUP: u32 = {{GROUP}}u;
-const SB_FMT: u32 = {{SB_FMT}}u;
-const MASK: u32 = (1u << BITS) - 1u;
+//#include "common/affine.wgsl"
 
-fn scale_bias(i: u32) -> vec2<f32> {
-    if (SB_FMT == 2u) {
-        return vec2<f32>(bitcast<f32>(sb[2u * i]), bitcast<f32>(sb[2u * i + 1u]));
-    }
-    let w = sb[i];
-    if (SB_FMT == 1u) {
-        return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
-    }
-    return unpack2x16float(w);
+fn sb_word(m: u32, i: u32) -> u32 {
+    return sb[i];
 }
 
 fn value(r: u32, k: u32) -> f32 {
@@ -52,23 +43,15 @@ fn value(r: u32, k: u32) -> f32 {
     if (sh + BITS > 32u) {
         v = v | (wq[wi + 1u] << (32u - sh));
     }
-    let s = scale_bias(r * (p.cols / GROUP) + k / GROUP);
+    let s = scale_bias(0u, r * (p.cols / GROUP) + k / GROUP);
     return s.x * f32(v & MASK) + s.y;
 }
 //#else
-const W_FMT: u32 = {{W_FMT}}u;
+//#include "common/dense.wgsl"
 
 fn value(r: u32, k: u32) -> f32 {
     let e = r * p.cols + k;
-    if (W_FMT == 0u) {
-        return bitcast<f32>(wq[e]);
-    }
-    let w = wq[e / 2u];
-    if (W_FMT == 1u) {
-        let h = unpack2x16float(w);
-        return select(h.x, h.y, (e & 1u) == 1u);
-    }
-    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
+    return dense_value(wq[dense_word(e)], e);
 }
 //#endif
 

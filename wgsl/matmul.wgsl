@@ -6,7 +6,8 @@
 // Both tiles are stored k-major as vec4s (the four rows an invocation needs at one k side by
 // side): the inner loop is two vec4 loads and four vec4 FMAs; invocations of a SIMD group
 // (consecutive tx) read consecutive weight vec4s and share the x vec4 (a broadcast).
-// Same defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT; otherwise W_FMT.
+// Same defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT (common/affine.wgsl); otherwise
+// W_FMT (common/dense.wgsl).
 // Grid: x = row tiles, y = batch tiles. No subgroup operations (one kernel for both paths).
 
 struct Params {
@@ -44,20 +45,10 @@ fn put_w(k: u32, r: u32, v: f32) {
 }
 
 //#if AFFINE
-const BITS: u32 = {{BITS}}u;
-const GROUP: u32 = {{GROUP}}u;
-const SB_FMT: u32 = {{SB_FMT}}u;
-const MASK: u32 = (1u << BITS) - 1u;
+//#include "common/affine.wgsl"
 
-fn scale_bias(i: u32) -> vec2<f32> {
-    if (SB_FMT == 2u) {
-        return vec2<f32>(bitcast<f32>(sb[2u * i]), bitcast<f32>(sb[2u * i + 1u]));
-    }
-    let w = sb[i];
-    if (SB_FMT == 1u) {
-        return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
-    }
-    return unpack2x16float(w);
+fn sb_word(m: u32, i: u32) -> u32 {
+    return sb[i];
 }
 
 // Dequantizes the 32 values of K tile kc of row `row` into wt[slot].
@@ -67,17 +58,9 @@ fn load_w(row: u32, kc: u32, slot: u32) {
     for (var i = 0u; i < BITS; i++) {
         w[i] = wq[base + i];
     }
-    let s = scale_bias(row * p.groups + (kc * T) / GROUP);
+    let s = scale_bias(0u, row * p.groups + (kc * T) / GROUP);
     for (var m = 0u; m < 8u; m++) {
-        let bit = m * 4u * BITS;
-        let wi = bit / 32u;
-        let sh = bit % 32u;
-        var v = w[wi] >> sh;
-        if (sh + 4u * BITS > 32u) {
-            v = v | (w[min(wi + 1u, BITS - 1u)] << (32u - sh));
-        }
-        let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
-        let d = vec4<f32>(q) * s.x + s.y;
+        let d = vec4<f32>(chunk_codes4(&w, m)) * s.x + s.y;
         put_w(4u * m, slot, d.x);
         put_w(4u * m + 1u, slot, d.y);
         put_w(4u * m + 2u, slot, d.z);
@@ -85,18 +68,10 @@ fn load_w(row: u32, kc: u32, slot: u32) {
     }
 }
 //#else
-const W_FMT: u32 = {{W_FMT}}u;
+//#include "common/dense.wgsl"
 
 fn wel(e: u32) -> f32 {
-    if (W_FMT == 0u) {
-        return bitcast<f32>(wq[e]);
-    }
-    let w = wq[e / 2u];
-    if (W_FMT == 1u) {
-        let h = unpack2x16float(w);
-        return select(h.x, h.y, (e & 1u) == 1u);
-    }
-    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
+    return dense_value(wq[dense_word(e)], e);
 }
 
 fn load_w(row: u32, kc: u32, slot: u32) {

@@ -1,7 +1,8 @@
 // Decode matvec y[row] = sum_k W[row, k] * x[k] over one row window of a weight matrix.
 //
-// Defines: AFFINE (MLX affine codes) with BITS (2,3,4,5,6,8), GROUP (32,64,128) and SB_FMT
-// (0 f16, 1 bf16, 2 f32 scales/biases); otherwise W_FMT (0 f32, 1 f16, 2 bf16). WVEC: weights
+// Defines: AFFINE (MLX affine codes, common/affine.wgsl) with BITS (2,3,4,5,6,8), GROUP
+// (32,64,128) and SB_FMT (0 f16, 1 bf16, 2 f32 scales/biases); otherwise W_FMT (0 f32, 1 f16,
+// 2 bf16; common/dense.wgsl). WVEC: weights
 // bound as vec4<u32> (affine BITS 4/8; f32 with cols % 4 == 0; f16/bf16 with cols % 8 == 0).
 // XVEC: x bound as vec4<f32> (its element offset is a multiple of 4 and chunks are 4-aligned).
 // SUBGROUP: 32 rows per 64-invocation workgroup, each subgroup reducing 4 rows at a time (x and
@@ -102,7 +103,7 @@ fn wget(m: u32, i: u32) -> u32 {
 }
 
 //#if AFFINE
-fn sbget(m: u32, i: u32) -> u32 {
+fn sb_word(m: u32, i: u32) -> u32 {
 //#if MAT3
     if (m == 2u) {
         return sb2[i];
@@ -139,35 +140,9 @@ fn rowmap(row0: u32, j: u32) -> vec2<u32> {
 }
 
 //#if AFFINE
-const BITS: u32 = {{BITS}}u;
-const GROUP: u32 = {{GROUP}}u;
-const SB_FMT: u32 = {{SB_FMT}}u;
-const MASK: u32 = (1u << BITS) - 1u;
-
-// (scale, bias) of group index i of matrix m.
-fn scale_bias(m: u32, i: u32) -> vec2<f32> {
-    if (SB_FMT == 2u) {
-        return vec2<f32>(bitcast<f32>(sbget(m, 2u * i)), bitcast<f32>(sbget(m, 2u * i + 1u)));
-    }
-    let w = sbget(m, i);
-    if (SB_FMT == 1u) {
-        return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
-    }
-    return unpack2x16float(w);
-}
+//#include "common/affine.wgsl"
 
 //#if WVEC
-// BITS 4: the 8 codes of word w against x values a, b; BITS 8: the 4 codes against a.
-fn word_dot(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    if (BITS == 8u) {
-        let q = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
-        return dot(q, a);
-    }
-    let qa = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-    let qb = vec4<f32>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
-    return dot(qa, a) + dot(qb, b);
-}
-
 // sum q * x over the 32 codes of chunk c of row `row` of matrix m (x of the chunk in xv).
 // BITS 4 or 8: one or two vec4<u32> loads, decoded with constant shifts. (MLX's trick of
 // masking codes in place against pre-scaled x measured ~10-25% slower on lavapipe.)
@@ -196,15 +171,7 @@ fn chunk_dot(m: u32, row: u32, c: u32, xv: ptr<function, array<vec4<f32>, 8>>) -
     }
     var d = 0.0;
     for (var k = 0u; k < 8u; k++) {
-        let bit = k * 4u * BITS;
-        let wi = bit / 32u;
-        let sh = bit % 32u;
-        var v = w[wi] >> sh;
-        if (sh + 4u * BITS > 32u) {
-            v = v | (w[min(wi + 1u, BITS - 1u)] << (32u - sh));
-        }
-        let q = (vec4<u32>(v) >> vec4<u32>(0u, BITS, 2u * BITS, 3u * BITS)) & vec4<u32>(MASK);
-        d += dot(vec4<f32>(q), (*xv)[k]);
+        d += dot(vec4<f32>(chunk_codes4(&w, k)), (*xv)[k]);
     }
     return d;
 }
@@ -239,7 +206,7 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2>
     return array<vec4<f32>, 2>(lo, hi);
 }
 //#else
-const W_FMT: u32 = {{W_FMT}}u;
+//#include "common/dense.wgsl"
 
 //#if WVEC
 // Partial dot products of the accumulator slots of the rows starting at row0 (see rowmap) over
@@ -256,8 +223,8 @@ fn wdot(mr: vec2<u32>, nv: u32, v: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
         lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
         hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
     } else {
-        lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
-        hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+        lo = unpack4x_bf16(q.xy);
+        hi = unpack4x_bf16(q.zw);
     }
     return dot(lo, xa) + dot(hi, xb);
 }
@@ -289,15 +256,7 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2>
 //#else
 // Weight element e (row-major index within the window) of matrix m.
 fn wel(m: u32, e: u32) -> f32 {
-    if (W_FMT == 0u) {
-        return bitcast<f32>(wget(m, e));
-    }
-    let w = wget(m, e / 2u);
-    if (W_FMT == 1u) {
-        let h = unpack2x16float(w);
-        return select(h.x, h.y, (e & 1u) == 1u);
-    }
-    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
+    return dense_value(wget(m, dense_word(e)), e);
 }
 
 fn row_partial(m: u32, row: u32, lane: u32, step: u32) -> f32 {
@@ -325,12 +284,7 @@ fn rows_partial(row0: u32, lane: u32, step: u32, nr: u32) -> array<vec4<f32>, 2>
 //#endif
 //#endif
 
-fn gelu_tanh(x: f32) -> f32 {
-    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with tanh clamped for large |z|
-    let z = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    let zc = clamp(z, -15.0, 15.0);
-    return 0.5 * x * (1.0 + tanh(zc));
-}
+//#include "common/gelu.wgsl"
 
 // Output i of the row group at row0 from the reduced slots.
 fn epilogue(row0: u32, i: u32, s: array<vec4<f32>, 2>) -> f32 {

@@ -7,9 +7,7 @@
 //   y_{j+seg/2}  = x_{j+seg/2} cos + x_j sin
 // Proportional RoPE is inv_freq[j] = 0 beyond rope_angles (cos 1, sin 0: exact pass-through).
 // One thread per pair; 2-D grid of workgroups (wid.x + wid.y * nwg.x).
-// The f32 angle is reduced to [-pi, pi] (Cody-Waite, 2*pi split in four parts, the first three
-// with 8 significant bits so k * C_i is exact for k < 2^16) before cos/sin, because GPU sin/cos
-// of large arguments are inaccurate on some backends.
+// The f32 angle is range-reduced before cos/sin (common/rope.wgsl).
 
 struct Params {
     n_pairs: u32,   // tokens * heads * hd / 2
@@ -27,21 +25,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> pos_buf: array<u32>;
 @group(0) @binding(3) var<storage, read> freq_buf: array<f32>;
 
-const INV_TWO_PI: f32 = 0.15915494309189535;
-const C1: f32 = 6.28125;
-const C2: f32 = 0.00193023681640625;
-const C3: f32 = 5.066394805908203e-06;
-const C4: f32 = 3.968374517882012e-09;
-
-// a - 2*pi*round(a / (2*pi)), accurate to a few ulp of pi for |a| < 2^16 * 2 * pi.
-fn reduce_angle(a: f32) -> f32 {
-    let k = round(a * INV_TWO_PI);
-    var r = a - k * C1;
-    r = r - k * C2;
-    r = r - k * C3;
-    r = r - k * C4;
-    return r;
-}
+//#include "common/rope.wgsl"
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -57,13 +41,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let j = pr % half_seg;            // pair index inside the segment
     let token = row / p.heads;
     let pos = pos_buf[p.pos_off + token * p.pos_stride + s];
-    let angle = reduce_angle(f32(pos) * freq_buf[p.f_off + j]);
-    let c = cos(angle);
-    let sn = sin(angle);
     let i0 = p.x_off + row * p.hd + s * p.seg + j;
     let i1 = i0 + half_seg;
-    let x0 = x_buf[i0];
-    let x1 = x_buf[i1];
-    x_buf[i0] = x0 * c - x1 * sn;
-    x_buf[i1] = x1 * c + x0 * sn;
+    let y = rope_rotate(x_buf[i0], x_buf[i1], f32(pos) * freq_buf[p.f_off + j]);
+    x_buf[i0] = y.x;
+    x_buf[i1] = y.y;
 }

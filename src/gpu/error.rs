@@ -55,6 +55,16 @@ pub enum GpuError {
         /// What went wrong.
         message: String,
     },
+    /// A kernel's WGSL source could not be expanded (a missing include, an include cycle, an
+    /// unbalanced `//#if`, an undefined substitution: an engine bug).
+    #[error("kernel {kernel}: {error}")]
+    Preprocess {
+        /// Kernel name.
+        kernel: String,
+        /// What the preprocessor found.
+        #[source]
+        error: super::kernel::PreprocessError,
+    },
 }
 
 impl GpuError {

@@ -4,6 +4,8 @@
 
 use super::context::GpuContext;
 use super::error::GpuError;
+use super::kernel::{Access, KernelSpec};
+use super::recorder::BufSlice;
 
 /// Element type of affine scales and biases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -246,4 +248,94 @@ fn pack_scale_bias(host: &HostMatrix<'_>) -> Result<Option<Vec<u8>>, String> {
         out.extend_from_slice(&b[i * es..(i + 1) * es]);
     }
     Ok(Some(out))
+}
+
+impl WeightFormat {
+    /// Every weight format the kernels support (for shader validation and kernel tests).
+    #[doc(hidden)]
+    pub fn all() -> Vec<WeightFormat> {
+        let mut v = vec![WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16];
+        for bits in [2, 3, 4, 5, 6, 8] {
+            for group in [32, 64, 128] {
+                for scales in [ScaleDType::F16, ScaleDType::BF16, ScaleDType::F32] {
+                    v.push(WeightFormat::Affine {
+                        bits,
+                        group,
+                        scales,
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether this is an affine (quantized) format.
+    pub(crate) fn is_affine(self) -> bool {
+        matches!(self, WeightFormat::Affine { .. })
+    }
+
+    /// Adds the format defines of the weight kernels (matvec, matmul, gather) to `spec`: AFFINE,
+    /// BITS, GROUP, SB_FMT (`wgsl/common/affine.wgsl`) or W_FMT (`wgsl/common/dense.wgsl`).
+    pub(crate) fn define_in(self, spec: KernelSpec) -> KernelSpec {
+        match self {
+            WeightFormat::Affine {
+                bits,
+                group,
+                scales,
+            } => spec
+                .define("AFFINE", "1")
+                .define("BITS", bits)
+                .define("GROUP", group)
+                .define(
+                    "SB_FMT",
+                    match scales {
+                        ScaleDType::F16 => 0,
+                        ScaleDType::BF16 => 1,
+                        ScaleDType::F32 => 2,
+                    },
+                ),
+            WeightFormat::F32 => spec.define("W_FMT", 0),
+            WeightFormat::F16 => spec.define("W_FMT", 1),
+            WeightFormat::BF16 => spec.define("W_FMT", 2),
+        }
+    }
+
+    /// The storage bindings of a kernel over one matrix of this format: the weights (and the
+    /// scales/biases when affine), then `rest`.
+    pub(crate) fn bindings_then(self, rest: &[Access]) -> Vec<Access> {
+        let mut v = vec![Access::Read; if self.is_affine() { 2 } else { 1 }];
+        v.extend_from_slice(rest);
+        v
+    }
+}
+
+impl Matrix {
+    /// Affine only: (u32 words per row, groups per row); (0, 0) for float formats.
+    pub(crate) fn affine_dims(&self) -> (u32, u32) {
+        match self.format {
+            WeightFormat::Affine { bits, group, .. } => (
+                crate::quant::row_words(self.cols, bits) as u32,
+                (self.cols / group as usize) as u32,
+            ),
+            _ => (0, 0),
+        }
+    }
+
+    /// The buffers of row window `win` in binding order: the data, then the scales/biases when
+    /// affine (`kernel` names the op in the error).
+    pub(crate) fn window_bindings<'a>(
+        &self,
+        win: &'a MatrixWindow,
+        kernel: &str,
+    ) -> Result<Vec<BufSlice<'a>>, GpuError> {
+        let mut v: Vec<BufSlice<'a>> = vec![(&win.data).into()];
+        if self.format.is_affine() {
+            let sb = win.scale_bias.as_ref().ok_or_else(|| GpuError::Kernel {
+                kernel: kernel.into(),
+                message: "affine window without scale/bias buffer".into(),
+            })?;
+            v.push(sb.into());
+        }
+        Ok(v)
+    }
 }

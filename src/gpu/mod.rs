@@ -10,7 +10,6 @@ mod kernel;
 mod matrix;
 pub mod ops;
 pub mod profile;
-pub mod quant;
 mod readback;
 mod recorder;
 pub mod reference;
@@ -18,7 +17,13 @@ mod tensor;
 
 pub use context::{Capabilities, GpuContext, GpuOptions};
 pub use error::GpuError;
-pub use kernel::{Access, Kernel, KernelSpec, WGSL_SOURCES, preprocess, wgsl_source};
+pub(crate) use kernel::uniform_params;
+pub use kernel::{
+    Access, Kernel, KernelSpec, PreprocessError, WGSL_COMMON, WGSL_SOURCES, preprocess,
+    preprocess_with, wgsl_include, wgsl_source,
+};
+#[doc(hidden)]
+pub use kernel::{ParamField, ParamKind, ParamLayout, ParamScalar};
 pub use matrix::{HostMatrix, Matrix, MatrixWindow, ScaleDType, WeightFormat};
 pub use profile::{Profile, ProfileEntry};
 pub use readback::Readback;

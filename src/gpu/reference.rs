@@ -1,8 +1,8 @@
 //! CPU reference implementations of every kernel, in plain f32/f64 Rust. Tests compare the GPU
 //! ops against these over awkward shapes; model parity debugging can use them too.
 
-use super::quant;
 use super::{HostMatrix, ScaleDType, WeightFormat};
+use crate::quant;
 
 /// `gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 pub fn gelu_tanh(x: f32) -> f32 {

@@ -4,8 +4,8 @@
 use crate::gpu::ScaleDType;
 
 use super::error::LoadError;
-use super::quant::{code_at, words_of};
 use super::safetensors::{StDType, StoredTensor, to_f32};
+use crate::quant::{unpack_code, words_of};
 
 /// Quantization data of a [`HostLinear`].
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl HostLinear {
                 .unwrap_or_default();
                 for (k, o) in out[..c].iter_mut().enumerate() {
                     let g = k / q.group;
-                    *o = s[g] * code_at(&words, k, q.bits) as f32 + b[g];
+                    *o = s[g] * unpack_code(&words, k, q.bits) as f32 + b[g];
                 }
             }
         }

@@ -29,7 +29,6 @@ pub mod files;
 pub mod host;
 pub mod keys;
 pub mod quant;
-pub mod quantize;
 mod report;
 pub mod safetensors;
 mod tree;
@@ -497,7 +496,7 @@ impl Sink for GpuSink<'_> {
                 && cols.is_multiple_of(g as usize)
                 && (cols * b as usize).is_multiple_of(32)
         }) {
-            let qz = quantize::quantize_rows(rows, cols, bits, group as usize, |r, out| {
+            let qz = crate::quant::quantize_rows(rows, cols, bits, group as usize, |r, out| {
                 lin.row_f32(r, out)
             });
             owned = (

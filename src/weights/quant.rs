@@ -1,6 +1,6 @@
 //! MLX affine quantization as stored in checkpoints: the rule that decides whether a module is
-//! quantized and with which parameters, the shape checks that reveal mismatched bit widths, and
-//! CPU dequantization (used by the host PLE table and by tests).
+//! quantized and with which parameters, and the shape checks that reveal mismatched bit widths.
+//! (Packing, quantizing and dequantizing on the CPU: [`crate::quant`].)
 
 use std::collections::BTreeMap;
 
@@ -102,41 +102,4 @@ pub fn check_shapes(
         }
     }
     Ok(())
-}
-
-/// Extracts code `k` of a row stored as a little-endian bit stream of `bits`-bit codes.
-#[inline]
-pub fn code_at(words: &[u32], k: usize, bits: u32) -> u32 {
-    let bit = k * bits as usize;
-    let (w, o) = (bit / 32, (bit % 32) as u32);
-    let lo = words[w] >> o;
-    let v = if o + bits > 32 {
-        lo | (words[w + 1] << (32 - o))
-    } else {
-        lo
-    };
-    v & ((1u32 << bits) - 1)
-}
-
-/// Dequantizes one row: `out[k] = scale[k/group] * q_k + bias[k/group]`.
-pub fn dequantize_row(
-    words: &[u32],
-    scales: &[f32],
-    biases: &[f32],
-    bits: u32,
-    group: usize,
-    out: &mut [f32],
-) {
-    for (k, o) in out.iter_mut().enumerate() {
-        let g = k / group;
-        *o = scales[g] * code_at(words, k, bits) as f32 + biases[g];
-    }
-}
-
-/// Reads little-endian u32 words from bytes.
-pub fn words_of(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }

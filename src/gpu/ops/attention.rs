@@ -1,4 +1,6 @@
-//! KV-cache writes and attention (flash-decode for one query, online-softmax prefill for many).
+//! Attention (`wgsl/attention.wgsl`): flash-decode for one query, online-softmax prefill for
+//! many, over keys and values written by [`kv_write`](super::kv_write) or
+//! [`attention_input`](fn@super::attention_input).
 //!
 //! Keys and values live in a store addressed by absolute position: the key of position `p` of
 //! kv head `g` sits in slot `p % cap`. [`KvLayout::HeadMajor`] is the KV cache `[nkv, cap, hd]`
@@ -8,15 +10,15 @@
 //! Ring sizing for sliding layers: a call that processes queries `p0 .. p0 + C` needs keys
 //! `p0 + 1 − W ..= p0 + C − 1` present at once, so a ring must hold `cap ≥ W + C − 1` slots
 //! (use `cap = window + max_chunk`, where `max_chunk` is the largest number of tokens written and
-//! attended in one step). [`kv_write`] of more than `cap` rows keeps only the last `cap`.
+//! attended in one step). [`kv_write`](super::kv_write) of more than `cap` rows keeps only the last `cap`.
 //!
 //! Requirements of the attention ops: `head_dim` a multiple of 4 and at most 512; q, k, v and
 //! out element offsets multiples of 4 (16 bytes); `out` in a different buffer from q, k, v.
 //! k and v may share one buffer.
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::gpu::{Access, GpuContext, GpuError, GpuTensor, KernelSpec, Recorder};
+use crate::gpu::{
+    Access, GpuContext, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params,
+};
 
 /// Keys per attention tile (the workgroup size of the attention kernels).
 const TILE: u32 = 64;
@@ -42,7 +44,7 @@ pub enum AttnMask {
 /// How the key/value store is laid out in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvLayout {
-    /// `[n_kv_heads, cap, head_dim]`: the KV cache written by [`kv_write`].
+    /// `[n_kv_heads, cap, head_dim]`: the KV cache written by [`kv_write`](super::kv_write).
     #[default]
     HeadMajor,
     /// `[cap, n_kv_heads, head_dim]`: contiguous per-token k/v (e.g. the vision tower's
@@ -166,29 +168,36 @@ impl AttnScratch {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_heads: u32,
-    group: u32,
-    hd4: u32,
-    cap: u32,
-    head_stride4: u32,
-    row_stride4: u32,
-    q_off4: u32,
-    k_off4: u32,
-    v_off4: u32,
-    out_off4: u32,
-    q_pos0: u32,
-    window: u32,
-    n_keys: u32,
-    causal: u32,
-    chunk_len: u32,
-    n_chunks: u32,
-    max_chunks: u32,
-    scale: f32,
-    ml_off: u32,
-    acc_off4: u32,
+uniform_params! {
+    /// Parameters of `attention.wgsl`.
+    struct Params {
+        n_heads: u32,
+        group: u32,
+        hd4: u32,
+        cap: u32,
+        head_stride4: u32,
+        row_stride4: u32,
+        q_off4: u32,
+        k_off4: u32,
+        v_off4: u32,
+        out_off4: u32,
+        q_pos0: u32,
+        window: u32,
+        n_keys: u32,
+        causal: u32,
+        chunk_len: u32,
+        n_chunks: u32,
+        max_chunks: u32,
+        scale: f32,
+        ml_off: u32,
+        acc_off4: u32,
+    }
+}
+
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 #[derive(Clone, Copy)]
@@ -223,26 +232,8 @@ fn spec(mode: Mode, g: u32, subgroups: bool) -> KernelSpec {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct KvParams {
-    n_elems: u32,
-    nkv: u32,
-    hd: u32,
-    cap: u32,
-    pos0: u32,
-    src_off: u32,
-    cache_off: u32,
-    _pad: u32,
-}
-
-fn kv_spec() -> KernelSpec {
-    KernelSpec::new("kvcache", "main", &[Access::Read, Access::ReadWrite])
-}
-
 /// All specialisations (for shader validation): the attention kernels on the subgroup path
-/// (one subgroup per key) and the portable path (one thread per key), the chunk combine and
-/// the KV-cache write (no reductions, one kernel for both paths).
+/// (one subgroup per key) and the portable path (one thread per key) and the chunk combine.
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for sg in [true, false] {
@@ -252,7 +243,6 @@ pub fn all_specs() -> Vec<KernelSpec> {
         }
     }
     v.push(spec(Mode::Combine, 1, false));
-    v.push(kv_spec());
     v
 }
 
@@ -261,55 +251,6 @@ fn err(what: &str, m: String) -> GpuError {
         kernel: what.into(),
         message: m,
     }
-}
-
-/// Records a KV-cache write: row `i` of `src` `[n, nkv, hd]` (absolute position `pos0 + i`)
-/// goes to slot `(pos0 + i) % cap` of every kv head of `cache` `[nkv, cap, hd]`. When
-/// `n > cap` only the last `cap` rows are written (earlier ones would be overwritten anyway).
-pub fn kv_write(
-    rec: &mut Recorder,
-    src: &GpuTensor,
-    cache: &GpuTensor,
-    pos0: u32,
-) -> Result<(), GpuError> {
-    let [n, nkv, hd] = src.shape[..] else {
-        return Err(err(
-            "kv_write",
-            format!("src must be [n, nkv, hd], got {:?}", src.shape),
-        ));
-    };
-    let [cnkv, cap, chd] = cache.shape[..] else {
-        return Err(err(
-            "kv_write",
-            format!("cache must be [nkv, cap, hd], got {:?}", cache.shape),
-        ));
-    };
-    if cnkv != nkv || chd != hd || cap == 0 {
-        return Err(err(
-            "kv_write",
-            format!("src {:?} does not fit cache {:?}", src.shape, cache.shape),
-        ));
-    }
-    let skip = n.saturating_sub(cap);
-    let rows = n - skip;
-    let n_elems = rows * nkv * hd;
-    let kernel = rec.ctx().kernel(&kv_spec())?;
-    let params = KvParams {
-        n_elems: n_elems as u32,
-        nkv: nkv as u32,
-        hd: hd as u32,
-        cap: cap as u32,
-        pos0: pos0 + skip as u32,
-        src_off: src.elem_offset() + (skip * nkv * hd) as u32,
-        cache_off: cache.elem_offset(),
-        _pad: 0,
-    };
-    rec.dispatch_linear(
-        &kernel,
-        &params,
-        &[(&src.buffer).into(), (&cache.buffer).into()],
-        n_elems.div_ceil(256) as u32,
-    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,21 +1,28 @@
 //! Elementwise ops: add, mul, scale, gelu_tanh, gated gelu, clamp, softcap — out of place or in
 //! place, with the second operand broadcast or read as strided rows.
 
-use bytemuck::{Pod, Zeroable};
+use crate::gpu::{
+    Access, BufSlice, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params,
+};
 
-use crate::gpu::{Access, BufSlice, GpuError, GpuTensor, KernelSpec, Recorder};
+uniform_params! {
+    /// Parameters of `elementwise.wgsl`.
+    struct Params {
+        n: u32,
+        b_cols: u32,
+        s0: f32,
+        s1: f32,
+        a_off: u32,
+        b_off: u32,
+        out_off: u32,
+        b_stride: u32,
+    }
+}
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    b_cols: u32,
-    s0: f32,
-    s1: f32,
-    a_off: u32,
-    b_off: u32,
-    out_off: u32,
-    b_stride: u32,
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 /// The elementwise operations.

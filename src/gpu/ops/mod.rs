@@ -1,34 +1,41 @@
-//! One Rust op per kernel family; each owns its bind layout (through its [`KernelSpec`]s) and
-//! records dispatches into a [`Recorder`](crate::gpu::Recorder).
+//! One Rust op per kernel: `src/gpu/ops/NAME.rs` records the dispatches of `wgsl/NAME.wgsl` (and
+//! owns its bind layout through its [`KernelSpec`]s and its uniform parameter struct) into a
+//! [`Recorder`](crate::gpu::Recorder). Fused kernels (one dispatch for several steps) are ops like
+//! any other, named after what they compute.
 
 pub mod attention;
+pub mod attention_input;
 pub mod elementwise;
-pub mod fused;
+pub mod gather;
+pub mod kvcache;
+pub mod matmul;
+pub mod matvec;
 pub mod penalty;
 pub mod pool;
+pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
 pub mod sample;
 pub mod streaming;
 
+pub use attention::{
+    AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill,
+};
+pub use attention_input::{AttnInput, KvTarget, attention_input};
 pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};
+pub use gather::embedding;
+pub use kvcache::kv_write;
+pub use matvec::{
+    MatvecEpilogue, fusable, linear, linear_gelu_gate, linear_gelu_mul, linear_multi,
+};
 pub use penalty::repetition_penalty;
 pub use pool::avg_pool_2d;
-pub use sample::{MAX_TOP_K, SampleParams, SampleScratch, argmax, sample, top_k};
-pub mod norm;
-pub mod rope;
-
-pub use attention::{
-    AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill, kv_write,
-};
-pub use norm::{rms_norm, rms_norm_inplace};
+pub use residual::residual_norm;
+pub use rmsnorm::{rms_norm, rms_norm_inplace};
 pub use rope::{rope, rope_2d, rope_2d_inv_freq, rope_inv_freq};
-pub mod linear;
+pub use sample::{MAX_TOP_K, SampleParams, SampleScratch, argmax, sample, top_k};
 
-pub use fused::{AttnInput, KvTarget, attention_input, residual_norm};
-pub use linear::{
-    MatvecEpilogue, embedding, fusable, linear, linear_gelu_gate, linear_gelu_mul, linear_multi,
-};
-
-use crate::gpu::KernelSpec;
+use crate::gpu::{KernelSpec, ParamLayout};
 
 /// Every kernel specialisation the ops can build, for both the subgroup (fast) and the portable
 /// (fallback) paths. The shader-validation test translates each of them to MSL, SPIR-V and HLSL.
@@ -39,10 +46,37 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(pool::all_specs());
     v.extend(sample::all_specs());
     v.extend(penalty::all_specs());
-    v.extend(norm::all_specs());
+    v.extend(rmsnorm::all_specs());
     v.extend(rope::all_specs());
     v.extend(attention::all_specs());
-    v.extend(linear::all_specs());
-    v.extend(fused::all_specs());
+    v.extend(kvcache::all_specs());
+    v.extend(matvec::all_specs());
+    v.extend(matmul::all_specs());
+    v.extend(gather::all_specs());
+    v.extend(attention_input::all_specs());
+    v.extend(residual::all_specs());
     v
+}
+
+/// The Rust layout of every kernel's uniform parameter struct, by kernel (WGSL file) name: the
+/// kernel-layout test reflects the struct at binding 0 of every specialisation with naga and
+/// compares it with this.
+#[doc(hidden)]
+pub fn param_layouts() -> Vec<(&'static str, ParamLayout)> {
+    vec![
+        ("attention", attention::param_layout()),
+        ("attention_input", attention_input::param_layout()),
+        ("elementwise", elementwise::param_layout()),
+        ("gather", gather::param_layout()),
+        ("kvcache", kvcache::param_layout()),
+        ("matmul", matmul::param_layout()),
+        ("matvec", matvec::param_layout()),
+        ("penalty", penalty::param_layout()),
+        ("pool", pool::param_layout()),
+        ("residual", residual::param_layout()),
+        ("rmsnorm", rmsnorm::param_layout()),
+        ("rope", rope::param_layout()),
+        ("sample", sample::param_layout()),
+        ("streaming", streaming::param_layout()),
+    ]
 }

@@ -3,19 +3,28 @@
 //! when positive and multiplied by it otherwise. Applied in place before sampling, so the logits
 //! never leave the GPU.
 
-use bytemuck::{Pod, Zeroable};
+use crate::gpu::{
+    Access, BufSlice, DType, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params,
+};
 
-use crate::gpu::{Access, BufSlice, DType, GpuError, GpuTensor, KernelSpec, Recorder};
+uniform_params! {
+    /// Parameters of `penalty.wgsl`.
+    struct Params {
+        n_ids: u32,
+        vocab: u32,
+        logits_off: u32,
+        ids_off: u32,
+        penalty: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_ids: u32,
-    vocab: u32,
-    logits_off: u32,
-    ids_off: u32,
-    penalty: f32,
-    _pad: [u32; 3],
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 const WORKGROUP: usize = 64;
@@ -68,7 +77,9 @@ pub fn repetition_penalty(
         logits_off: logits.elem_offset(),
         ids_off: ids.elem_offset(),
         penalty,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
+        _pad2: 0,
     };
     let kernel = rec.ctx().kernel(&spec())?;
     let bufs: [BufSlice; 2] = [(&logits.buffer).into(), (&ids.buffer).into()];

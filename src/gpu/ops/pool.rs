@@ -1,20 +1,27 @@
 //! 2-D average pooling of a token grid (the vision tower's k x k pooler).
 
-use bytemuck::{Pod, Zeroable};
+use crate::gpu::{
+    Access, BufSlice, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params,
+};
 
-use crate::gpu::{Access, BufSlice, GpuError, GpuTensor, KernelSpec, Recorder};
+uniform_params! {
+    /// Parameters of `pool.wgsl`.
+    struct Params {
+        n_out: u32,
+        c: u32,
+        pw: u32,
+        k: u32,
+        opw: u32,
+        x_off: u32,
+        out_off: u32,
+        scale: f32,
+    }
+}
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_out: u32,
-    c: u32,
-    pw: u32,
-    k: u32,
-    opw: u32,
-    x_off: u32,
-    out_off: u32,
-    scale: f32,
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 fn spec() -> KernelSpec {

@@ -1,21 +1,26 @@
 //! Rotary position embeddings (NeoX rotate-half layout): the text model's default and
 //! proportional RoPE, and the vision tower's axial 2-D RoPE. In place on `[tokens, heads, hd]`.
 
-use bytemuck::{Pod, Zeroable};
+use crate::gpu::{Access, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params};
 
-use crate::gpu::{Access, GpuError, GpuTensor, KernelSpec, Recorder};
+uniform_params! {
+    /// Parameters of `rope.wgsl`.
+    struct Params {
+        n_pairs: u32,
+        hd: u32,
+        seg: u32,
+        pos_stride: u32,
+        x_off: u32,
+        pos_off: u32,
+        f_off: u32,
+        heads: u32,
+    }
+}
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_pairs: u32,
-    hd: u32,
-    seg: u32,
-    pos_stride: u32,
-    x_off: u32,
-    pos_off: u32,
-    f_off: u32,
-    heads: u32,
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 fn spec() -> KernelSpec {

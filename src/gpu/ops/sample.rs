@@ -10,9 +10,10 @@
 //! On lavapipe (2 cores, noisy) a 262144-logit vector took about 2-10 ms for argmax and
 //! 40-60 ms for k = 64 on either path.
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::gpu::{Access, BufSlice, GpuContext, GpuError, GpuTensor, KernelSpec, Recorder};
+use crate::gpu::{
+    Access, BufSlice, GpuContext, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder,
+    uniform_params,
+};
 
 /// Largest `k` of [`top_k`] and the largest candidate set of [`sample`].
 pub const MAX_TOP_K: u32 = 64;
@@ -29,21 +30,28 @@ fn split(n: usize, k: u32) -> (usize, usize) {
     (parts, n.div_ceil(parts))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    k: u32,
-    chunk: u32,
-    parts: u32,
-    in_off: u32,
-    out_off: u32,
-    out2_off: u32,
-    _pad: u32,
-    inv_temp: f32,
-    top_p: f32,
-    min_p: f32,
-    uniform: f32,
+uniform_params! {
+    /// Parameters of `sample.wgsl`.
+    struct Params {
+        n: u32,
+        k: u32,
+        chunk: u32,
+        parts: u32,
+        in_off: u32,
+        out_off: u32,
+        out2_off: u32,
+        _pad: u32,
+        inv_temp: f32,
+        top_p: f32,
+        min_p: f32,
+        uniform: f32,
+    }
+}
+
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 /// Sampling parameters of [`sample`].

@@ -1,16 +1,21 @@
 //! A plain streaming-read kernel, the bandwidth yardstick of the benchmarks.
 
-use bytemuck::{Pod, Zeroable};
+use crate::gpu::{Access, GpuError, KernelSpec, ParamLayout, Recorder, uniform_params};
 
-use crate::gpu::{Access, GpuError, KernelSpec, Recorder};
+uniform_params! {
+    /// Parameters of `streaming.wgsl`.
+    struct Params {
+        n_vec4: u32,
+        per_thread: u32,
+        threads: u32,
+        _pad: u32,
+    }
+}
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_vec4: u32,
-    per_thread: u32,
-    threads: u32,
-    _pad: u32,
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 fn spec() -> KernelSpec {

@@ -1,6 +1,6 @@
 // Attention input of a decoder layer, after the (fused) q/k/v projection. For every token and
 // head slot: RMSNorm over the head (q with q_norm, k with k_norm, v weightless), RoPE on q and k
-// at absolute position pos0 + token (NeoX rotate-half, the angle range-reduced as in rope.wgsl),
+// at absolute position pos0 + token (NeoX rotate-half, the angle range-reduced: common/rope.wgsl),
 // then q goes to its own buffer [tokens, nh, hd] and k / v into the KV-cache rings
 // [nkv, cap, hd] at slot (pos0 + token) % cap. Head slots per token: nh query heads, then (when
 // p.kv == 1) nkv key heads and nkv value heads. The source row of a token holds the q
@@ -43,20 +43,7 @@ struct Params {
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, 64>;
 
-const INV_TWO_PI: f32 = 0.15915494309189535;
-const C1: f32 = 6.28125;
-const C2: f32 = 0.00193023681640625;
-const C3: f32 = 5.066394805908203e-06;
-const C4: f32 = 3.968374517882012e-09;
-
-fn reduce_angle(a: f32) -> f32 {
-    let k = round(a * INV_TWO_PI);
-    var r = a - k * C1;
-    r = r - k * C2;
-    r = r - k * C3;
-    r = r - k * C4;
-    return r;
-}
+//#include "common/rope.wgsl"
 
 // kind 0: q head, 1: k head, 2: v head.
 fn norm_weight(kind: u32, i: u32) -> f32 {
@@ -126,13 +113,9 @@ fn main(
         var x0 = src[base + j] * r * norm_weight(kind, j);
         var x1 = src[base + j + half] * r * norm_weight(kind, j + half);
         if (kind != 2u) {
-            let angle = reduce_angle(pos * freq[p.f_off + j]);
-            let c = cos(angle);
-            let sn = sin(angle);
-            let y0 = x0 * c - x1 * sn;
-            let y1 = x1 * c + x0 * sn;
-            x0 = y0;
-            x1 = y1;
+            let y = rope_rotate(x0, x1, pos * freq[p.f_off + j]);
+            x0 = y.x;
+            x1 = y.y;
         }
         store(kind, head, token, j, x0);
         store(kind, head, token, j + half, x1);

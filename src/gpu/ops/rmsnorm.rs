@@ -1,20 +1,27 @@
 //! RMSNorm (weighted or weightless, out of place or in place) over the last axis.
 
-use bytemuck::{Pod, Zeroable};
+use crate::gpu::{
+    Access, BufSlice, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params,
+};
 
-use crate::gpu::{Access, BufSlice, GpuError, GpuTensor, KernelSpec, Recorder};
+uniform_params! {
+    /// Parameters of `rmsnorm.wgsl`.
+    struct Params {
+        rows: u32,
+        dim: u32,
+        eps: f32,
+        x_off: u32,
+        w_off: u32,
+        out_off: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    x_off: u32,
-    w_off: u32,
-    out_off: u32,
-    _pad0: u32,
-    _pad1: u32,
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 fn spec(weight: bool, inplace: bool, subgroups: bool) -> KernelSpec {

@@ -1,85 +1,43 @@
-//! Linear layers and embedding gathers over [`Matrix`] weights in every [`WeightFormat`]:
-//! [`linear`] (`y = x @ W^T`; a subgroup matvec for decode, a tiled matmul for batches) and
-//! [`embedding`] (row gather with a scale). Row windows are handled transparently: one dispatch
-//! per window.
+//! The decode matvec (`wgsl/matvec.wgsl`) and the linear layers built on it: [`linear`]
+//! (`y = x @ W^T` over a [`Matrix`] in any [`WeightFormat`]; one row runs the matvec, a batch the
+//! tiled matmul of [`super::matmul`]) and the fused forms for a single row — one dispatch over
+//! up to three matrices ([`linear_multi`]) or with a GELU epilogue ([`linear_gelu_gate`],
+//! [`linear_gelu_mul`]). Row windows are handled transparently: one dispatch per window.
 
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
 
 use crate::gpu::{
-    Access, BufSlice, GpuError, GpuTensor, KernelSpec, Matrix, Recorder, ScaleDType, WeightFormat,
+    Access, GpuError, GpuTensor, KernelSpec, Matrix, ParamLayout, Recorder, WeightFormat,
+    uniform_params,
 };
 
-/// Parameters of `matvec.wgsl` and `matmul.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct LinearParams {
-    rows: u32,
-    cols: u32,
-    row_words: u32,
-    groups: u32,
-    x_off: u32,
-    y_off: u32,
-    y_stride: u32,
-    batch: u32,
-    /// Fused matvec: rows of matrix 0 / matrix 1, element offset of the epilogue operand.
-    rows0: u32,
-    rows1: u32,
-    e_off: u32,
-    _pad: u32,
+uniform_params! {
+    /// Parameters of `matvec.wgsl`.
+    struct Params {
+        rows: u32,
+        cols: u32,
+        row_words: u32,
+        groups: u32,
+        x_off: u32,
+        y_off: u32,
+        _p0: u32,
+        _p1: u32,
+        /// Fused matvec: rows of matrix 0 / matrix 1, element offset of the epilogue operand.
+        rows0: u32,
+        rows1: u32,
+        e_off: u32,
+        _p2: u32,
+    }
 }
 
-/// Parameters of `gather.wgsl` (kept at 32 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct GatherParams {
-    n: u32,
-    cols: u32,
-    row_words: u32,
-    row_start: u32,
-    rows: u32,
-    ids_off: u32,
-    out_off: u32,
-    scale: f32,
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
 /// Rows per workgroup of the matvec, both paths (must match `RPW` in `matvec.wgsl`).
 const MATVEC_RPW: usize = 32;
-/// Output tile edge of the matmul kernel.
-const MATMUL_TILE: usize = 32;
-
-/// Adds the format defines (AFFINE, BITS, GROUP, SB_FMT or W_FMT) to `spec`.
-fn with_format(spec: KernelSpec, format: WeightFormat) -> KernelSpec {
-    match format {
-        WeightFormat::Affine {
-            bits,
-            group,
-            scales,
-        } => spec
-            .define("AFFINE", "1")
-            .define("BITS", bits)
-            .define("GROUP", group)
-            .define(
-                "SB_FMT",
-                match scales {
-                    ScaleDType::F16 => 0,
-                    ScaleDType::BF16 => 1,
-                    ScaleDType::F32 => 2,
-                },
-            ),
-        WeightFormat::F32 => spec.define("W_FMT", 0),
-        WeightFormat::F16 => spec.define("W_FMT", 1),
-        WeightFormat::BF16 => spec.define("W_FMT", 2),
-    }
-}
-
-fn storage(format: WeightFormat) -> &'static [Access] {
-    match format {
-        WeightFormat::Affine { .. } => {
-            &[Access::Read, Access::Read, Access::Read, Access::ReadWrite]
-        }
-        _ => &[Access::Read, Access::Read, Access::ReadWrite],
-    }
-}
 
 /// Whether the matvec binds the weights as `vec4<u32>` for a matrix of `cols` columns.
 pub fn matvec_wvec(format: WeightFormat, cols: usize) -> bool {
@@ -117,7 +75,7 @@ pub fn matvec_fused_spec(
     nmat: usize,
     epi: MatvecEpilogue,
 ) -> KernelSpec {
-    let affine = matches!(format, WeightFormat::Affine { .. });
+    let affine = format.is_affine();
     let per = if affine { 2 } else { 1 };
     let mut access = vec![Access::Read; per * nmat + 1];
     access.push(Access::ReadWrite);
@@ -126,7 +84,8 @@ pub fn matvec_fused_spec(
         access.push(Access::Read);
     }
     let b_x = per * nmat + 1;
-    let mut spec = with_format(KernelSpec::new("matvec", "main", &access), format)
+    let mut spec = format
+        .define_in(KernelSpec::new("matvec", "main", &access))
         .define("WVEC", u8::from(wvec))
         .define("XVEC", u8::from(xvec))
         .define("B_X", b_x)
@@ -157,43 +116,16 @@ pub fn matvec_fused_spec(
     spec.with_subgroups(subgroups)
 }
 
-/// The tiled matmul specialisation (no subgroups: one kernel for both paths).
-pub fn matmul_spec(format: WeightFormat) -> KernelSpec {
-    with_format(KernelSpec::new("matmul", "main", storage(format)), format)
-}
-
-/// The embedding-gather specialisation.
-pub fn gather_spec(format: WeightFormat) -> KernelSpec {
-    with_format(KernelSpec::new("gather", "main", storage(format)), format)
-}
-
-/// Every weight format the kernels support.
-pub fn all_formats() -> Vec<WeightFormat> {
-    let mut v = vec![WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16];
-    for bits in [2, 3, 4, 5, 6, 8] {
-        for group in [32, 64, 128] {
-            for scales in [ScaleDType::F16, ScaleDType::BF16, ScaleDType::F32] {
-                v.push(WeightFormat::Affine {
-                    bits,
-                    group,
-                    scales,
-                });
-            }
-        }
-    }
-    v
-}
-
 /// All specialisations (for shader validation).
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
-    for f in all_formats() {
+    for f in WeightFormat::all() {
         let wvecs: &[bool] = match f {
             WeightFormat::Affine { bits, .. } => &[bits % 4 == 0],
             _ => &[false, true],
         };
         for &wvec in wvecs {
-            let xvecs: &[bool] = if wvec || matches!(f, WeightFormat::Affine { .. }) {
+            let xvecs: &[bool] = if wvec || f.is_affine() {
                 &[false, true]
             } else {
                 &[false]
@@ -212,36 +144,8 @@ pub fn all_specs() -> Vec<KernelSpec> {
                 }
             }
         }
-        v.push(matmul_spec(f));
-        v.push(gather_spec(f));
     }
     v
-}
-
-fn affine_dims(m: &Matrix) -> (u32, u32) {
-    match m.format {
-        WeightFormat::Affine { bits, group, .. } => (
-            crate::gpu::quant::row_words(m.cols, bits) as u32,
-            (m.cols / group as usize) as u32,
-        ),
-        _ => (0, 0),
-    }
-}
-
-fn window_bufs<'a>(
-    m: &Matrix,
-    win: &'a crate::gpu::MatrixWindow,
-    name: &str,
-) -> Result<Vec<BufSlice<'a>>, GpuError> {
-    let mut v: Vec<BufSlice<'a>> = vec![(&win.data).into()];
-    if matches!(m.format, WeightFormat::Affine { .. }) {
-        let sb = win.scale_bias.as_ref().ok_or_else(|| GpuError::Kernel {
-            kernel: name.into(),
-            message: "affine window without scale/bias buffer".into(),
-        })?;
-        v.push(sb.into());
-    }
-    Ok(v)
 }
 
 /// Records `y = x @ W^T`: `x` is `[batch, cols]` f32 (any element offset; a `[cols]` vector is
@@ -267,7 +171,7 @@ fn linear_err(message: String) -> GpuError {
 }
 
 /// `y[b, col0 + r] = W[r] . x[b]` with batch rows of `y` placed `y_stride` elements apart
-/// (`x` already checked by [`check_xy`]).
+/// (`x` already checked by [`check_xy`]): the matvec for one row, the matmul for a batch.
 fn linear_at(
     rec: &mut Recorder,
     w: &Matrix,
@@ -288,50 +192,38 @@ fn linear_at(
             y.numel()
         )));
     }
-    let (row_words, groups) = affine_dims(w);
-    let affine = matches!(w.format, WeightFormat::Affine { .. });
+    if batch > 1 {
+        return super::matmul::matmul(rec, w, x, y, col0, y_stride, batch);
+    }
+    let (row_words, groups) = w.affine_dims();
     let subgroups = rec.ctx().caps().subgroups;
-    let kernel = if batch == 1 {
-        let wvec = matvec_wvec(w.format, cols);
-        let xvec = (affine || wvec) && x.elem_offset().is_multiple_of(4);
-        rec.ctx()
-            .kernel(&matvec_spec(w.format, wvec, xvec, subgroups))?
-    } else {
-        rec.ctx().kernel(&matmul_spec(w.format))?
-    };
+    let wvec = matvec_wvec(w.format, cols);
+    let xvec = (w.format.is_affine() || wvec) && x.elem_offset().is_multiple_of(4);
+    let kernel = rec
+        .ctx()
+        .kernel(&matvec_spec(w.format, wvec, xvec, subgroups))?;
     for win in &w.windows {
         if win.rows == 0 {
             continue;
         }
-        let params = LinearParams {
+        let params = Params {
             rows: win.rows as u32,
             cols: cols as u32,
             row_words,
             groups,
             x_off: x.elem_offset(),
             y_off: y.elem_offset() + (col0 + win.row_start) as u32,
-            y_stride: y_stride as u32,
-            batch: batch as u32,
             ..Zeroable::zeroed()
         };
-        let mut bufs = window_bufs(w, win, "linear")?;
+        let mut bufs = w.window_bindings(win, "linear")?;
         bufs.push((&x.buffer).into());
         bufs.push((&y.buffer).into());
-        if batch == 1 {
-            rec.dispatch_linear(
-                &kernel,
-                &params,
-                &bufs,
-                win.rows.div_ceil(MATVEC_RPW) as u32,
-            )?;
-        } else {
-            let groups = [
-                win.rows.div_ceil(MATMUL_TILE) as u32,
-                batch.div_ceil(MATMUL_TILE) as u32,
-                1,
-            ];
-            rec.dispatch(&kernel, &params, &bufs, groups)?;
-        }
+        rec.dispatch_linear(
+            &kernel,
+            &params,
+            &bufs,
+            win.rows.div_ceil(MATVEC_RPW) as u32,
+        )?;
     }
     Ok(())
 }
@@ -342,11 +234,7 @@ pub fn fusable(ctx: &crate::gpu::GpuContext, mats: &[&Matrix]) -> bool {
     let Some(first) = mats.first() else {
         return false;
     };
-    let per = if matches!(first.format, WeightFormat::Affine { .. }) {
-        2
-    } else {
-        1
-    };
+    let per = if first.format.is_affine() { 2 } else { 1 };
     mats.len() <= 3
         && (per * mats.len() + 3) as u32 <= ctx.caps().max_storage_buffers
         && mats.iter().all(|m| {
@@ -365,10 +253,9 @@ fn matvec_fused(
 ) -> Result<(), GpuError> {
     let w0 = mats[0];
     let cols = w0.cols;
-    let (row_words, groups) = affine_dims(w0);
-    let affine = matches!(w0.format, WeightFormat::Affine { .. });
+    let (row_words, groups) = w0.affine_dims();
     let wvec = matvec_wvec(w0.format, cols);
-    let xvec = (affine || wvec) && x.elem_offset().is_multiple_of(4);
+    let xvec = (w0.format.is_affine() || wvec) && x.elem_offset().is_multiple_of(4);
     let subgroups = rec.ctx().caps().subgroups;
     let kernel = rec.ctx().kernel(&matvec_fused_spec(
         w0.format,
@@ -382,23 +269,21 @@ fn matvec_fused(
         MatvecEpilogue::None => mats.iter().map(|m| m.rows).sum(),
         _ => w0.rows,
     };
-    let params = LinearParams {
+    let params = Params {
         rows: out_rows as u32,
         cols: cols as u32,
         row_words,
         groups,
         x_off: x.elem_offset(),
         y_off: y.elem_offset(),
-        y_stride: out_rows as u32,
-        batch: 1,
         rows0: w0.rows as u32,
         rows1: mats.get(1).map_or(0, |m| m.rows) as u32,
         e_off: e.map_or(0, |e| e.elem_offset()),
-        _pad: 0,
+        ..Zeroable::zeroed()
     };
     let mut bufs = Vec::new();
     for m in mats {
-        bufs.extend(window_bufs(m, &m.windows[0], "linear")?);
+        bufs.extend(m.window_bindings(&m.windows[0], "linear")?);
     }
     bufs.push((&x.buffer).into());
     bufs.push((&y.buffer).into());
@@ -546,53 +431,4 @@ pub fn linear_gelu_mul(
             },
         )),
     )
-}
-
-/// Records an embedding gather: `out[i, :] = table[ids[i], :] * scale` (dequantized for affine
-/// tables), `ids` u32 `[n]`, `out` f32 `[n, cols]`, both at any element offset. Each row window
-/// is one dispatch that fills the rows whose id falls inside it; ids `>= table.rows` leave their
-/// output row untouched.
-pub fn embedding(
-    rec: &mut Recorder,
-    table: &Matrix,
-    ids: &GpuTensor,
-    out: &GpuTensor,
-    scale: f32,
-) -> Result<(), GpuError> {
-    let n = ids.numel();
-    let cols = table.cols;
-    if out.numel() != n * cols {
-        return Err(GpuError::Kernel {
-            kernel: "embedding".into(),
-            message: format!(
-                "out has {} elements, expected {n} ids x {cols} cols",
-                out.numel()
-            ),
-        });
-    }
-    if n == 0 || cols == 0 {
-        return Ok(());
-    }
-    let (row_words, _) = affine_dims(table);
-    let kernel = rec.ctx().kernel(&gather_spec(table.format))?;
-    for win in &table.windows {
-        if win.rows == 0 {
-            continue;
-        }
-        let params = GatherParams {
-            n: n as u32,
-            cols: cols as u32,
-            row_words,
-            row_start: win.row_start as u32,
-            rows: win.rows as u32,
-            ids_off: ids.elem_offset(),
-            out_off: out.elem_offset(),
-            scale,
-        };
-        let mut bufs = window_bufs(table, win, "embedding")?;
-        bufs.push((&ids.buffer).into());
-        bufs.push((&out.buffer).into());
-        rec.dispatch_linear(&kernel, &params, &bufs, (n * cols).div_ceil(256) as u32)?;
-    }
-    Ok(())
 }

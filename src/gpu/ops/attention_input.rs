@@ -1,11 +1,9 @@
-//! Fused decoder-layer kernels: the attention input (per-head norms, RoPE and the KV-cache write
-//! in one dispatch) and the residual add with post-norm, layer scale and the next block's
-//! pre-norm. Together with the fused matvecs of [`super::linear`](mod@super::linear) they bring a
-//! Gemma 4 decoder layer to 12 dispatches per decoded token.
+//! The attention input of a decoder layer (`wgsl/attention_input.wgsl`, after the fused q/k/v
+//! projection of [`linear_multi`](super::linear_multi)): per-head norms, RoPE and the KV-cache
+//! write in one dispatch. With the fused matvecs and [`residual_norm`](super::residual_norm) it
+//! brings a Gemma 4 decoder layer to 12 dispatches per decoded token.
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::gpu::{Access, GpuError, GpuTensor, KernelSpec, Recorder};
+use crate::gpu::{Access, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params};
 
 fn err(kernel: &str, message: String) -> GpuError {
     GpuError::Kernel {
@@ -14,48 +12,41 @@ fn err(kernel: &str, message: String) -> GpuError {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AttnInParams {
-    tokens: u32,
-    nh: u32,
-    nkv: u32,
-    hd: u32,
-    src_off: u32,
-    src_stride: u32,
-    v_src: u32,
-    q_off: u32,
-    pos0: u32,
-    cap: u32,
-    k_off: u32,
-    v_off: u32,
-    kv: u32,
-    eps: f32,
-    f_off: u32,
-    qn_off: u32,
-    kn_off: u32,
-    _p: [u32; 3],
+uniform_params! {
+    /// Parameters of `attention_input.wgsl`.
+    struct Params {
+        tokens: u32,
+        nh: u32,
+        nkv: u32,
+        hd: u32,
+        src_off: u32,
+        src_stride: u32,
+        v_src: u32,
+        q_off: u32,
+        pos0: u32,
+        cap: u32,
+        k_off: u32,
+        v_off: u32,
+        kv: u32,
+        eps: f32,
+        f_off: u32,
+        qn_off: u32,
+        kn_off: u32,
+        _p0: u32,
+        _p1: u32,
+        _p2: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct ResidualParams {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    scale: f32,
-    h_off: u32,
-    o_off: u32,
-    w_off: u32,
-    w2_off: u32,
-    xn_off: u32,
-    next: u32,
-    _p: [u32; 2],
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
 }
 
-fn attn_in_spec() -> KernelSpec {
+fn spec() -> KernelSpec {
     KernelSpec::new(
-        "attn_in",
+        "attention_input",
         "main",
         &[
             Access::Read,
@@ -65,27 +56,13 @@ fn attn_in_spec() -> KernelSpec {
             Access::Read,
             Access::Read,
             Access::Read,
-        ],
-    )
-}
-
-fn residual_spec() -> KernelSpec {
-    KernelSpec::new(
-        "residual",
-        "main",
-        &[
-            Access::ReadWrite,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
         ],
     )
 }
 
 /// All specialisations (for shader validation).
 pub fn all_specs() -> Vec<KernelSpec> {
-    vec![attn_in_spec(), residual_spec()]
+    vec![spec()]
 }
 
 /// Where a layer that owns its KV cache writes its keys and values.
@@ -213,7 +190,7 @@ pub fn attention_input(rec: &mut Recorder, a: &AttnInput<'_>) -> Result<(), GpuE
         Some(t) if t.v_from_k => nh * hd,
         _ => nh * hd + nkv * hd,
     };
-    let params = AttnInParams {
+    let params = Params {
         tokens: tokens as u32,
         nh: nh as u32,
         nkv: nkv as u32,
@@ -231,10 +208,12 @@ pub fn attention_input(rec: &mut Recorder, a: &AttnInput<'_>) -> Result<(), GpuE
         f_off: a.inv_freq.elem_offset(),
         qn_off: a.q_norm.elem_offset(),
         kn_off: k_norm.elem_offset(),
-        _p: [0; 3],
+        _p0: 0,
+        _p1: 0,
+        _p2: 0,
     };
     let slots = nh + if a.kv.is_some() { 2 * nkv } else { 0 };
-    let kernel = rec.ctx().kernel(&attn_in_spec())?;
+    let kernel = rec.ctx().kernel(&spec())?;
     rec.dispatch_linear(
         &kernel,
         &params,
@@ -248,86 +227,5 @@ pub fn attention_input(rec: &mut Recorder, a: &AttnInput<'_>) -> Result<(), GpuE
             (&k_norm.buffer).into(),
         ],
         (tokens * slots) as u32,
-    )
-}
-
-/// Records, for every row of `h` (`[rows, dim]`): `h = (h + RMSNorm_{post}(o)) * scale`, then,
-/// when `next = Some((w, xn))`, `xn = RMSNorm_w(h)` — the residual add of a block with its
-/// post-norm, the layer scalar, and the next block's pre-norm in one dispatch. `o` and `xn` are
-/// `[rows, dim]` in buffers other than `h`'s.
-pub fn residual_norm(
-    rec: &mut Recorder,
-    h: &GpuTensor,
-    o: &GpuTensor,
-    post: &GpuTensor,
-    scale: f32,
-    next: Option<(&GpuTensor, &GpuTensor)>,
-    eps: f32,
-) -> Result<(), GpuError> {
-    let dim = post.numel();
-    if dim == 0 || !h.numel().is_multiple_of(dim) || o.numel() != h.numel() {
-        return Err(err(
-            "residual_norm",
-            format!(
-                "h has {} elements and o {}, expected equal multiples of dim {dim}",
-                h.numel(),
-                o.numel()
-            ),
-        ));
-    }
-    if o.buffer == h.buffer {
-        return Err(err("residual_norm", "o and h share a buffer".into()));
-    }
-    let rows = h.numel() / dim;
-    let (w2, xn) = match next {
-        Some((w, xn)) => {
-            if w.numel() != dim || xn.numel() != h.numel() || xn.buffer == h.buffer {
-                return Err(err(
-                    "residual_norm",
-                    format!(
-                        "next norm weight {} / output {} elements (expected {dim} / {}), or the \
-                         output shares h's buffer",
-                        w.numel(),
-                        xn.numel(),
-                        h.numel()
-                    ),
-                ));
-            }
-            (w, xn)
-        }
-        None => (post, o),
-    };
-    let params = ResidualParams {
-        rows: rows as u32,
-        dim: dim as u32,
-        eps,
-        scale,
-        h_off: h.elem_offset(),
-        o_off: o.elem_offset(),
-        w_off: post.elem_offset(),
-        w2_off: w2.elem_offset(),
-        xn_off: xn.elem_offset(),
-        next: u32::from(next.is_some()),
-        _p: [0; 2],
-    };
-    let kernel = rec.ctx().kernel(&residual_spec())?;
-    // Without a next norm nothing is written to the xn binding; bind a read_write buffer other
-    // than o's read-only one (h's, already bound read_write).
-    let xn_buf = if next.is_some() {
-        &xn.buffer
-    } else {
-        &h.buffer
-    };
-    rec.dispatch_linear(
-        &kernel,
-        &params,
-        &[
-            (&h.buffer).into(),
-            (&o.buffer).into(),
-            (&post.buffer).into(),
-            (&w2.buffer).into(),
-            xn_buf.into(),
-        ],
-        rows as u32,
     )
 }

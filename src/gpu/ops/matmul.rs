@@ -1,0 +1,85 @@
+//! The tiled matrix-matrix product (`wgsl/matmul.wgsl`): the batched form of
+//! [`linear`](super::linear) (prefill, the vision tower), `y[b] = W x[b]` over a [`Matrix`] in
+//! any [`WeightFormat`](crate::gpu::WeightFormat), one dispatch per row window.
+
+use crate::gpu::{
+    Access, GpuError, GpuTensor, KernelSpec, Matrix, ParamLayout, Recorder, WeightFormat,
+    uniform_params,
+};
+
+uniform_params! {
+    /// Parameters of `matmul.wgsl`.
+    struct Params {
+        rows: u32,
+        cols: u32,
+        row_words: u32,
+        groups: u32,
+        x_off: u32,
+        y_off: u32,
+        y_stride: u32,
+        batch: u32,
+    }
+}
+
+/// The Rust layout of the kernel's uniform parameters (for the kernel-layout test).
+#[doc(hidden)]
+pub fn param_layout() -> ParamLayout {
+    Params::layout()
+}
+
+/// Output tile edge of the matmul kernel.
+const MATMUL_TILE: usize = 32;
+
+/// The tiled matmul specialisation (no subgroups: one kernel for both paths).
+pub fn matmul_spec(format: WeightFormat) -> KernelSpec {
+    format.define_in(KernelSpec::new(
+        "matmul",
+        "main",
+        &format.bindings_then(&[Access::Read, Access::ReadWrite]),
+    ))
+}
+
+/// All specialisations (for shader validation).
+pub fn all_specs() -> Vec<KernelSpec> {
+    WeightFormat::all().into_iter().map(matmul_spec).collect()
+}
+
+/// Records `y[b, col0 + r] = W[r] . x[b]` for `batch` rows of `x` (`[batch, cols]`), the rows of
+/// `y` placed `y_stride` elements apart (shapes checked by the caller, [`linear`](super::linear)).
+pub(super) fn matmul(
+    rec: &mut Recorder,
+    w: &Matrix,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    col0: usize,
+    y_stride: usize,
+    batch: usize,
+) -> Result<(), GpuError> {
+    let (row_words, groups) = w.affine_dims();
+    let kernel = rec.ctx().kernel(&matmul_spec(w.format))?;
+    for win in &w.windows {
+        if win.rows == 0 {
+            continue;
+        }
+        let params = Params {
+            rows: win.rows as u32,
+            cols: w.cols as u32,
+            row_words,
+            groups,
+            x_off: x.elem_offset(),
+            y_off: y.elem_offset() + (col0 + win.row_start) as u32,
+            y_stride: y_stride as u32,
+            batch: batch as u32,
+        };
+        let mut bufs = w.window_bindings(win, "linear")?;
+        bufs.push((&x.buffer).into());
+        bufs.push((&y.buffer).into());
+        let grid = [
+            win.rows.div_ceil(MATMUL_TILE) as u32,
+            batch.div_ceil(MATMUL_TILE) as u32,
+            1,
+        ];
+        rec.dispatch(&kernel, &params, &bufs, grid)?;
+    }
+    Ok(())
+}
