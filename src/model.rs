@@ -437,13 +437,10 @@ impl Model {
             self.inner.options.max_context.max(ids.len() + greedy + 1),
             self.inner.options.prefill_chunk,
         )?;
-        let logits = self.inner.text.forward(
-            &mut cache,
-            &mut ws,
-            ids,
-            placed.as_ref(),
-            Logits::All,
-        )?;
+        let logits =
+            self.inner
+                .text
+                .forward(&mut cache, &mut ws, ids, placed.as_ref(), Logits::All)?;
         let vocab = self.inner.checkpoint.config.text_config.vocab_size;
         let mut out = Vec::new();
         if greedy > 0 {

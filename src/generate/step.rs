@@ -184,9 +184,13 @@ impl Generation {
 
         let t1 = Instant::now();
         let logits = media.and_then(|media| {
-            model
-                .text()
-                .forward(&mut b.cache, &mut b.ws, suffix, media.as_ref(), Logits::Last)
+            model.text().forward(
+                &mut b.cache,
+                &mut b.ws,
+                suffix,
+                media.as_ref(),
+                Logits::Last,
+            )
         });
         let logits = match logits {
             Ok(l) => l,

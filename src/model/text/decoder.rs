@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
-use crate::model::media::MediaRuns;
 use crate::gpu::ops::{self, SampleScratch};
 use crate::gpu::{GpuContext, GpuTensor, Matrix, Recorder};
+use crate::model::media::MediaRuns;
 use crate::weights::var_builder::VarBuilder;
 use crate::weights::{LoadError, Sink};
 

@@ -2,10 +2,10 @@
 
 use std::ops::Range;
 
-use crate::model::media::MediaRuns;
 use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuTensor, Matrix, Recorder};
+use crate::model::media::MediaRuns;
 use crate::weights::var_builder::VarBuilder;
 use crate::weights::{LoadError, Sink};
 

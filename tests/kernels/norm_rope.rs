@@ -1,6 +1,6 @@
 //! RMSNorm, RoPE (default, proportional, 2-D) against the CPU references, on both kernel paths.
 
-mod common;
+use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{rms_norm, rope, rope_2d, rope_2d_inv_freq, rope_inv_freq};

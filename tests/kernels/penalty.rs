@@ -1,6 +1,6 @@
 //! The GPU repetition penalty against the CPU reference, on both kernel paths.
 
-mod common;
+use crate::common;
 
 use common::{Rng, paths};
 use gemma_wgpu::gpu::ops::repetition_penalty;

@@ -1,7 +1,7 @@
 //! Linear (matvec + tiled matmul) and embedding-gather kernels against the CPU reference, for
 //! every weight format, on both kernel paths.
 
-mod common;
+use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{embedding, linear};

@@ -1,7 +1,7 @@
 //! The benchmark's tools: synthetic checkpoints load and decode, the per-kernel profiler
 //! produces entries, and the byte / readback counters count.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! Average pooling against the CPU reference, on both kernel paths.
 
-mod common;
+use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::avg_pool_2d;

@@ -1,7 +1,7 @@
 //! KV-cache writes and attention (decode and prefill, causal with and without a sliding window on
 //! a wrapping ring, bidirectional) against the CPU reference, on both kernel paths.
 
-mod common;
+use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{

@@ -2,7 +2,7 @@
 //! within 1e-3·max(1, max|reference|), identical top-1 everywhere, identical 16-token greedy
 //! continuation through the KV cache; image features before the decoder.
 
-mod common;
+use crate::common;
 
 use common::golden::{Fixture, compare};
 use gemma_wgpu::model::{Model, ModelOptions};

@@ -1,7 +1,7 @@
 //! The user-facing API on the tiny fixture model `tests/fixtures/e2b-like`, against the chat
 //! golden `tests/fixtures/chat/golden.safetensors` (transformers greedy runs).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::pin::Pin;

@@ -3,7 +3,7 @@
 //! tensor shapes consistent with the config, preprocessing goldens consistent with the resize rule,
 //! tokenizer ids consistent with the config. No GPU needed.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

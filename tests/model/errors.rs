@@ -1,7 +1,7 @@
 //! GPU failures come back as `GpuError` values, never as panics or only through the
 //! uncaptured-error handler; and a host-owned device keeps its own handlers.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

@@ -4,7 +4,7 @@
 //! releasing an idle session's cache, and sharing a host application's device and queue while
 //! the host keeps rendering on it.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! the KV-ring write) and the residual add with post-norm, scale and next pre-norm. Both kernel
 //! paths; awkward shapes (rows not a multiple of 32, widths not a multiple of 64, ring wrap).
 
-mod common;
+use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{

@@ -1,6 +1,6 @@
 //! argmax, top-k and GPU sampling against the CPU references, on both kernel paths.
 
-mod common;
+use crate::common;
 
 use common::{Rng, paths};
 use gemma_wgpu::gpu::ops::{SampleParams, SampleScratch, argmax, sample, top_k};

@@ -1,6 +1,6 @@
 //! Elementwise kernels against the CPU reference, on both kernel paths.
 
-mod common;
+use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{Elementwise, elementwise};

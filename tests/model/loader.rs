@@ -1,7 +1,7 @@
 //! The checkpoint loader on tiny checkpoints written by the test itself (HF and MLX layouts,
 //! float and quantized, single file and sharded), plus every broken-input error.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The decode loop's budget: one submit per decoded token, nothing read back but the token id,
 //! and no buffer or bind-group creation in steady state.
 
-mod common;
+use crate::common;
 
 use gemma_wgpu::gpu::GpuContext;
 use gemma_wgpu::model::{Model, ModelOptions};

@@ -1,0 +1,17 @@
+//! Kernel tests: every compute kernel against its CPU reference over awkward shapes, on the
+//! subgroup and the portable path; every shader specialisation through naga; the bench tools.
+//! One test binary (one link of wgpu and naga; one shared device and pipeline cache).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod attention;
+mod elementwise;
+mod fused;
+mod linear;
+mod norm_rope;
+mod penalty;
+mod pool;
+mod sample;
+mod shaders;
+mod bench_tools;
