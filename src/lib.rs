@@ -7,25 +7,70 @@
 //! (weights, text decoder, vision tower) ↔ generation and chat API.
 #![warn(missing_docs)]
 
+/// Declares a module that is public only with the `dev` feature (the crate's internals, for its
+/// own tests, benchmarks and conformance tools) and crate-private otherwise, so the documented
+/// default API is what a user calls.
+macro_rules! dev_mod {
+    ($(#[$m:meta])* $name:ident) => {
+        #[cfg(feature = "dev")]
+        $(#[$m])*
+        pub mod $name;
+        #[cfg(not(feature = "dev"))]
+        #[allow(dead_code, unused_imports)]
+        $(#[$m])*
+        pub(crate) mod $name;
+    };
+}
+
 pub mod config;
 pub mod error;
-pub mod generate;
 pub mod gpu;
-pub mod loading;
-pub mod memory;
-pub mod model;
-pub mod preprocess;
 pub mod prompt;
-pub mod quant;
 pub mod registry;
-pub mod synthetic;
-pub mod tokenizer;
-pub mod weights;
 
-/// The vision tower, at its old path (it lives in [`model::vision`]).
-pub use model::vision;
-/// The text decoder (moved to [`model::text`]; this path is kept).
+dev_mod!(
+    /// Generation internals: the step machine, detokenizer, stop strings, channels.
+    generate
+);
+dev_mod!(
+    /// Loading on a worker thread: progress and cancellation plumbing.
+    loading
+);
+dev_mod!(
+    /// GPU and host memory accounting.
+    memory
+);
+dev_mod!(
+    /// The model's blocks: text decoder, vision tower, multimodal embedder, media placement.
+    model
+);
+dev_mod!(
+    /// Image decoding, resizing and patchifying.
+    preprocess
+);
+dev_mod!(
+    /// CPU affine quantization (MLX layout).
+    quant
+);
+dev_mod!(
+    /// Synthetic checkpoints with real dimensions (benchmarks).
+    synthetic
+);
+dev_mod!(
+    /// The tokenizer wrapper.
+    tokenizer
+);
+dev_mod!(
+    /// The weight loader: safetensors store, roles, sinks, upload.
+    weights
+);
+
+/// The text decoder (at [`model::text`]).
+#[cfg(feature = "dev")]
 pub use model::text;
+/// The vision tower (at [`model::vision`]).
+#[cfg(feature = "dev")]
+pub use model::vision;
 
 pub use error::{Error, Result};
 pub use generate::{
@@ -35,3 +80,6 @@ pub use generate::{
 pub use loading::{LoadHandle, LoadProgress, LoadStage};
 pub use memory::{MemoryReport, SessionMemory};
 pub use model::{Model, ModelBuilder, ModelOptions};
+pub use preprocess::ImageError;
+pub use tokenizer::Tokenizer;
+pub use weights::{FloatFormat, LoadError, LoadReport};

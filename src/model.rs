@@ -17,9 +17,9 @@ use crate::gpu::{GpuContext, GpuTensor};
 use crate::loading::{LoadHandle, LoadHooks, LoadProgress, LoadStage};
 use crate::preprocess::{self, ImageOptions};
 use crate::prompt::ChatTemplate;
-use crate::text::{Logits, TextDecoder};
+use crate::model::text::{Logits, TextDecoder};
 use crate::tokenizer::Tokenizer;
-use crate::vision::{ImagePatches, VisionEncoder};
+use crate::model::vision::{ImagePatches, VisionEncoder};
 use crate::weights::{Checkpoint, FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
 
 /// Options for loading a model.
@@ -265,11 +265,13 @@ impl Model {
     }
 
     /// The text decoder.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn text(&self) -> &TextDecoder {
         &self.inner.text
     }
 
     /// The vision encoder, if the checkpoint has a vision tower.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn vision(&self) -> Option<&VisionEncoder> {
         self.inner.vision.as_ref()
     }
@@ -277,6 +279,7 @@ impl Model {
     /// Image preprocessing options: patch size and pooling kernel from the vision config; the
     /// soft-token budget from [`ModelOptions::max_soft_tokens`], else the checkpoint's
     /// `processor_config.json`, else the vision config's `default_output_length`.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn image_options(&self) -> Result<ImageOptions> {
         let vc = self
             .inner
@@ -302,6 +305,7 @@ impl Model {
     }
 
     /// Decodes and preprocesses an image file (any supported format, EXIF-oriented).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image_file(&self, path: &Path) -> Result<ImagePatches> {
         let opts = self.image_options()?;
         let img = preprocess::load_image(path, &opts)?;
@@ -309,6 +313,7 @@ impl Model {
     }
 
     /// Preprocesses a decoded image into patches for the tower.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image(&self, img: &image::DynamicImage) -> Result<ImagePatches> {
         let opts = self.image_options()?;
         let p = preprocess::preprocess(img, &opts)?;
@@ -321,6 +326,7 @@ impl Model {
 
     /// Reads pre-patchified pixels from a safetensors file with `pixel_values` `[n, 3·p·p]` f32
     /// and `image_position_ids` `[n, 2]` i64 (x, y); padding rows (-1, -1) are dropped.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_pixel_values_file(&self, path: &Path) -> Result<ImagePatches> {
         let vc = self
             .inner
@@ -412,6 +418,7 @@ impl Model {
     }
 
     /// Encodes images (in prompt order) and concatenates their soft tokens: `[total, H]`.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn encode_images(&self, images: &[ImagePatches]) -> Result<Option<GpuTensor>> {
         let parts = media::encode_each(self.vision(), images, Ok)?;
         media::concat_features(&self.inner.ctx, &parts)
@@ -420,6 +427,7 @@ impl Model {
     /// Runs the fully expanded prompt `ids` (each image as boi, n soft tokens, eoi) with the
     /// given images, returns the logits at every position and a greedy continuation of
     /// `greedy` tokens through the KV cache.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn logits_and_greedy(
         &self,
         ids: &[u32],
@@ -445,7 +453,7 @@ impl Model {
         let mut out = Vec::new();
         if greedy > 0 {
             let last = &logits[(ids.len() - 1) * vocab..];
-            let mut next = crate::text::argmax_host(last);
+            let mut next = crate::model::text::argmax_host(last);
             out.push(next);
             while out.len() < greedy {
                 next = self.inner.text.step_greedy(&mut cache, &mut ws, next)?;

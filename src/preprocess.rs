@@ -63,7 +63,7 @@ pub enum ImageError {
         /// Height in pixels.
         height: u32,
     },
-    /// The image header announces more pixels than [`ImageOptions::max_pixels_decoded`] allows.
+    /// The image header announces more pixels than `ImageOptions::max_pixels_decoded` allows.
     #[error("image of {width}x{height} pixels exceeds the limit of {limit} pixels")]
     TooLarge {
         /// Width in pixels.

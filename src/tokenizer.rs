@@ -51,7 +51,7 @@ impl Tokenizer {
     }
 
     /// Parses the contents of a `tokenizer.json` file (as read by
-    /// [`Checkpoint::open`](crate::weights::Checkpoint::open)); `path` names it in errors.
+    /// `Checkpoint::open`); `path` names it in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| load_err(path, e))?;
         Ok(Tokenizer { inner })
@@ -80,7 +80,7 @@ impl Tokenizer {
     /// Decodes `ids` to text; `skip_special` drops special tokens (`<bos>`, `<turn|>`, ...).
     ///
     /// Byte-fallback tokens that do not form complete UTF-8 decode to U+FFFD; for streaming use
-    /// [`crate::generate::Detokenizer`].
+    /// the streaming detokenizer.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         let vocab = self.vocab_size();
         if let Some(&bad) = ids.iter().find(|&&id| (id as usize) >= vocab) {

@@ -71,7 +71,7 @@ pub struct GenerationOptions {
     pub sampling: Sampling,
     /// Token ids that end generation (not emitted as text).
     pub stop_tokens: Vec<u32>,
-    /// Strings that end generation; the text is cut before the first one (see [`StopMatcher`](super::StopMatcher)).
+    /// Strings that end generation; the text is cut before the first one (see `StopMatcher`).
     pub stop_strings: Vec<String>,
     /// Seed of the host random numbers fed to the sampler.
     pub seed: u64,
@@ -80,7 +80,7 @@ pub struct GenerationOptions {
 }
 
 impl Default for GenerationOptions {
-    /// Greedy, [`DEFAULT_MAX_NEW_TOKENS`], Gemma 4 stop tokens, seed 0, no penalty.
+    /// Greedy, `DEFAULT_MAX_NEW_TOKENS`, Gemma 4 stop tokens, seed 0, no penalty.
     fn default() -> Self {
         GenerationOptions {
             max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
@@ -141,8 +141,8 @@ impl GenerationOptions {
     /// Defaults from `dir/generation_config.json` (`do_sample`, `temperature`, `top_k`, `top_p`,
     /// `min_p`, `repetition_penalty`, `max_new_tokens`, `eos_token_id` → `stop_tokens`).
     ///
-    /// Without the file: greedy, [`DEFAULT_MAX_NEW_TOKENS`], stop tokens from config.json's
-    /// `eos_token_id` (top level, else `text_config`), else [`DEFAULT_GEMMA4_STOP_TOKENS`].
+    /// Without the file: greedy, `DEFAULT_MAX_NEW_TOKENS`, stop tokens from config.json's
+    /// `eos_token_id` (top level, else `text_config`), else `DEFAULT_GEMMA4_STOP_TOKENS`.
     /// Missing fields take transformers' defaults (temperature 1, top_k 50, top_p 1, min_p 0).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
@@ -157,7 +157,7 @@ impl GenerationOptions {
 
     /// [`from_dir`](Self::from_dir) on the parsed `config.json` (`None`: no such file) and the
     /// text of `generation_config.json` (`None`: no such file), as read by
-    /// [`Checkpoint::open`](crate::weights::Checkpoint::open); `path` names the latter in errors.
+    /// `Checkpoint::open`; `path` names the latter in errors.
     pub fn from_sources(
         config: Option<&serde_json::Value>,
         generation_config: Option<&str>,

@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::gpu::{GpuTensor, Recorder, ops};
 use crate::model::Model;
-use crate::text::Selection;
+use crate::model::text::Selection;
 
 use super::{GenerationOptions, Sampling};
 

@@ -9,7 +9,7 @@ use crate::gpu::{DType, GpuTensor};
 use crate::memory::{SessionMem, SessionMemory};
 use crate::model::Model;
 use crate::prompt::Message;
-use crate::text::{KvCache, Workspace};
+use crate::model::text::{KvCache, Workspace};
 
 /// The GPU buffers of a conversation that [`ChatSession::release_cache`] gives back.
 pub(crate) struct Buffers {

@@ -28,7 +28,7 @@ use crate::model::Model;
 use crate::model::media::{MediaRuns, image_runs};
 use crate::prompt::soft_tokens::{encode_images, prompt_ids};
 use crate::prompt::{Content, Message, Role};
-use crate::text::Logits;
+use crate::model::text::Logits;
 
 /// A request set up against a conversation: the conversation with the new user message, the
 /// features of all its images, the rendered prompt, the options.

@@ -1,18 +1,24 @@
 //! The GPU runtime: device acquisition, buffers and tensors, kernels with their pipeline cache,
 //! command batching, and the ops (one per kernel family).
 //!
-//! Model code never touches wgpu directly: it calls the ops in [`ops`] with [`GpuTensor`]s and
+//! Model code never touches wgpu directly: it calls the ops in `ops` with [`GpuTensor`]s and
 //! [`Matrix`] weights, recording into a [`Recorder`] that submits once.
 
 mod context;
 mod error;
 mod kernel;
 mod matrix;
-pub mod ops;
+dev_mod!(
+    /// The compute ops, one per kernel.
+    ops
+);
 pub mod profile;
 mod readback;
 mod recorder;
-pub mod reference;
+dev_mod!(
+    /// CPU reference implementations of the kernels (tests).
+    reference
+);
 mod tensor;
 
 pub use context::{Capabilities, GpuContext, GpuOptions};

@@ -167,7 +167,7 @@ impl GpuTensor {
     }
 
     /// A view of this f32 tensor as a `[rows, last dim]` f32 weight matrix (all leading
-    /// dimensions folded into the rows), e.g. for [`ops::embedding`](super::ops::embedding)
+    /// dimensions folded into the rows), e.g. for `ops::embedding`
     /// over a table uploaded as a vector.
     /// The tensor must start at offset 0 of its buffer (a matrix window has no offset).
     pub fn as_f32_matrix(&self) -> Result<super::Matrix, GpuError> {

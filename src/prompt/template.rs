@@ -352,7 +352,7 @@ impl ChatTemplate {
     }
 
     /// [`from_dir`](Self::from_dir) on the contents of the three files, as read by
-    /// [`Checkpoint::open`](crate::weights::Checkpoint::open) (`None`: the file does not
+    /// `Checkpoint::open` (`None`: the file does not
     /// exist); `dir` names the files in errors.
     pub fn from_sources(
         dir: &Path,

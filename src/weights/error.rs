@@ -173,7 +173,7 @@ pub enum LoadError {
     /// Resolving or downloading a registry model failed.
     #[error("{0}")]
     Registry(String),
-    /// The caller cancelled the upload (see [`Checkpoint::upload_with_progress`](super::Checkpoint::upload_with_progress));
+    /// The caller cancelled the upload (see `Checkpoint::upload_with_progress`);
     /// every buffer uploaded so far was released.
     #[error("loading was cancelled")]
     Cancelled,

@@ -6,6 +6,7 @@
 mod common;
 
 mod attention;
+mod bench_tools;
 mod elementwise;
 mod fused;
 mod linear;
@@ -14,4 +15,3 @@ mod penalty;
 mod pool;
 mod sample;
 mod shaders;
-mod bench_tools;

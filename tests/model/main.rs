@@ -5,12 +5,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod parity;
-mod fixtures;
+mod api;
 mod decode;
-mod loader;
+mod desktop_api;
 mod errors;
+mod fixtures;
+mod loader;
+mod parity;
 mod preprocess;
 mod tokenizer;
-mod api;
-mod desktop_api;
