@@ -31,13 +31,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gemma_wgpu::checkpoint::{Checkpoint, PerLayerTable};
 use gemma_wgpu::gpu::ops::streaming;
 use gemma_wgpu::gpu::{GpuContext, Profile};
-use gemma_wgpu::preprocess::{self, ImageOptions};
+use gemma_wgpu::prompt::preprocess::{self, ImageOptions};
 use gemma_wgpu::synthetic::SyntheticSpec;
 use gemma_wgpu::text::{Logits, argmax_host};
 use gemma_wgpu::vision::ImagePatches;
-use gemma_wgpu::weights::{Checkpoint, PerLayerTable};
 use gemma_wgpu::{Model, ModelOptions};
 use serde_json::{Value, json};
 

@@ -1,8 +1,8 @@
 //! The crate's error type.
 
+use crate::checkpoint::LoadError;
 use crate::gpu::GpuError;
-use crate::preprocess::ImageError;
-use crate::weights::LoadError;
+use crate::prompt::preprocess::ImageError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

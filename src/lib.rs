@@ -26,7 +26,6 @@ pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod prompt;
-pub mod registry;
 
 dev_mod!(
     /// Generation internals: the step machine, detokenizer, stop strings, channels.
@@ -45,10 +44,6 @@ dev_mod!(
     model
 );
 dev_mod!(
-    /// Image decoding, resizing and patchifying.
-    preprocess
-);
-dev_mod!(
     /// CPU affine quantization (MLX layout).
     quant
 );
@@ -57,13 +52,12 @@ dev_mod!(
     synthetic
 );
 dev_mod!(
-    /// The tokenizer wrapper.
-    tokenizer
+    /// The checkpoint folder (read once) and the one weight loader: safetensors store, roles,
+    /// sinks, upload; the registry of known checkpoints.
+    checkpoint
 );
-dev_mod!(
-    /// The weight loader: safetensors store, roles, sinks, upload.
-    weights
-);
+
+pub use checkpoint::registry;
 
 /// The text decoder (at [`model::text`]).
 #[cfg(feature = "dev")]
@@ -72,6 +66,7 @@ pub use model::text;
 #[cfg(feature = "dev")]
 pub use model::vision;
 
+pub use checkpoint::{FloatFormat, LoadError, LoadReport};
 pub use error::{Error, Result};
 pub use generate::{
     CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent, GenerationHandle,
@@ -80,6 +75,5 @@ pub use generate::{
 pub use loading::{LoadHandle, LoadProgress, LoadStage};
 pub use memory::{MemoryReport, SessionMemory};
 pub use model::{Model, ModelBuilder, ModelOptions};
-pub use preprocess::ImageError;
-pub use tokenizer::Tokenizer;
-pub use weights::{FloatFormat, LoadError, LoadReport};
+pub use prompt::preprocess::ImageError;
+pub use prompt::tokenizer::Tokenizer;

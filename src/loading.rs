@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::generate::CancelToken;
 use crate::generate::channel::{self, Flow, Receiver, channel};
 use crate::model::{Model, ModelBuilder};
-use crate::weights::UploadProgress;
+use crate::checkpoint::UploadProgress;
 
 /// What loading is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

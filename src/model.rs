@@ -15,12 +15,12 @@ use crate::error::{Error, Result};
 use crate::generate::{CancelToken, GenerationOptions};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::loading::{LoadHandle, LoadHooks, LoadProgress, LoadStage};
-use crate::preprocess::{self, ImageOptions};
+use crate::prompt::preprocess::{self, ImageOptions};
 use crate::prompt::ChatTemplate;
 use crate::model::text::{Logits, TextDecoder};
-use crate::tokenizer::Tokenizer;
+use crate::prompt::tokenizer::Tokenizer;
 use crate::model::vision::{ImagePatches, VisionEncoder};
-use crate::weights::{Checkpoint, FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
+use crate::checkpoint::{Checkpoint, FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
 
 /// Options for loading a model.
 #[derive(Debug, Clone)]
@@ -159,7 +159,7 @@ impl Model {
         let tokenizer = match files.tokenizer.take() {
             Some(bytes) => Some(Arc::new(Tokenizer::from_bytes(
                 &bytes,
-                &dir.join(crate::weights::files::TOKENIZER),
+                &dir.join(crate::checkpoint::files::TOKENIZER),
             )?)),
             None => None,
         };
@@ -175,7 +175,7 @@ impl Model {
         let generation = GenerationOptions::from_sources(
             Some(&files.config_json),
             files.generation_config.as_deref(),
-            &dir.join(crate::weights::files::GENERATION_CONFIG),
+            &dir.join(crate::checkpoint::files::GENERATION_CONFIG),
         )?;
         hooks.check()?;
         let model = Model {
@@ -471,7 +471,7 @@ impl Model {
 /// Builder for loading a model with non-default options.
 ///
 /// ```no_run
-/// use gemma_wgpu::{ModelBuilder, weights::FloatFormat};
+/// use gemma_wgpu::{FloatFormat, ModelBuilder};
 /// let model = ModelBuilder::new("gemma-4-E2B-it")
 ///     .with_float_format(FloatFormat::F16)
 ///     .quantize_on_load(4, 64)
@@ -594,7 +594,7 @@ impl ModelBuilder {
             stage: LoadStage::Locating,
             ..Default::default()
         });
-        let dir = crate::registry::locate(&self.source, self.allow_download)?;
+        let dir = crate::checkpoint::registry::locate(&self.source, self.allow_download)?;
         hooks.check()?;
         let ctx = match self.ctx {
             Some(c) => c,

@@ -14,7 +14,7 @@ use gemma_wgpu::{GenerationOptions, Model, ModelBuilder, Sampling};
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Registry name (models.toml), Hugging Face repo id, or checkpoint directory.
-    #[arg(long, default_value = gemma_wgpu::registry::DEFAULT_MODEL)]
+    #[arg(long, default_value = gemma_wgpu::checkpoint::registry::DEFAULT_MODEL)]
     pub model: String,
     /// Maximum new tokens per reply (default: the checkpoint's generation config).
     #[arg(long)]

@@ -1,5 +1,5 @@
 //! [`ConfigError`]: what can be wrong with a `config.json`. The checkpoint loader's
-//! [`LoadError`](crate::weights::LoadError) takes it over variant by variant (`From`), so a
+//! [`LoadError`](crate::checkpoint::LoadError) takes it over variant by variant (`From`), so a
 //! load reports the same `MalformedConfig` / `UnsupportedModelType` / `UnsupportedConfig` /
 //! `MissingFile` / `Io` as it always has; the config module itself knows nothing of the loader.
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::tokenizer::Tokenizer;
+use crate::prompt::tokenizer::Tokenizer;
 
 /// Incremental detokenizer: turns a stream of token ids into text deltas that are always
 /// complete UTF-8 (a character split over byte-fallback tokens such as `<0xE2>` is held back

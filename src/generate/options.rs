@@ -94,7 +94,7 @@ impl Default for GenerationOptions {
 }
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    match crate::weights::files::read_optional(path) {
+    match crate::checkpoint::files::read_optional(path) {
         Ok(Some(text)) => parse_json(&text, path).map(Some),
         Ok(None) => Ok(None),
         Err(source) => Err(Error::Io {
@@ -106,7 +106,7 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
 
 fn parse_json(text: &str, path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(text).map_err(|e| {
-        crate::weights::LoadError::MalformedConfig {
+        crate::checkpoint::LoadError::MalformedConfig {
             path: path.to_path_buf(),
             field: String::new(),
             reason: format!("not valid JSON: {e}"),
@@ -129,7 +129,7 @@ fn ids_of(v: Option<&serde_json::Value>) -> Option<Vec<u32>> {
 }
 
 fn malformed(path: &Path, field: &str, reason: &str) -> Error {
-    crate::weights::LoadError::MalformedConfig {
+    crate::checkpoint::LoadError::MalformedConfig {
         path: path.to_path_buf(),
         field: field.into(),
         reason: reason.into(),
@@ -148,7 +148,7 @@ impl GenerationOptions {
         let cfg_path = dir.join("config.json");
         let cfg = read_json(&cfg_path)?;
         let path = dir.join("generation_config.json");
-        let read = crate::weights::files::read_optional(&path).map_err(|source| Error::Io {
+        let read = crate::checkpoint::files::read_optional(&path).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;

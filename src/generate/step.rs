@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
 use crate::model::Model;
 use crate::model::media::{MediaRuns, image_runs};
-use crate::prompt::soft_tokens::{encode_images, prompt_ids};
+use crate::prompt::render::{encode_images, prompt_ids};
 use crate::prompt::{Content, Message, Role};
 use crate::model::text::Logits;
 

@@ -6,7 +6,7 @@
 use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuTensor, Matrix, Recorder};
-use crate::weights::{LoadError, MatrixRole, Scope, Sink};
+use crate::checkpoint::{LoadError, MatrixRole, Scope, Sink};
 
 /// A multimodal embedder into the text stream (`embed_vision`, later `embed_audio`).
 #[derive(Debug)]

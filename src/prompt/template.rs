@@ -338,7 +338,7 @@ impl ChatTemplate {
     /// with the special-token strings of `tokenizer_config.json`; falls back to
     /// [`BUILTIN_GEMMA4_TEMPLATE`] when the checkpoint has none.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        use crate::weights::files::{self, read_optional};
+        use crate::checkpoint::files::{self, read_optional};
         let read = |name: &str| {
             let path = dir.join(name);
             read_optional(&path).map_err(|source| Error::Io { path, source })

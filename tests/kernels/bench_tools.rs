@@ -5,10 +5,10 @@ use crate::common;
 
 use std::path::PathBuf;
 
+use gemma_wgpu::checkpoint::{Checkpoint, PerLayerTable};
 use gemma_wgpu::gpu::ops::streaming;
 use gemma_wgpu::synthetic::SyntheticSpec;
 use gemma_wgpu::text::{Logits, argmax_host};
-use gemma_wgpu::weights::{Checkpoint, PerLayerTable};
 use gemma_wgpu::{Model, ModelOptions};
 
 fn tmpdir(name: &str) -> PathBuf {

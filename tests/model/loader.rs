@@ -6,12 +6,12 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use gemma_wgpu::checkpoint::{
+    Checkpoint, FloatFormat, LoadError, LoadOptions, PerLayerTable, Role, load,
+};
 use gemma_wgpu::config::{ConfigError, Gemma4Config};
 use gemma_wgpu::gpu::ScaleDType;
 use gemma_wgpu::quant::{dequantize_row, quantize_affine_with, words_of};
-use gemma_wgpu::weights::{
-    Checkpoint, FloatFormat, LoadError, LoadOptions, PerLayerTable, Role, load,
-};
 use safetensors::Dtype;
 
 use common::Rng;

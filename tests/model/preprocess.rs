@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gemma_wgpu::preprocess::{
+use gemma_wgpu::prompt::preprocess::{
     ImageError, ImageOptions, SUPPORTED_SOFT_TOKENS, load_image, load_image_from_bytes, preprocess,
     resize_bicubic_pil, target_size, to_rgb8,
 };

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use gemma_wgpu::Error;
 use gemma_wgpu::generate::{Detokenizer, GenerationOptions, Sampling, StopMatcher};
+use gemma_wgpu::prompt::tokenizer::Tokenizer;
 use gemma_wgpu::prompt::{
     ChatTemplate, Content, Message, Role, TemplateSource, expand_image_tokens,
 };
-use gemma_wgpu::tokenizer::Tokenizer;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {

@@ -5,8 +5,8 @@ use crate::config::{LayerType, TextConfig};
 use crate::error::Result;
 use crate::gpu::ops::{self, AttnMask, AttnShape, KvLayout};
 use crate::gpu::{GpuContext, GpuTensor, Matrix, Recorder};
-use crate::weights::var_builder::VarBuilder;
-use crate::weights::{LoadError, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 use super::cache::KvCache;
 use super::workspace::Workspace;

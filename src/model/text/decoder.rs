@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::gpu::ops::{self, SampleScratch};
 use crate::gpu::{GpuContext, GpuTensor, Matrix, Recorder};
 use crate::model::media::MediaRuns;
-use crate::weights::var_builder::VarBuilder;
-use crate::weights::{LoadError, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 use super::attention::{AttnEnv, RopeTables};
 use super::cache::KvCache;

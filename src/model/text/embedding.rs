@@ -6,8 +6,8 @@ use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuTensor, Matrix, Recorder};
 use crate::model::media::MediaRuns;
-use crate::weights::var_builder::VarBuilder;
-use crate::weights::{LoadError, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 /// The token embedding `embed_tokens` `[vocab, H]` (module `language_model.embed_tokens`);
 /// also the tied LM head's weight.

@@ -5,8 +5,8 @@ use crate::config::TextConfig;
 use crate::error::Result;
 use crate::gpu::ops::{self, Elementwise, elementwise_inplace};
 use crate::gpu::{GpuTensor, Recorder};
-use crate::weights::var_builder::VarBuilder;
-use crate::weights::{LoadError, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 use super::embedding::TokenEmbedding;
 

@@ -6,8 +6,8 @@ use crate::config::TextConfig;
 use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuTensor, Matrix, Recorder};
-use crate::weights::var_builder::VarBuilder;
-use crate::weights::{LoadError, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 use super::workspace::Workspace;
 

@@ -9,8 +9,8 @@ use crate::config::TextConfig;
 use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuContext, GpuTensor, Matrix, Recorder};
-use crate::weights::var_builder::VarBuilder;
-use crate::weights::{HostTable, LoadError, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{HostTable, LoadError, Sink};
 
 use super::workspace::Workspace;
 

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::gpu::ops::{self, Elementwise, elementwise, elementwise_inplace};
 use crate::gpu::{GpuTensor, Matrix, Recorder};
-use crate::weights::{LoadError, MatrixRole, Scope, Sink};
+use crate::checkpoint::{LoadError, MatrixRole, Scope, Sink};
 
 /// A vision projection with optional clamps:
 /// `y = clamp(clamp(x, input_min, input_max) @ W^T, output_min, output_max)`.

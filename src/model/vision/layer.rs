@@ -11,7 +11,7 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::gpu::ops::{self, AttnShape, BLayout, Elementwise, elementwise_inplace};
 use crate::gpu::{DType, GpuContext, GpuTensor, Matrix, Recorder};
-use crate::weights::{LoadError, Scope, Sink};
+use crate::checkpoint::{LoadError, Scope, Sink};
 
 /// One vision encoder layer (`vision_tower.encoder.layers.{j}`).
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::gpu::ops::{self, BLayout, Elementwise, elementwise_inplace};
 use crate::gpu::{GpuTensor, Matrix, Recorder};
-use crate::weights::{LoadError, MatrixRole, Scope, Sink};
+use crate::checkpoint::{LoadError, MatrixRole, Scope, Sink};
 
 /// The patch embedder with its learned 2-D position table (`vision_tower.patch_embedder`).
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuTensor, Recorder};
-use crate::weights::{LoadError, Scope, Sink};
+use crate::checkpoint::{LoadError, Scope, Sink};
 
 /// The tower's pooler, with the `standardize` tensors of the 26B/31B towers
 /// (`vision_tower.std_bias` / `std_scale`).

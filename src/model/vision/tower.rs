@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::gpu::ops::{self, AttnMask, AttnShape, KvLayout};
 use crate::gpu::{DType, GpuContext, GpuTensor, Matrix};
 use crate::model::embed::MultimodalEmbedder;
-use crate::weights::{LoadError, Scope, Sink};
+use crate::checkpoint::{LoadError, Scope, Sink};
 
 /// Vision tower weights (canonical prefixes `vision_tower.` and `embed_vision.`).
 #[derive(Debug)]

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::weights::LoadError;
+use crate::checkpoint::LoadError;
 
 fn load_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!(

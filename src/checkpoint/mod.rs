@@ -29,6 +29,7 @@ pub mod files;
 pub mod host;
 pub mod keys;
 pub mod quant;
+pub mod registry;
 mod report;
 pub mod safetensors;
 mod tree;

@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use crate::weights::LoadError;
+use crate::checkpoint::LoadError;
 
-const MODELS_TOML: &str = include_str!("../models.toml");
+const MODELS_TOML: &str = include_str!("../../models.toml");
 
 /// The checkpoint the examples use by default: Gemma 4 E2B instruct, QAT 4-bit (MLX layout),
 /// the smallest download that keeps the reference quality.

@@ -4,7 +4,7 @@
 //! `chat_template.json`), `generation_config.json` and `processor_config.json`.
 //!
 //! Only `config.json` is required. The others are kept as read (bytes or text) and turned into
-//! their types by those types' constructors ([`Tokenizer::from_bytes`](crate::tokenizer::Tokenizer::from_bytes),
+//! their types by those types' constructors ([`Tokenizer::from_bytes`](crate::prompt::tokenizer::Tokenizer::from_bytes),
 //! [`ChatTemplate::from_sources`](crate::chat::ChatTemplate::from_sources),
 //! [`GenerationOptions::from_sources`](crate::generation::GenerationOptions::from_sources)), so
 //! each keeps its own error type; the image budget of `processor_config.json` is parsed here.
