@@ -739,7 +739,7 @@ impl<S: Sink> Builder<'_, S> {
             });
         };
         let h = self.ck.config.text_config.hidden_size;
-        VisionWeights::load(&mut self.scope(""), &v, h)
+        VisionWeights::load(&mut VarBuilder::root(self, "", MatrixRole::Vision), &v, h)
     }
 }
 
@@ -767,77 +767,3 @@ pub fn canonical_keys(store: &TensorStore) -> BTreeSet<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prefix views over the builder (candle's `VarBuilder::pp`), used by the vision blocks in
-// `crate::model::vision` and `crate::model::embed` to load their tensors by their own names.
-
-/// A view of the [`Builder`] at a module path: blocks load their tensors by names relative to
-/// it and open sub-views with [`pp`](Self::pp). Every tensor loaded through it is recorded in
-/// the builder's role table like any other. Vision-tower and embedder tensors are never
-/// KV-shared, so every lookup passes `kv_shared = false`.
-pub(crate) struct Scope<'s, 'a, S: Sink> {
-    b: &'s mut Builder<'a, S>,
-    prefix: String,
-}
-
-impl<'a, S: Sink> Builder<'a, S> {
-    /// The view at `prefix` (`""`: the checkpoint root).
-    fn scope(&mut self, prefix: &str) -> Scope<'_, 'a, S> {
-        Scope {
-            b: self,
-            prefix: prefix.to_string(),
-        }
-    }
-}
-
-impl<'a, S: Sink> Scope<'_, 'a, S> {
-    /// `prefix.name`.
-    fn key(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        }
-    }
-
-    /// The sub-view `prefix.name`.
-    pub(crate) fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_, 'a, S> {
-        let prefix = self.key(&name.to_string());
-        Scope {
-            b: &mut *self.b,
-            prefix,
-        }
-    }
-
-    /// The Linear/Embedding module `prefix.name` as a `[rows, cols]` matrix.
-    pub(crate) fn linear(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        role: MatrixRole,
-    ) -> Result<S::M, LoadError> {
-        let path = self.key(name);
-        self.b.linear(&path, rows, cols, false, role)
-    }
-
-    /// The norm module `prefix.name`: its `[n]` `weight`.
-    pub(crate) fn norm(&mut self, name: &str, n: usize) -> Result<S::V, LoadError> {
-        let module = self.key(name);
-        self.b.vec1(&format!("{module}.weight"), n, &module, false)
-    }
-
-    /// The tensor `prefix.name` of `shape`, owned by this view's module.
-    pub(crate) fn vector(&mut self, name: &str, shape: &[usize]) -> Result<S::V, LoadError> {
-        let key = self.key(name);
-        let module = self.prefix.clone();
-        self.b.vector(&key, shape, &module, false)
-    }
-
-    /// The scalar `prefix.name` (`[]` or `[1]`), owned by this view's module; `None` when
-    /// absent and not `required`.
-    pub(crate) fn scalar(&mut self, name: &str, required: bool) -> Result<Option<f32>, LoadError> {
-        let key = self.key(name);
-        let module = self.prefix.clone();
-        self.b.scalar(&key, &module, required)
-    }
-}

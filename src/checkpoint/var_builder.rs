@@ -27,13 +27,19 @@ impl<'b, 'a, S: Sink> VarBuilder<'b, 'a, S> {
     }
 
     /// The sub-module `name` (`prefix.name`); it inherits the KV-shared flag and the role.
-    pub(crate) fn pp(&mut self, name: &str) -> VarBuilder<'_, 'a, S> {
+    pub(crate) fn pp(&mut self, name: impl std::fmt::Display) -> VarBuilder<'_, 'a, S> {
         VarBuilder {
-            prefix: self.path(name),
+            prefix: self.path(&name.to_string()),
             b: &mut *self.b,
             kv_shared: self.kv_shared,
             role: self.role,
         }
+    }
+
+    /// The same view with matrices of `role` (e.g. `embed_vision` under a vision root: it is
+    /// eligible for quantize-on-load like the text matrices).
+    pub(crate) fn with_role(self, role: MatrixRole) -> Self {
+        VarBuilder { role, ..self }
     }
 
     /// Marks this module (and its sub-modules) as part of a KV-shared text layer.
@@ -41,9 +47,13 @@ impl<'b, 'a, S: Sink> VarBuilder<'b, 'a, S> {
         self.kv_shared = kv_shared;
     }
 
-    /// `prefix.name`.
+    /// `prefix.name` (`name` at the checkpoint root).
     pub(crate) fn path(&self, name: &str) -> String {
-        format!("{}.{name}", self.prefix)
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// Validates sub-module `name` as a `[rows, cols]` Linear/Embedding and hands it to the sink.
@@ -73,6 +83,12 @@ impl<'b, 'a, S: Sink> VarBuilder<'b, 'a, S> {
         let module = self.path(name);
         self.b
             .vec1(&format!("{module}.weight"), len, &module, self.kv_shared)
+    }
+
+    /// The tensor `prefix.name` of `shape`, owned by this module.
+    pub(crate) fn vector(&mut self, name: &str, shape: &[usize]) -> Result<S::V, LoadError> {
+        let key = self.path(name);
+        self.b.vector(&key, shape, &self.prefix, self.kv_shared)
     }
 
     /// The scalar tensor `prefix.name` (`[]` or `[1]`) owned by this module; `None` when absent

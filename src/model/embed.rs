@@ -6,7 +6,8 @@
 use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuTensor, Matrix, Recorder};
-use crate::checkpoint::{LoadError, MatrixRole, Scope, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 /// A multimodal embedder into the text stream (`embed_vision`, later `embed_audio`).
 #[derive(Debug)]
@@ -19,7 +20,7 @@ impl<M> MultimodalEmbedder<M> {
     /// Loads the embedder at `vb` (e.g. `embed_vision`): a `[text_hidden, tower_hidden]`
     /// projection, eligible for quantize-on-load like the text matrices.
     pub(crate) fn load<S: Sink<M = M>>(
-        vb: &mut Scope<'_, '_, S>,
+        vb: &mut VarBuilder<'_, '_, S>,
         tower_hidden: usize,
         text_hidden: usize,
     ) -> Result<Self, LoadError> {
@@ -27,9 +28,7 @@ impl<M> MultimodalEmbedder<M> {
             embedding_projection: vb.linear(
                 "embedding_projection",
                 text_hidden,
-                tower_hidden,
-                MatrixRole::Text,
-            )?,
+                tower_hidden)?,
         })
     }
 }

@@ -65,7 +65,7 @@ impl<M, V> TextWeights<M, V> {
             .transpose()?;
         let head = LmHead::load(cfg, vb)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(cfg, i, &mut vb.pp(&format!("layers.{i}"))))
+            .map(|i| DecoderLayer::load(cfg, i, &mut vb.pp(format_args!("layers.{i}"))))
             .collect::<Result<_, _>>()?;
         Ok(TextWeights {
             embed,

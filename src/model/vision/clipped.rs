@@ -4,7 +4,8 @@
 use crate::error::Result;
 use crate::gpu::ops::{self, Elementwise, elementwise, elementwise_inplace};
 use crate::gpu::{GpuTensor, Matrix, Recorder};
-use crate::checkpoint::{LoadError, MatrixRole, Scope, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 /// A vision projection with optional clamps:
 /// `y = clamp(clamp(x, input_min, input_max) @ W^T, output_min, output_max)`.
@@ -36,12 +37,12 @@ impl<M> ClippedLinear<M> {
     /// Loads `linear` (`[rows, cols]`) and, when `clip`, the optional scalar bounds
     /// `input_min`, `input_max`, `output_min`, `output_max` of the module at `vb`.
     pub(crate) fn load<S: Sink<M = M>>(
-        vb: &mut Scope<'_, '_, S>,
+        vb: &mut VarBuilder<'_, '_, S>,
         rows: usize,
         cols: usize,
         clip: bool,
     ) -> Result<Self, LoadError> {
-        let w = vb.linear("linear", rows, cols, MatrixRole::Vision)?;
+        let w = vb.linear("linear", rows, cols)?;
         let mut b = [None; 4];
         if clip {
             for (slot, name) in

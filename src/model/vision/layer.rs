@@ -11,7 +11,8 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::gpu::ops::{self, AttnShape, BLayout, Elementwise, elementwise_inplace};
 use crate::gpu::{DType, GpuContext, GpuTensor, Matrix, Recorder};
-use crate::checkpoint::{LoadError, Scope, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 /// One vision encoder layer (`vision_tower.encoder.layers.{j}`).
 #[derive(Debug)]
@@ -62,7 +63,7 @@ pub struct VisionMlp<M = Matrix> {
 impl<M, V> VisionLayer<M, V> {
     /// Loads the layer at `vb` (`vision_tower.encoder.layers.{j}`).
     pub(crate) fn load<S: Sink<M = M, V = V>>(
-        vb: &mut Scope<'_, '_, S>,
+        vb: &mut VarBuilder<'_, '_, S>,
         cfg: &VisionConfig,
     ) -> Result<Self, LoadError> {
         let hv = cfg.hidden_size;
@@ -97,7 +98,7 @@ impl<M, V> VisionLayer<M, V> {
 
 impl<M, V> VisionAttention<M, V> {
     fn load<S: Sink<M = M, V = V>>(
-        vb: &mut Scope<'_, '_, S>,
+        vb: &mut VarBuilder<'_, '_, S>,
         cfg: &VisionConfig,
     ) -> Result<Self, LoadError> {
         let (hv, hd, nh, kv) = (
@@ -120,7 +121,7 @@ impl<M, V> VisionAttention<M, V> {
 
 impl<M> VisionMlp<M> {
     fn load<S: Sink<M = M>>(
-        vb: &mut Scope<'_, '_, S>,
+        vb: &mut VarBuilder<'_, '_, S>,
         cfg: &VisionConfig,
     ) -> Result<Self, LoadError> {
         let (hv, iv) = (cfg.hidden_size, cfg.intermediate_size);

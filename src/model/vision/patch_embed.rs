@@ -5,7 +5,8 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::gpu::ops::{self, BLayout, Elementwise, elementwise_inplace};
 use crate::gpu::{GpuTensor, Matrix, Recorder};
-use crate::checkpoint::{LoadError, MatrixRole, Scope, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 /// The patch embedder with its learned 2-D position table (`vision_tower.patch_embedder`).
 #[derive(Debug)]
@@ -19,12 +20,12 @@ pub struct PatchEmbedder<M = Matrix, V = GpuTensor> {
 impl<M, V> PatchEmbedder<M, V> {
     /// Loads the embedder at `vb` (`vision_tower.patch_embedder`).
     pub(crate) fn load<S: Sink<M = M, V = V>>(
-        vb: &mut Scope<'_, '_, S>,
+        vb: &mut VarBuilder<'_, '_, S>,
         cfg: &VisionConfig,
     ) -> Result<Self, LoadError> {
         let hv = cfg.hidden_size;
         Ok(PatchEmbedder {
-            input_proj: vb.linear("input_proj", hv, cfg.patch_values(), MatrixRole::Vision)?,
+            input_proj: vb.linear("input_proj", hv, cfg.patch_values())?,
             position_table: vb.vector(
                 "position_embedding_table",
                 &[2, cfg.position_embedding_size, hv],

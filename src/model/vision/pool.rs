@@ -5,7 +5,8 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::gpu::ops;
 use crate::gpu::{GpuTensor, Recorder};
-use crate::checkpoint::{LoadError, Scope, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, Sink};
 
 /// The tower's pooler, with the `standardize` tensors of the 26B/31B towers
 /// (`vision_tower.std_bias` / `std_scale`).
@@ -23,7 +24,7 @@ pub struct Pooler<V = GpuTensor> {
 impl<V> Pooler<V> {
     /// Loads the pooler's tensors at `vb` (`vision_tower`).
     pub(crate) fn load<S: Sink<V = V>>(
-        vb: &mut Scope<'_, '_, S>,
+        vb: &mut VarBuilder<'_, '_, S>,
         cfg: &VisionConfig,
     ) -> Result<Self, LoadError> {
         let hv = cfg.hidden_size;

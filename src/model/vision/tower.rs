@@ -12,7 +12,8 @@ use crate::error::Result;
 use crate::gpu::ops::{self, AttnMask, AttnShape, KvLayout};
 use crate::gpu::{DType, GpuContext, GpuTensor, Matrix};
 use crate::model::embed::MultimodalEmbedder;
-use crate::checkpoint::{LoadError, Scope, Sink};
+use crate::checkpoint::var_builder::VarBuilder;
+use crate::checkpoint::{LoadError, MatrixRole, Sink};
 
 /// Vision tower weights (canonical prefixes `vision_tower.` and `embed_vision.`).
 #[derive(Debug)]
@@ -30,7 +31,7 @@ pub struct VisionWeights<M = Matrix, V = GpuTensor> {
 impl<M, V> VisionWeights<M, V> {
     /// Loads the tower and its embedder from the checkpoint root `root`.
     pub(crate) fn load<S: Sink<M = M, V = V>>(
-        root: &mut Scope<'_, '_, S>,
+        root: &mut VarBuilder<'_, '_, S>,
         cfg: &VisionConfig,
         text_hidden: usize,
     ) -> Result<Self, LoadError> {
@@ -40,7 +41,7 @@ impl<M, V> VisionWeights<M, V> {
             .map(|j| VisionLayer::load(&mut tower.pp(format_args!("encoder.layers.{j}")), cfg))
             .collect::<Result<Vec<_>, _>>()?;
         let embed_vision =
-            MultimodalEmbedder::load(&mut root.pp("embed_vision"), cfg.hidden_size, text_hidden)?;
+            MultimodalEmbedder::load(&mut root.pp("embed_vision").with_role(MatrixRole::Text), cfg.hidden_size, text_hidden)?;
         let pooler = Pooler::load(&mut root.pp("vision_tower"), cfg)?;
         Ok(VisionWeights {
             patch_embedder,
