@@ -382,39 +382,7 @@ impl Model {
             )));
         }
         let values: Vec<f32> = bytemuck::pod_collect_to_vec(pv.data());
-        let mut pixel_values = Vec::with_capacity(values.len());
-        let mut pos_out = Vec::with_capacity(n);
-        for i in 0..n {
-            let (x, y) = (positions[2 * i], positions[2 * i + 1]);
-            if x < 0 || y < 0 {
-                continue;
-            }
-            pos_out.push([x as u32, y as u32]);
-            pixel_values.extend_from_slice(&values[i * width..(i + 1) * width]);
-        }
-        let rows = pos_out.iter().map(|p| p[1] + 1).max().unwrap_or(0);
-        let cols = pos_out.iter().map(|p| p[0] + 1).max().unwrap_or(0);
-        for (i, p) in pos_out.iter().enumerate() {
-            if cols == 0 || *p != [i as u32 % cols, i as u32 / cols] {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: patch {i} has position {:?}; patches must be in row-major grid order",
-                    path.display(),
-                    p
-                )));
-            }
-        }
-        if pos_out.len() != (rows * cols) as usize {
-            return Err(Error::InvalidArgument(format!(
-                "{}: {} patches do not fill a {rows}x{cols} grid",
-                path.display(),
-                pos_out.len()
-            )));
-        }
-        Ok(ImagePatches {
-            pixel_values,
-            positions: pos_out,
-            grid: (rows, cols),
-        })
+        grid_patches(path, &values, &positions, n, width)
     }
 
     /// Encodes images (in prompt order) and concatenates their soft tokens: `[total, H]`.
@@ -602,4 +570,48 @@ impl ModelBuilder {
         };
         Model::load_hooked(&ctx, &dir, &self.options, hooks)
     }
+}
+
+/// The patches of `n` rows of `width` pixel values at `positions` (x, y pairs), padding rows
+/// (negative positions) dropped; the rest must fill a row-major grid.
+fn grid_patches(
+    path: &Path,
+    values: &[f32],
+    positions: &[i64],
+    n: usize,
+    width: usize,
+) -> Result<ImagePatches> {
+    let mut pixel_values = Vec::with_capacity(values.len());
+    let mut pos_out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (x, y) = (positions[2 * i], positions[2 * i + 1]);
+        if x < 0 || y < 0 {
+            continue;
+        }
+        pos_out.push([x as u32, y as u32]);
+        pixel_values.extend_from_slice(&values[i * width..(i + 1) * width]);
+    }
+    let rows = pos_out.iter().map(|p| p[1] + 1).max().unwrap_or(0);
+    let cols = pos_out.iter().map(|p| p[0] + 1).max().unwrap_or(0);
+    for (i, p) in pos_out.iter().enumerate() {
+        if cols == 0 || *p != [i as u32 % cols, i as u32 / cols] {
+            return Err(Error::InvalidArgument(format!(
+                "{}: patch {i} has position {:?}; patches must be in row-major grid order",
+                path.display(),
+                p
+            )));
+        }
+    }
+    if pos_out.len() != (rows * cols) as usize {
+        return Err(Error::InvalidArgument(format!(
+            "{}: {} patches do not fill a {rows}x{cols} grid",
+            path.display(),
+            pos_out.len()
+        )));
+    }
+    Ok(ImagePatches {
+        pixel_values,
+        positions: pos_out,
+        grid: (rows, cols),
+    })
 }
