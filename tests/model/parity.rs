@@ -238,9 +238,9 @@ fn dense31_like_multimodal() {
     full("dense31-like", 512);
 }
 
-/// Chunks of 5 tokens: the session's chunk is raised to hold the 70-token image block, and the
-/// chunk boundaries move so that the block lies in one chunk (the ring of the 16-token window
-/// wraps inside it).
+/// Chunks of 5 tokens: the session's chunk is raised to hold the 70-token image block (to the
+/// image budget + 2 = 72), and the first chunk boundary moves back to the block's start so that
+/// the block lies in one chunk; the sliding ring (16 + 72 slots) wraps during the greedy decode.
 #[test]
 fn dense31_like_multimodal_small_chunks() {
     full("dense31-like", 5);
