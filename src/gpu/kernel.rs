@@ -423,6 +423,10 @@ pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("rmsnorm", include_str!("../../wgsl/rmsnorm.wgsl")),
     ("rope", include_str!("../../wgsl/rope.wgsl")),
     ("attention", include_str!("../../wgsl/attention.wgsl")),
+    (
+        "attention_rows",
+        include_str!("../../wgsl/attention_rows.wgsl"),
+    ),
     ("kvcache", include_str!("../../wgsl/kvcache.wgsl")),
     ("matvec", include_str!("../../wgsl/matvec.wgsl")),
     ("matmul", include_str!("../../wgsl/matmul.wgsl")),

@@ -6,6 +6,7 @@
 mod common;
 
 mod attention;
+mod attention_rows;
 mod bench_tools;
 mod elementwise;
 mod fused;

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod attention_input;
+pub mod attention_rows;
 pub mod elementwise;
 pub mod gather;
 pub mod kvcache;
@@ -23,6 +24,7 @@ pub use attention::{
     attention_prefill_bounded,
 };
 pub use attention_input::{AttnInput, KvTarget, attention_input};
+pub use attention_rows::{MAX_ROWS_HEAD_DIM, attention_rows, rows_supported};
 pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};
 pub use gather::embedding;
 pub use kvcache::kv_write;
@@ -50,6 +52,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(rmsnorm::all_specs());
     v.extend(rope::all_specs());
     v.extend(attention::all_specs());
+    v.extend(attention_rows::all_specs());
     v.extend(kvcache::all_specs());
     v.extend(matvec::all_specs());
     v.extend(matmul::all_specs());
@@ -67,6 +70,7 @@ pub fn param_layouts() -> Vec<(&'static str, ParamLayout)> {
     vec![
         ("attention", attention::param_layout()),
         ("attention_input", attention_input::param_layout()),
+        ("attention_rows", attention_rows::param_layout()),
         ("elementwise", elementwise::param_layout()),
         ("gather", gather::param_layout()),
         ("kvcache", kvcache::param_layout()),

@@ -254,7 +254,12 @@ impl VisionAttention {
         let v = s.v.view(0, &[n, nkv, hd]);
         ops::rope_2d(rec, &q, f.positions, f.inv_freq)?;
         ops::rope_2d(rec, &k, f.positions, f.inv_freq)?;
-        ops::attention_prefill(rec, &q, &k, &v, &s.attn.view(0, &[n, nh, hd]), &f.attn, 0)?;
+        let out = s.attn.view(0, &[n, nh, hd]);
+        if ops::rows_supported(&f.attn) {
+            ops::attention_rows(rec, &q, &k, &v, &out, &f.attn, 0)?;
+        } else {
+            ops::attention_prefill(rec, &q, &k, &v, &out, &f.attn, 0)?;
+        }
         self.o_proj.record(rec, &s.attn, &s.o, &s.clip_in)
     }
 }
