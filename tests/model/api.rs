@@ -388,3 +388,45 @@ fn api_types_are_send_and_sync() {
     send::<ReplyStream<'static>>();
     send_sync::<Request>();
 }
+
+/// A chat on the 31B-like model (bidirectional image blocks): the session's prefill chunk (8)
+/// is raised to hold the image block, the second turn reuses the cached image turn, and its
+/// last prompt logits and tokens equal a single prefill of the whole conversation.
+#[test]
+fn dense31_like_chat_reuses_the_cache_after_an_image_block() {
+    let Some(ctx) = common::gpu() else { return };
+    let dir = fixtures_dir().join("dense31-like");
+    let m = ModelBuilder::new(dir.to_str().unwrap())
+        .with_context(ctx)
+        .with_max_context(512)
+        .with_prefill_chunk(8)
+        .build()
+        .expect("load dense31-like");
+    let image = dir.join("image.png");
+    let mut chat = m.chat().unwrap();
+    let r1 = chat
+        .send(say("Describe.", 4).with_image(image.clone()))
+        .unwrap();
+    assert_eq!(r1.tokens.len(), 4);
+    let r2 = chat.send(say("More.", 4)).unwrap();
+    assert!(
+        r2.prompt_tokens <= r2.prompt_ids.len() - r1.prompt_ids.len(),
+        "turn 2 prefilled {} of {} tokens: the image turn was not reused",
+        r2.prompt_tokens,
+        r2.prompt_ids.len()
+    );
+    let patches = m.prepare_image_file(&image).unwrap();
+    let whole = m.logits_and_greedy(&r2.prompt_ids, &[patches], 4).unwrap();
+    let last = &whole.logits[(r2.prompt_ids.len() - 1) * whole.vocab..];
+    let got = chat.last_prompt_logits().unwrap();
+    let max = got
+        .iter()
+        .zip(last)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        max <= 1e-4,
+        "reused-cache logits differ from one prefill by {max}"
+    );
+    assert_eq!(r2.tokens, whole.greedy, "turn 2 tokens");
+}

@@ -139,3 +139,40 @@ fn last_position_logits_skip_dead_rows_but_match_all_positions() {
         assert_eq!(a, b, "chunk {chunk}: next greedy token");
     }
 }
+
+/// On a bidirectional-vision model an image block must be prefilled in one chunk: a session
+/// whose chunk is shorter than the prompt's block refuses the prompt with a typed error before
+/// running any of it; the model's own sessions size their chunk to hold the block.
+#[test]
+fn an_image_block_longer_than_the_chunk_is_refused() {
+    let Some(ctx) = common::gpu() else { return };
+    let fx = common::golden::Fixture::open("dense31-like");
+    let model = Model::load_with(&ctx, &fx.model_dir, &ModelOptions::default()).unwrap();
+    let g = fx.golden();
+    let ids: Vec<u32> = g.i64("input_ids").data.iter().map(|&x| x as u32).collect();
+    let text = model.text();
+    let longest = text.min_chunk(&ids);
+    assert_eq!(longest, g.i64("num_soft_tokens").data[0] as usize);
+    let (mut cache, mut ws) = text.new_session(256, longest - 1).unwrap();
+    match text.forward(
+        &mut cache,
+        &mut ws,
+        &ids,
+        None,
+        gemma_wgpu::text::Logits::Last,
+    ) {
+        Err(gemma_wgpu::Error::InvalidArgument(m)) => assert!(m.contains("image block"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(cache.position(), 0, "nothing ran");
+    // The E-series (use_bidirectional_attention null) have no blocks: any chunk runs.
+    let e2b = Model::load_with(
+        &ctx,
+        &common::golden::fixtures_dir().join("e2b-like"),
+        &ModelOptions::default(),
+    )
+    .unwrap();
+    let eg = common::golden::Fixture::open("e2b-like").golden();
+    let eids: Vec<u32> = eg.i64("input_ids").data.iter().map(|&x| x as u32).collect();
+    assert_eq!(e2b.text().min_chunk(&eids), 1);
+}

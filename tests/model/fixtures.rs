@@ -19,6 +19,8 @@ const CASES: &[&str] = &[
     "mlx-mixed",
     "long-text",
     "two-images",
+    "dense31-like",
+    "dense31-like-mlx",
 ];
 const GREEDY: usize = 16;
 
@@ -401,9 +403,43 @@ fn head_dims(tc: &Value) -> Vec<usize> {
         .collect()
 }
 
+/// Per-layer KV heads from either config form: `per_layer_config`'s `num_key_value_heads`, else
+/// (hub form) `num_global_key_value_heads` on full layers of `attention_k_eq_v` models, else
+/// `num_key_value_heads` (transformers' `Gemma4TextConfig.__post_init__`).
+fn kv_heads(tc: &Value) -> Vec<usize> {
+    let types = tc["layer_types"].as_array().expect("layer_types");
+    let nkv = u(&tc["num_key_value_heads"], "num_key_value_heads");
+    let keqv = tc["attention_k_eq_v"].as_bool().unwrap_or(false);
+    let per_layer: Option<BTreeMap<usize, usize>> = tc
+        .get("per_layer_config")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    let i: usize = k.parse().expect("per_layer_config key");
+                    v.get("num_key_value_heads")
+                        .map(|n| (i, u(n, "per_layer_config num_key_value_heads")))
+                })
+                .collect()
+        });
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match &per_layer {
+            Some(m) => m.get(&i).copied().unwrap_or(nkv),
+            None => match tc.get("num_global_key_value_heads") {
+                Some(g) if keqv && t == "full_attention" && !g.is_null() => {
+                    u(g, "num_global_key_value_heads")
+                }
+                _ => nkv,
+            },
+        })
+        .collect()
+}
+
 #[test]
 fn config_forms_agree() {
-    for case in ["e2b-like", "e4b-like"] {
+    for case in ["e2b-like", "e4b-like", "dense31-like"] {
         let dir = fixtures_dir().join(case);
         let read = |f: &str| -> Value {
             serde_json::from_str(&std::fs::read_to_string(dir.join(f)).expect("read"))
@@ -417,6 +453,66 @@ fn config_forms_agree() {
             head_dims(&hub["text_config"]),
             head_dims(&tf["text_config"]),
             "{case}"
+        );
+        assert_eq!(
+            kv_heads(&hub["text_config"]),
+            kv_heads(&tf["text_config"]),
+            "{case}"
+        );
+    }
+}
+
+/// The 31B-like case exercises what it is for: k_eq_v full layers with fewer KV heads than the
+/// sliding ones, a bidirectional image block longer than the sliding window (so the window and
+/// the block overlay interact), a standardized tower with a head dim that is not a power of two,
+/// and the block the crate derives from the ids is transformers' (mm_token_type_ids runs).
+#[test]
+fn dense31_like_covers_the_variant() {
+    for case in ["dense31-like", "dense31-like-mlx"] {
+        let fx = Fixture::open(case);
+        let cfg = fx.config();
+        let tc = &cfg["text_config"];
+        assert_eq!(tc["use_bidirectional_attention"], "vision", "{case}");
+        assert_eq!(tc["attention_k_eq_v"], true, "{case}");
+        let kv = kv_heads(tc);
+        let types = tc["layer_types"].as_array().unwrap();
+        let full: Vec<usize> = (0..types.len())
+            .filter(|&i| types[i] == "full_attention")
+            .collect();
+        let sliding: Vec<usize> = (0..types.len())
+            .filter(|&i| types[i] != "full_attention")
+            .collect();
+        assert!(!full.is_empty() && !sliding.is_empty(), "{case}");
+        assert!(
+            kv[full[0]] < kv[sliding[0]],
+            "{case}: full layers have fewer kv heads"
+        );
+        let vc = &cfg["vision_config"];
+        assert_eq!(vc["standardize"], true, "{case}");
+        let hd = u(&vc["head_dim"], "vision head_dim");
+        assert!(!hd.is_power_of_two(), "{case}: vision head dim {hd}");
+        let g = fx.golden();
+        let ids: Vec<u32> = g.i64("input_ids").data.iter().map(|&x| x as u32).collect();
+        let image_token = u(&cfg["image_token_id"], "image_token_id") as u32;
+        let mm = g.i64("mm_token_type_ids").data;
+        let blocks = gemma_wgpu::model::media::image_blocks(&ids, image_token);
+        let is_vision: Vec<bool> = mm.iter().map(|&t| t == 1 || t == 2).collect();
+        let ref_ids = gemma_wgpu::gpu::reference::block_sequence_ids_ref(&is_vision);
+        for (b, &(s, e)) in blocks.iter().enumerate() {
+            assert!(
+                ref_ids[s..e].iter().all(|&x| x == b as i64),
+                "{case}: block {b}"
+            );
+        }
+        assert_eq!(
+            blocks.iter().map(|(s, e)| e - s).sum::<usize>(),
+            is_vision.iter().filter(|&&v| v).count(),
+            "{case}: every vision token is in a block"
+        );
+        let window = u(&tc["sliding_window"], "sliding_window");
+        assert!(
+            blocks.iter().any(|(s, e)| e - s > window),
+            "{case}: an image block longer than the window {window}"
         );
     }
 }

@@ -117,6 +117,11 @@ pub fn attention_rows(
     }
     let (causal, window, n_keys) = match shape.mask {
         AttnMask::Causal { window } => (1, window.unwrap_or(0), 0),
+        AttnMask::CausalBounded { .. } => {
+            return Err(bad(
+                "the bounded (image-block) mask runs on attention_prefill_bounded only".into(),
+            ));
+        }
         AttnMask::Bidirectional { n_keys } => {
             if n_keys > shape.cap {
                 return Err(bad(format!(
