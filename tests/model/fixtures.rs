@@ -141,8 +141,8 @@ fn fixture_files_exist() {
     }
     let total = size(&fixtures_dir());
     assert!(
-        total < 20 << 20,
-        "tests/fixtures is {total} bytes (budget 20 MiB)"
+        total < 30 << 20,
+        "tests/fixtures is {total} bytes (budget 30 MiB)"
     );
 }
 
