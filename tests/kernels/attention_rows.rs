@@ -60,7 +60,8 @@ fn bidirectional_token_major_matches_the_reference() {
 #[test]
 fn causal_ring_with_and_without_window_matches_the_reference() {
     // (first query position, queries, window, ring slots, heads, kv heads, head dim)
-    let cases: &[(usize, usize, Option<u32>, usize, usize, usize, usize)] = &[
+    type Case = (usize, usize, Option<u32>, usize, usize, usize, usize);
+    let cases: &[Case] = &[
         (100, 50, Some(20), 69, 4, 2, 72),
         (0, 70, Some(8), 77, 2, 1, 16),
         (3, 1, Some(5), 5, 2, 2, 64),
