@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn registry_parses_and_has_the_known_models() {
-        assert_eq!(entries().len(), 8);
+        assert_eq!(entries().len(), 14);
         for e in entries() {
             assert!(e.approx_size_gb > 0.0);
             assert!(e.weights.starts_with("model.safetensors"));
@@ -324,6 +324,27 @@ mod tests {
         assert!(
             matches!(resolve("google/gemma-4-e4b-it"), Ok(Resolved::Registry(e)) if e.name == "gemma-4-E4B-it")
         );
+    }
+
+    #[test]
+    fn the_dense_family_resolves_by_name_and_repo() {
+        for (name, repo) in [
+            ("gemma-4-31B-it", "google/gemma-4-31B-it"),
+            ("gemma-4-31B-it-4bit", "mlx-community/gemma-4-31B-it-4bit"),
+            ("gemma-4-12B-it", "google/gemma-4-12B-it"),
+            ("gemma-4-12B-it-qat-4bit", "mlx-community/gemma-4-12B-it-qat-4bit"),
+        ] {
+            match resolve(name) {
+                Ok(Resolved::Registry(e)) => assert_eq!(e.repo, repo),
+                other => panic!("{name}: {other:?}"),
+            }
+            assert!(matches!(resolve(repo), Ok(Resolved::Registry(e)) if e.name == name));
+            // offline: the clear "not downloaded" error (or the cached copy)
+            match locate(name, false) {
+                Ok(dir) => assert!(dir.join("config.json").is_file()),
+                Err(e) => assert!(e.to_string().contains("not downloaded"), "{e}"),
+            }
+        }
     }
 
     #[test]
