@@ -9,6 +9,7 @@ mod attention;
 mod bench_tools;
 mod elementwise;
 mod fused;
+mod layernorm;
 mod linear;
 mod norm_rope;
 mod penalty;

@@ -1226,9 +1226,17 @@ fn unsupported_configs_are_refused_naming_the_field() {
             "text_config.enable_moe_block",
         ),
         (
+            // The unified model's text config defaults to bidirectional image attention,
+            // which the engine refuses until the image-block mask lands.
             "unified",
-            Box::new(|v| set(v, &["model_type"], "gemma4_unified".into())),
-            "model_type",
+            Box::new(|v| {
+                set(v, &["model_type"], "gemma4_unified".into());
+                v["text_config"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("use_bidirectional_attention");
+            }),
+            "text_config.use_bidirectional_attention",
         ),
         (
             "audio-only",

@@ -8,6 +8,7 @@ pub mod attention_input;
 pub mod elementwise;
 pub mod gather;
 pub mod kvcache;
+pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
 pub mod penalty;
@@ -25,6 +26,7 @@ pub use attention_input::{AttnInput, KvTarget, attention_input};
 pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};
 pub use gather::embedding;
 pub use kvcache::kv_write;
+pub use layernorm::layer_norm;
 pub use matvec::{
     MatvecEpilogue, fusable, linear, linear_gelu_gate, linear_gelu_mul, linear_multi,
 };
@@ -47,6 +49,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(sample::all_specs());
     v.extend(penalty::all_specs());
     v.extend(rmsnorm::all_specs());
+    v.extend(layernorm::all_specs());
     v.extend(rope::all_specs());
     v.extend(attention::all_specs());
     v.extend(kvcache::all_specs());
@@ -69,6 +72,7 @@ pub fn param_layouts() -> Vec<(&'static str, ParamLayout)> {
         ("elementwise", elementwise::param_layout()),
         ("gather", gather::param_layout()),
         ("kvcache", kvcache::param_layout()),
+        ("layernorm", layernorm::param_layout()),
         ("matmul", matmul::param_layout()),
         ("matvec", matvec::param_layout()),
         ("penalty", penalty::param_layout()),
