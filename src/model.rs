@@ -29,7 +29,8 @@ pub struct ModelOptions {
     pub max_soft_tokens: Option<u32>,
     /// Maximum context of a session (KV cache size of full-attention layers).
     pub max_context: usize,
-    /// Prefill chunk length (tokens per prefill submit).
+    /// Prefill chunk length (tokens per prefill submit). On bidirectional-vision models
+    /// (12B / 26B / 31B) sessions raise it to hold a whole image block.
     pub prefill_chunk: usize,
     /// Weight upload options.
     pub load: LoadOptions,
@@ -320,6 +321,22 @@ impl Model {
         )?)
     }
 
+    /// The prefill chunk of a session: [`ModelOptions::prefill_chunk`], raised on a
+    /// bidirectional-vision model (`use_bidirectional_attention: "vision"`: 12B / 26B / 31B) to
+    /// hold the largest image block the model's preprocessing makes (the soft-token budget plus
+    /// the two delimiters), since a block must be prefilled in one chunk. The sliding-window
+    /// rings follow (`sliding_window + chunk` slots).
+    pub(crate) fn session_chunk(&self) -> usize {
+        let chunk = self.inner.options.prefill_chunk.max(1);
+        if !self.config().text_config.bidirectional_vision() {
+            return chunk;
+        }
+        match self.image_options() {
+            Ok(o) => chunk.max(o.max_soft_tokens as usize + 2),
+            Err(_) => chunk,
+        }
+    }
+
     /// Decodes and preprocesses an image file (any supported format, EXIF-oriented).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image_file(&self, path: &Path) -> Result<ImagePatches> {
@@ -429,7 +446,7 @@ impl Model {
         )?;
         let (mut cache, mut ws) = self.inner.text.new_session(
             self.inner.options.max_context.max(ids.len() + greedy + 1),
-            self.inner.options.prefill_chunk,
+            self.session_chunk().max(self.inner.text.min_chunk(ids)),
         )?;
         let logits =
             self.inner

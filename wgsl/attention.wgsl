@@ -5,6 +5,9 @@
 // nkv*hd/4. Queries and outputs are [L, n_heads, hd]; query head h reads kv head h / group.
 // Query i (absolute position q_pos0 + i) sees keys lo <= k < hi:
 //   causal:        hi = qpos + 1, lo = max(0, qpos + 1 - window) (window 0 = none)
+//   BOUNDS:        as causal, then hi = max(hi, bounds[bound_off + i]) (the image-block
+//                  overlay of bidirectional-vision models: a query inside an image block also
+//                  sees the block's later keys; lo stays the query's own window start)
 //   bidirectional: lo = 0, hi = n_keys
 // score = scale * q.k, softmax in f32 with max subtraction (online, over tiles of 64 keys).
 //
@@ -42,6 +45,10 @@ struct Params {
     scale: f32,
     ml_off: u32,
     acc_off4: u32,
+    bound_off: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,6 +65,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> acc_buf: array<vec4<f32>>;
 //#else
 @group(0) @binding(4) var<storage, read_write> out_buf: array<vec4<f32>>;
+//#if BOUNDS
+// per query of the call: exclusive upper bound of its visible keys (absolute position)
+@group(0) @binding(5) var<storage, read> bounds: array<u32>;
+//#endif
 //#endif
 //#endif
 
@@ -100,6 +111,9 @@ fn main(
         if (p.window != 0u && hi > p.window) {
             lo = hi - p.window;
         }
+//#if BOUNDS
+        hi = max(hi, bounds[p.bound_off + qi]);
+//#endif
     }
     // chunk [start, end) of the visible range (possibly empty)
     let start = lo + c * p.chunk_len;

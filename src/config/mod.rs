@@ -7,11 +7,12 @@
 //! lenient about everything else (transformers' defaults, unknown fields ignored). Values that
 //! make no sense (`sliding_window: 0`, odd head sizes, heads that do not divide, ...) are
 //! `Malformed` too, and configs of variants the engine cannot run yet (`enable_moe_block`,
-//! `use_bidirectional_attention`, `vision_config.standardize`, ...) are [`ConfigError::Unsupported`] naming the field: refused at load instead of loading
+//! `use_bidirectional_attention: "all"`, ...) are [`ConfigError::Unsupported`] naming the field: refused at load instead of loading
 //! and answering wrongly.
 //!
-//! Both forms of the full-attention head size are accepted: the hub's `global_head_dim` and the
-//! `per_layer_config: {"<layer>": {"head_dim": N}}` form written by transformers 5.24.
+//! Both forms of the full-attention geometry are accepted: the hub's `global_head_dim` /
+//! `num_global_key_value_heads` and the `per_layer_config: {"<layer>": {"head_dim": N,
+//! "num_key_value_heads": K}}` form written by transformers 5.24.
 //!
 //! The module knows nothing of the weight loader: its errors are [`ConfigError`]s, which the
 //! loader's `LoadError` takes over (`From`).

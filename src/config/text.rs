@@ -52,12 +52,21 @@ fn one() -> f64 {
     1.0
 }
 
-/// Per-layer override in transformers' `per_layer_config` form.
+/// Per-layer override in transformers' `per_layer_config` form (transformers 5.24's
+/// heterogeneous configs): any attribute of the text config, per layer; the engine honours the
+/// attention geometry (`head_dim`, `num_key_value_heads`) and refuses every other attribute at
+/// validation (it would otherwise be ignored and the model would run wrongly).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct PerLayerOverride {
     /// Head size of this layer.
     #[serde(default)]
     pub head_dim: Option<usize>,
+    /// KV heads of this layer (full layers of `attention_k_eq_v` models).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Any other overridden attribute (refused by [`TextConfig::validate`]).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 fn d_vocab() -> usize {
@@ -174,7 +183,11 @@ pub struct TextConfig {
     /// Head size of full layers (hub form; default 512).
     #[serde(default)]
     pub global_head_dim: Option<usize>,
-    /// transformers 5.24 form of per-layer head sizes: `{"<layer>": {"head_dim": N}}`.
+    /// transformers 5.24 form of the per-layer attention geometry: `{"<layer>": {"head_dim": N,
+    /// "num_key_value_heads": K}}`, keys the layer index (zero-padded when written by
+    /// transformers: "05"). When present, `global_head_dim` and `num_global_key_value_heads`
+    /// are ignored (as transformers does): a layer without an entry uses `head_dim` and
+    /// `num_key_value_heads`.
     #[serde(default)]
     pub per_layer_config: Option<BTreeMap<String, PerLayerOverride>>,
     /// Full layers take V from the raw K projection (26B/31B).
@@ -231,7 +244,9 @@ pub struct TextConfig {
     #[serde(default)]
     pub enable_moe_block: bool,
     /// Bidirectional attention over image blocks (`"vision"` on 12B/26B/31B; `null` on the
-    /// E-series). Any non-null value is refused at load: the engine's masks are causal only.
+    /// E-series). `"vision"`: on sliding layers the soft tokens of one image see each other
+    /// (see [`TextConfig::bidirectional_vision`]); any other non-null value (`"all"`, ...) is
+    /// refused at load.
     #[serde(default)]
     pub use_bidirectional_attention: Option<serde_json::Value>,
 }
@@ -267,39 +282,55 @@ impl TextConfig {
         self.layer_types[i]
     }
 
-    /// Head size of layer `i`: the `per_layer_config` override, else `global_head_dim` (default
-    /// 512) on full layers, else `head_dim`.
+    /// The `per_layer_config` entry of layer `i` (keys are layer indices, possibly
+    /// zero-padded: "5" and "05" both name layer 5).
+    fn layer_override(&self, i: usize) -> Option<&PerLayerOverride> {
+        self.per_layer_config.as_ref().and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.parse::<usize>().ok() == Some(i))
+                .map(|(_, o)| o)
+        })
+    }
+
+    /// Head size of layer `i`. `per_layer_config` form: the layer's entry, else `head_dim`.
+    /// Hub form: `global_head_dim` (default 512) on full layers, else `head_dim`
+    /// (transformers' `Gemma4TextConfig.__post_init__`).
     pub fn layer_head_dim(&self, i: usize) -> usize {
-        if let Some(hd) = self
-            .per_layer_config
-            .as_ref()
-            .and_then(|m| m.get(&i.to_string()))
-            .and_then(|o| o.head_dim)
-        {
-            return hd;
+        if self.per_layer_config.is_some() {
+            return self
+                .layer_override(i)
+                .and_then(|o| o.head_dim)
+                .unwrap_or(self.head_dim);
         }
         match self.layer_types[i] {
-            LayerType::FullAttention => {
-                // With the per_layer_config form and no global_head_dim, full layers without
-                // an entry keep head_dim (transformers' behaviour for that form).
-                match (self.global_head_dim, &self.per_layer_config) {
-                    (Some(g), _) => g,
-                    (None, Some(_)) => self.head_dim,
-                    (None, None) => d_global_head_dim(),
-                }
-            }
+            LayerType::FullAttention => self.global_head_dim.unwrap_or_else(d_global_head_dim),
             LayerType::SlidingAttention => self.head_dim,
         }
     }
 
-    /// KV heads of layer `i`.
+    /// KV heads of layer `i`. `per_layer_config` form: the layer's entry, else
+    /// `num_key_value_heads`. Hub form: `num_global_key_value_heads` on full layers of
+    /// `attention_k_eq_v` models (when given), else `num_key_value_heads`.
     pub fn layer_kv_heads(&self, i: usize) -> usize {
+        if self.per_layer_config.is_some() {
+            return self
+                .layer_override(i)
+                .and_then(|o| o.num_key_value_heads)
+                .unwrap_or(self.num_key_value_heads);
+        }
         match (self.layer_types[i], self.attention_k_eq_v) {
             (LayerType::FullAttention, true) => self
                 .num_global_key_value_heads
                 .unwrap_or(self.num_key_value_heads),
             _ => self.num_key_value_heads,
         }
+    }
+
+    /// Whether image soft tokens attend bidirectionally within their image on sliding layers
+    /// (`use_bidirectional_attention: "vision"`; transformers' `create_masks_for_vision_model`:
+    /// sliding = window AND (causal OR same image block), full layers causal).
+    pub fn bidirectional_vision(&self) -> bool {
+        matches!(&self.use_bidirectional_attention, Some(serde_json::Value::String(s)) if s == "vision")
     }
 
     /// Whether layer `i` takes V from the K projection (no v_proj).
@@ -336,8 +367,9 @@ impl TextConfig {
     }
 
     /// Checks the relations the loader and the decoder rely on, and refuses what the engine
-    /// cannot run yet (the MoE block, bidirectional image attention, a separate LM head,
-    /// scaled RoPE types). Fields are named `text_config.<field>`.
+    /// cannot run yet (the MoE block, `use_bidirectional_attention` other than null /
+    /// `"vision"`, a separate LM head, scaled RoPE types, per-layer overrides other than the
+    /// attention geometry). Fields are named `text_config.<field>`.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |field: &str, reason: String| ConfigError::Malformed {
             path: path.to_path_buf(),
@@ -359,14 +391,18 @@ impl TextConfig {
                  checkpoint (gemma-4-E2B / E4B)",
             ));
         }
-        if let Some(v) = &t.use_bidirectional_attention {
-            return Err(refuse(
-                "use_bidirectional_attention",
-                v.to_string(),
-                "bidirectional attention over image blocks (12B / 26B / 31B) is not implemented \
-                 yet (the engine's attention is causal, which answers wrongly for these models); \
-                 use an E2B / E4B checkpoint, whose value is null",
-            ));
+        match &t.use_bidirectional_attention {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if s == "vision" => {}
+            Some(v) => {
+                return Err(refuse(
+                    "use_bidirectional_attention",
+                    v.to_string(),
+                    "only null (causal: E2B / E4B) and \"vision\" (image blocks attend \
+                     bidirectionally on sliding layers: 12B / 26B / 31B) are implemented; \
+                     \"all\" (a fully bidirectional decoder) is not",
+                ));
+            }
         }
         if !t.tie_word_embeddings {
             return Err(refuse(
@@ -441,6 +477,20 @@ impl TextConfig {
                     return Err(bad(
                         &format!("per_layer_config.{k}.head_dim"),
                         "must be positive".into(),
+                    ));
+                }
+                if o.num_key_value_heads == Some(0) {
+                    return Err(bad(
+                        &format!("per_layer_config.{k}.num_key_value_heads"),
+                        "must be positive".into(),
+                    ));
+                }
+                if let Some((name, v)) = o.other.iter().next() {
+                    return Err(refuse(
+                        &format!("per_layer_config.{k}.{name}"),
+                        v.to_string(),
+                        "only head_dim and num_key_value_heads can differ per layer in this \
+                         engine (another per-layer attribute would be ignored)",
                     ));
                 }
             }

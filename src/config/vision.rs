@@ -98,8 +98,8 @@ impl VisionConfig {
         3 * self.patch_size * self.patch_size
     }
 
-    /// Checks the tower's sizes and refuses what the engine cannot run yet
-    /// (`standardize`). Fields are named `vision_config.<field>`.
+    /// Checks the tower's sizes and refuses what the engine cannot run (a RoPE type other than
+    /// the 2-D default). Fields are named `vision_config.<field>`.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |field: &str, reason: String| ConfigError::Malformed {
             path: path.to_path_buf(),
@@ -112,16 +112,6 @@ impl VisionConfig {
                 path: path.to_path_buf(),
                 field: "vision_config".into(),
                 reason: "hidden_size, num_attention_heads and num_hidden_layers must be positive"
-                    .into(),
-            });
-        }
-        if v.standardize {
-            return Err(ConfigError::Unsupported {
-                path: path.to_path_buf(),
-                field: "vision_config.standardize".into(),
-                value: "true".into(),
-                reason: "the large vision tower's standardization (std_bias / std_scale after \
-                         pooling, 26B / 31B) is not implemented yet; use an E2B / E4B checkpoint"
                     .into(),
             });
         }

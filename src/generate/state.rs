@@ -22,9 +22,7 @@ pub(crate) struct Buffers {
 impl Buffers {
     pub(crate) fn new(model: &Model, max_context: usize) -> Result<Self> {
         let inner = &model.inner;
-        let (cache, ws) = inner
-            .text
-            .new_session(max_context, inner.options.prefill_chunk)?;
+        let (cache, ws) = inner.text.new_session(max_context, model.session_chunk())?;
         let penalty_ids = GpuTensor::zeros(&inner.ctx, &[max_context + 1], DType::U32)?;
         Ok(Buffers {
             cache,

@@ -300,6 +300,92 @@ pub fn attention_ref(
     out
 }
 
+/// Attention with an arbitrary mask, in f64: query `i` (absolute position `q_pos0 + i`) of `q`
+/// `[n_q, n_heads, hd]` sees key `k < n_keys` iff `visible(q_pos, k)`; `key(g, k)` /
+/// `value(g, k)` give kv head `g`'s vectors. A query that sees nothing outputs zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_masked_ref(
+    q: &[f32],
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+    scale: f32,
+    q_pos0: u32,
+    n_keys: u32,
+    visible: &dyn Fn(u32, u32) -> bool,
+    key: &dyn Fn(usize, u32) -> Vec<f32>,
+    value: &dyn Fn(usize, u32) -> Vec<f32>,
+) -> Vec<f32> {
+    let n_q = q.len() / (n_heads * hd);
+    let group = n_heads / n_kv_heads;
+    let mut out = vec![0f32; q.len()];
+    for i in 0..n_q {
+        let qp = q_pos0 + i as u32;
+        let keys: Vec<u32> = (0..n_keys).filter(|&k| visible(qp, k)).collect();
+        for h in 0..n_heads {
+            let g = h / group;
+            let qv = &q[(i * n_heads + h) * hd..][..hd];
+            let scores: Vec<f64> = keys
+                .iter()
+                .map(|&k| {
+                    let kv = key(g, k);
+                    scale as f64
+                        * qv.iter()
+                            .zip(&kv)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut acc = vec![0f64; hd];
+            for (&k, w) in keys.iter().zip(&e) {
+                let vv = value(g, k);
+                for d in 0..hd {
+                    acc[d] += w * vv[d] as f64;
+                }
+            }
+            let o = &mut out[(i * n_heads + h) * hd..][..hd];
+            for d in 0..hd {
+                o[d] = if sum > 0.0 { (acc[d] / sum) as f32 } else { 0.0 };
+            }
+        }
+    }
+    out
+}
+
+/// transformers' `get_block_sequence_ids_for_mask`: each maximal run of vision tokens
+/// (`is_vision`) gets the next block id 0, 1, ...; every other token -1.
+pub fn block_sequence_ids_ref(is_vision: &[bool]) -> Vec<i64> {
+    let mut next = 0i64;
+    let mut out = Vec::with_capacity(is_vision.len());
+    for (i, &v) in is_vision.iter().enumerate() {
+        if !v {
+            out.push(-1);
+            continue;
+        }
+        if i > 0 && is_vision[i - 1] {
+            out.push(next - 1);
+        } else {
+            out.push(next);
+            next += 1;
+        }
+    }
+    out
+}
+
+/// transformers' sliding-layer mask of bidirectional-vision models
+/// (`create_masks_for_vision_model`): `sliding_window_overlay AND (causal OR blockwise_overlay)`,
+/// i.e. key `k` is visible from query `q` iff `k > q − window` and (`k ≤ q` or both lie in the
+/// same image block, `block[q] == block[k] ≥ 0`). `window = None`: no window (then it is the
+/// blockwise overlay on a causal mask).
+pub fn vision_sliding_visible(block: &[i64], window: Option<u32>, q: u32, k: u32) -> bool {
+    let in_window = window.is_none_or(|w| k as i64 > q as i64 - w as i64);
+    let (bq, bk) = (block[q as usize], block[k as usize]);
+    in_window && (k <= q || (bq >= 0 && bq == bk))
+}
+
 /// `y[b, r] = Σ_k x[b, k] · w[r, k]` (i.e. `y = x @ W^T`) with f64 accumulation, for a row-major
 /// dequantized `w: [rows, cols]` and `x: [batch, cols]`; returns `[batch, rows]`.
 pub fn linear_ref(

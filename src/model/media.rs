@@ -85,6 +85,48 @@ pub fn image_runs(ids: &[u32], token: u32) -> Vec<(usize, usize)> {
     runs
 }
 
+/// The image blocks of a bidirectional-vision model (`use_bidirectional_attention: "vision"`),
+/// as transformers delimits them (`mm_token_type_ids` marks the image soft tokens only, not
+/// `<|image>` / `<image|>`; `get_block_sequence_ids_for_mask` makes each maximal run one block):
+/// the runs of soft tokens `token` of `ids`, `(start, end)`.
+pub fn image_blocks(ids: &[u32], token: u32) -> Vec<(usize, usize)> {
+    image_runs(ids, token)
+}
+
+/// Where a prefill chunk of at most `max_len` tokens starting at `start` of an `n`-token
+/// sequence ends so that it cuts none of `blocks` (sorted `(start, end)` runs; a chunk must hold
+/// a whole block for the block's tokens to see each other): `start + max_len` (or `n`), moved
+/// back to the start of a block it would cut. `None` when a block starting at `start` is longer
+/// than `max_len` (the chunk must be enlarged).
+pub fn chunk_end(blocks: &[(usize, usize)], start: usize, max_len: usize, n: usize) -> Option<usize> {
+    let end = (start + max_len).min(n);
+    match blocks.iter().find(|&&(s, e)| s < end && end < e) {
+        None => Some(end),
+        Some(&(s, _)) if s > start => Some(s),
+        Some(_) => None,
+    }
+}
+
+/// Per query of the chunk `range` of `ids` (absolute position of `ids[0]`: `pos0`), the
+/// exclusive absolute upper bound of the keys it sees on a sliding layer of a
+/// bidirectional-vision model (the bounds of
+/// [`AttnMask::CausalBounded`](crate::gpu::ops::AttnMask::CausalBounded)): the end of its
+/// image block for a soft token, `q + 1` (causal) for every other token. Written into `out`.
+pub fn block_bounds(
+    blocks: &[(usize, usize)],
+    pos0: usize,
+    range: Range<usize>,
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    out.extend(range.clone().map(|p| (pos0 + p + 1) as u32));
+    for &(s, e) in blocks {
+        for p in s.max(range.start)..e.min(range.end) {
+            out[p - range.start] = (pos0 + e) as u32;
+        }
+    }
+}
+
 /// Encodes images in order into per-image soft-token features `[n_i, H]`, preparing each with
 /// `prepare` just before it is encoded (so only one image's patches are alive at a time).
 /// No images: no features, whether or not the model has a vision tower.
@@ -282,6 +324,31 @@ mod tests {
             .map(|r| r.len)
             .sum();
         assert_eq!(rows, 5);
+    }
+
+    #[test]
+    fn chunks_never_cut_an_image_block() {
+        // blocks [2, 7) and [9, 12) of a 14-token sequence
+        let blocks = [(2, 7), (9, 12)];
+        assert_eq!(chunk_end(&blocks, 0, 4, 14), Some(2)); // would cut [2, 7)
+        assert_eq!(chunk_end(&blocks, 2, 5, 14), Some(7)); // exactly the block
+        assert_eq!(chunk_end(&blocks, 2, 4, 14), None); // the block is longer than the chunk
+        assert_eq!(chunk_end(&blocks, 7, 4, 14), Some(9));
+        assert_eq!(chunk_end(&blocks, 7, 5, 14), Some(12));
+        assert_eq!(chunk_end(&blocks, 0, 100, 14), Some(14));
+        assert_eq!(chunk_end(&[], 3, 4, 5), Some(5));
+    }
+
+    #[test]
+    fn block_bounds_are_block_ends_for_soft_tokens() {
+        let ids = [1, IMG, IMG, IMG, 2, IMG, IMG, 3];
+        let blocks = image_blocks(&ids, IMG);
+        assert_eq!(blocks, vec![(1, 4), (5, 7)]);
+        let mut b = Vec::new();
+        block_bounds(&blocks, 10, 0..8, &mut b);
+        assert_eq!(b, vec![11, 14, 14, 14, 15, 17, 17, 18]);
+        block_bounds(&blocks, 10, 2..6, &mut b);
+        assert_eq!(b, vec![14, 14, 15, 17]);
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! KV-cache writes and attention (decode and prefill, causal with and without a sliding window on
-//! a wrapping ring, bidirectional) against the CPU reference, on both kernel paths.
+//! a wrapping ring, bidirectional, the image-block mask of bidirectional-vision models) against
+//! the CPU reference, on both kernel paths.
 
 use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{
-    AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill, kv_write,
+    AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill,
+    attention_prefill_bounded, kv_write,
 };
 use gemma_wgpu::gpu::{DType, GpuContext, GpuTensor, reference};
+use gemma_wgpu::model::media;
 
 /// One step of a causal run: write `n` new positions into the cache, then attend with them
 /// (`Attend::Prefill`), as a single decode query (`Attend::Decode`, n = 1) or not at all.
@@ -429,4 +432,185 @@ fn many_dispatches_in_one_recorder() {
             assert_close(&what, &o.to_f32(&ctx).unwrap(), &want, 2e-5, 1e-4);
         }
     }
+}
+
+/// The image-block mask of bidirectional-vision models on sliding layers: chunks of a token
+/// sequence (image soft tokens marked) are written into a wrapping ring (`cap = W + chunk`) and
+/// attended with [`attention_prefill_bounded`], the bounds made by the model's own
+/// `block_bounds` from the image runs; the reference is transformers' rule
+/// `window AND (causal OR same block)` over block ids computed as transformers does.
+struct BlockCase {
+    n_heads: usize,
+    nkv: usize,
+    hd: usize,
+    window: Option<u32>,
+    /// (first, last + 1) of each image run of the sequence.
+    images: Vec<(usize, usize)>,
+    /// Chunk lengths (their sum is the sequence length).
+    chunks: Vec<usize>,
+}
+
+fn run_blocks(path: &str, ctx: &GpuContext, case: &BlockCase, seed: u64) {
+    const IMG: u32 = 7;
+    let (n_heads, nkv, hd, window) = (case.n_heads, case.nkv, case.hd, case.window);
+    let total: usize = case.chunks.iter().sum();
+    let mut ids = vec![1u32; total];
+    for &(s, e) in &case.images {
+        ids[s..e].iter_mut().for_each(|t| *t = IMG);
+    }
+    let blocks = media::image_blocks(&ids, IMG);
+    let block_ids =
+        reference::block_sequence_ids_ref(&ids.iter().map(|&t| t == IMG).collect::<Vec<_>>());
+    let max_chunk = *case.chunks.iter().max().unwrap();
+    let cap = window.map_or(total, |w| w as usize + max_chunk).min(total);
+    let mut rng = Rng::new(seed);
+    let k = rng.normals(total * nkv * hd, 1.0);
+    let v = rng.normals(total * nkv * hd, 1.0);
+    let q = rng.normals(total * n_heads * hd, 0.4);
+    let kt = GpuTensor::from_f32(ctx, &[total, nkv, hd], &k).unwrap();
+    let vt = GpuTensor::from_f32(ctx, &[total, nkv, hd], &v).unwrap();
+    let qt = GpuTensor::from_f32(ctx, &[total, n_heads, hd], &q).unwrap();
+    let kc = GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32).unwrap();
+    let vc = GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32).unwrap();
+    // bounds at a non-zero offset of a larger buffer, as the workspace's rows views are
+    let bounds_buf = GpuTensor::zeros(ctx, &[max_chunk + 3], DType::U32).unwrap();
+    let shape = AttnShape {
+        n_heads: n_heads as u32,
+        n_kv_heads: nkv as u32,
+        head_dim: hd as u32,
+        cap: cap as u32,
+        scale: 1.0,
+        mask: AttnMask::CausalBounded { window },
+        layout: KvLayout::HeadMajor,
+    };
+    let key = |g: usize, p: u32| k[(p as usize * nkv + g) * hd..][..hd].to_vec();
+    let value = |g: usize, p: u32| v[(p as usize * nkv + g) * hd..][..hd].to_vec();
+    let visible = |qp: u32, kp: u32| reference::vision_sliding_visible(&block_ids, window, qp, kp);
+    let mut pos = 0usize;
+    let mut bounds = Vec::new();
+    for &n in &case.chunks {
+        media::block_bounds(&blocks, 0, pos..pos + n, &mut bounds);
+        let bt = bounds_buf.rows(3, n);
+        bt.write_u32(ctx, &bounds).unwrap();
+        let mut rec = ctx.recorder();
+        let rows = |t: &GpuTensor, w: usize| t.view(pos * w * hd, &[n, w, hd]);
+        kv_write(&mut rec, &rows(&kt, nkv), &kc, pos as u32).unwrap();
+        kv_write(&mut rec, &rows(&vt, nkv), &vc, pos as u32).unwrap();
+        let out = GpuTensor::zeros(ctx, &[n, n_heads, hd], DType::F32).unwrap();
+        attention_prefill_bounded(
+            &mut rec,
+            &rows(&qt, n_heads),
+            &kc,
+            &vc,
+            &out,
+            &shape,
+            pos as u32,
+            &bt,
+        )
+        .unwrap();
+        rec.finish().unwrap();
+        let want = reference::attention_masked_ref(
+            &q[pos * n_heads * hd..(pos + n) * n_heads * hd],
+            n_heads,
+            nkv,
+            hd,
+            1.0,
+            pos as u32,
+            total as u32,
+            &visible,
+            &key,
+            &value,
+        );
+        let what = format!(
+            "{path} heads {n_heads}/{nkv} hd {hd} window {window:?} cap {cap} images {:?} \
+             queries {pos}..{}",
+            case.images,
+            pos + n
+        );
+        assert_close(&what, &out.to_f32(ctx).unwrap(), &want, 2e-5, 1e-4);
+        pos += n;
+    }
+}
+
+#[test]
+fn image_blocks_see_their_later_tokens_on_sliding_layers() {
+    let cases = [
+        // a block longer than the window (the window still limits the past), GQA 4/1, hd 72
+        BlockCase {
+            n_heads: 4,
+            nkv: 1,
+            hd: 72,
+            window: Some(8),
+            images: vec![(3, 16)],
+            chunks: vec![3, 17, 5],
+        },
+        // two blocks in one chunk, one at the chunk's start, one at its end; ring wraps
+        BlockCase {
+            n_heads: 8,
+            nkv: 2,
+            hd: 16,
+            window: Some(6),
+            images: vec![(10, 14), (16, 21)],
+            chunks: vec![10, 11, 4, 9],
+        },
+        // more than 64 keys visible (tiles), a 70-token block crossing a 24-token window
+        BlockCase {
+            n_heads: 2,
+            nkv: 2,
+            hd: 72,
+            window: Some(24),
+            images: vec![(5, 75), (76, 79)],
+            chunks: vec![5, 71, 4, 3],
+        },
+        // no window (blockwise overlay on a causal mask), 130 keys, two images back to back
+        // separated by one text token
+        BlockCase {
+            n_heads: 4,
+            nkv: 2,
+            hd: 32,
+            window: None,
+            images: vec![(1, 66), (67, 130)],
+            chunks: vec![66, 64, 1],
+        },
+    ];
+    for (path, ctx) in paths() {
+        for (i, c) in cases.iter().enumerate() {
+            run_blocks(path, &ctx, c, 40 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn bounded_mask_needs_its_bounds_and_prefill() {
+    let Some((_, ctx)) = paths().into_iter().next() else {
+        return;
+    };
+    let q = GpuTensor::zeros(&ctx, &[2, 2, 12], DType::F32).unwrap();
+    let kc = GpuTensor::zeros(&ctx, &[1, 8, 12], DType::F32).unwrap();
+    let out = GpuTensor::zeros(&ctx, &[2, 2, 12], DType::F32).unwrap();
+    let b = GpuTensor::zeros(&ctx, &[2], DType::U32).unwrap();
+    let bf = GpuTensor::zeros(&ctx, &[2], DType::F32).unwrap();
+    let mut shape = AttnShape {
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 12,
+        cap: 8,
+        scale: 1.0,
+        mask: AttnMask::CausalBounded { window: Some(4) },
+        layout: KvLayout::HeadMajor,
+    };
+    let scratch = AttnScratch::new(&ctx, 2, 4, 12).unwrap();
+    let mut rec = ctx.recorder();
+    assert!(attention_prefill_bounded(&mut rec, &q, &kc, &kc, &out, &shape, 0, &b).is_ok());
+    assert!(attention_prefill(&mut rec, &q, &kc, &kc, &out, &shape, 0).is_err());
+    assert!(attention_prefill_bounded(&mut rec, &q, &kc, &kc, &out, &shape, 0, &bf).is_err());
+    assert!(
+        attention_prefill_bounded(&mut rec, &q, &kc, &kc, &out, &shape, 0, &b.rows(0, 1)).is_err()
+    );
+    let q1 = q.view(0, &[1, 2, 12]);
+    let o1 = out.view(0, &[1, 2, 12]);
+    assert!(attention_decode(&mut rec, &q1, &kc, &kc, &o1, &shape, 0, &scratch).is_err());
+    shape.mask = AttnMask::Causal { window: Some(4) };
+    assert!(attention_prefill_bounded(&mut rec, &q, &kc, &kc, &out, &shape, 0, &b).is_err());
+    rec.finish().unwrap();
 }

@@ -13,6 +13,7 @@ fn cpu(op: Elementwise, a: &[f32], b: &[f32]) -> Vec<f32> {
             let y = if b.is_empty() { 0.0 } else { b[i % b.len()] };
             match op {
                 Elementwise::Add => x + y,
+                Elementwise::Sub => x - y,
                 Elementwise::Mul => x * y,
                 Elementwise::Scale(s) => x * s,
                 Elementwise::GeluTanh => reference::gelu_tanh(x),
@@ -31,6 +32,7 @@ fn elementwise_ops_match_cpu() {
         let mut rng = Rng::new(7);
         let ops = [
             Elementwise::Add,
+            Elementwise::Sub,
             Elementwise::Mul,
             Elementwise::Scale(-0.37),
             Elementwise::GeluTanh,

@@ -19,6 +19,8 @@ const CASES: &[&str] = &[
     "mlx-mixed",
     "long-text",
     "two-images",
+    "dense31-like",
+    "dense31-like-mlx",
 ];
 const GREEDY: usize = 16;
 

@@ -1183,6 +1183,70 @@ fn unmodified_fixture_configs_are_accepted() {
         )
     });
     Checkpoint::open(&d).unwrap().plan().unwrap();
+    // "vision" (12B / 26B / 31B: image blocks bidirectional on sliding layers) is accepted.
+    let d = fixture_config_with("ok-bidir-vision", &|v| {
+        set(
+            v,
+            &["text_config", "use_bidirectional_attention"],
+            "vision".into(),
+        )
+    });
+    let c = Gemma4Config::from_dir(&d).unwrap();
+    assert!(c.text_config.bidirectional_vision());
+    Checkpoint::open(&d).unwrap().plan().unwrap();
+}
+
+/// A `gemma4_unified` config: its `vision_config` is the embedder's, and absent text fields
+/// take the unified text config class's defaults (bidirectional image attention, no PLE, no
+/// final softcap), not the E-series ones.
+#[test]
+fn unified_config_parses_with_its_defaults() {
+    use serde_json::json;
+    let d = fixture_config_with("unified-defaults", &|v| {
+        set(v, &["model_type"], "gemma4_unified".into());
+        let t = v["text_config"].as_object_mut().unwrap();
+        for k in [
+            "use_bidirectional_attention",
+            "hidden_size_per_layer_input",
+            "final_logit_softcapping",
+            "sliding_window",
+        ] {
+            t.remove(k);
+        }
+        v["vision_config"] = json!({"patch_size": 4, "pooling_kernel_size": 3,
+            "mm_embed_dim": 96, "output_proj_dims": 96, "mm_posemb_size": 64});
+    });
+    let c = Gemma4Config::from_dir(&d).unwrap();
+    assert!(c.vision_config.is_none());
+    let e = c.vision_embedder.as_ref().expect("embedder config");
+    assert_eq!((e.model_patch_size(), e.patch_values()), (12, 432));
+    assert_eq!((e.mm_embed_dim, e.mm_posemb_size), (96, 64));
+    assert_eq!((e.rms_norm_eps, e.layer_norm_eps), (1e-6, 1e-5));
+    let t = &c.text_config;
+    assert!(t.bidirectional_vision());
+    assert!(!t.has_ple());
+    assert_eq!(t.final_logit_softcapping, None);
+    assert_eq!(t.sliding_window, 1024);
+    // The E-series keeps its own defaults for the same absent fields.
+    let d = fixture_config_with("e-defaults", &|v| {
+        let t = v["text_config"].as_object_mut().unwrap();
+        t.remove("final_logit_softcapping");
+        t.remove("use_bidirectional_attention");
+    });
+    let c = Gemma4Config::from_dir(&d).unwrap();
+    assert_eq!(c.text_config.final_logit_softcapping, Some(30.0));
+    assert!(!c.text_config.bidirectional_vision());
+    // An embedder whose output width is not the projection's input is malformed.
+    let d = fixture_config_with("unified-bad-proj", &|v| {
+        set(v, &["model_type"], "gemma4_unified".into());
+        v["vision_config"] = json!({"mm_embed_dim": 96, "output_proj_dims": 64});
+    });
+    match Gemma4Config::from_dir(&d) {
+        Err(ConfigError::Malformed { field, .. }) => {
+            assert_eq!(field, "vision_config.output_proj_dims")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -1191,20 +1255,26 @@ fn unsupported_configs_are_refused_naming_the_field() {
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         (
-            "standardize",
-            Box::new(|v| set(v, &["vision_config", "standardize"], true.into())),
-            "vision_config.standardize",
-        ),
-        (
             "bidir",
             Box::new(|v| {
                 set(
                     v,
                     &["text_config", "use_bidirectional_attention"],
-                    "vision".into(),
+                    "all".into(),
                 )
             }),
             "text_config.use_bidirectional_attention",
+        ),
+        (
+            "per-layer-window",
+            Box::new(|v| {
+                set(
+                    v,
+                    &["text_config", "per_layer_config"],
+                    json!({"03": {"head_dim": 64, "sliding_window": 16}}),
+                )
+            }),
+            "text_config.per_layer_config.03.sliding_window",
         ),
         (
             "bidir-bool",
@@ -1224,19 +1294,6 @@ fn unsupported_configs_are_refused_naming_the_field() {
                 set(v, &["text_config", "num_experts"], 128.into());
             }),
             "text_config.enable_moe_block",
-        ),
-        (
-            // The unified model's text config defaults to bidirectional image attention,
-            // which the engine refuses until the image-block mask lands.
-            "unified",
-            Box::new(|v| {
-                set(v, &["model_type"], "gemma4_unified".into());
-                v["text_config"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("use_bidirectional_attention");
-            }),
-            "text_config.use_bidirectional_attention",
         ),
         (
             "audio-only",
@@ -1492,13 +1549,124 @@ fn nonsensical_config_values_are_refused_naming_the_field() {
 fn model_load_refuses_an_unsupported_config() {
     let Some(ctx) = ctx() else { return };
     let d = fixture_config_with("model-refuse", &|v| {
-        set(v, &["vision_config", "standardize"], true.into())
+        set(
+            v,
+            &["text_config", "use_bidirectional_attention"],
+            "all".into(),
+        )
     });
     let opts = gemma_wgpu::ModelOptions::default();
     match gemma_wgpu::Model::load_with(&ctx, &d, &opts) {
         Err(gemma_wgpu::Error::Load(LoadError::UnsupportedConfig { field, .. })) => {
-            assert_eq!(field, "vision_config.standardize")
+            assert_eq!(field, "text_config.use_bidirectional_attention")
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
+}
+
+/// The full-attention geometry of k_eq_v models (31B: 16 kv heads of 256 on sliding layers, 4
+/// of 512 on full ones) from both config forms: the hub's `global_head_dim` /
+/// `num_global_key_value_heads`, and transformers 5.24's `per_layer_config` (keys zero-padded
+/// layer indices, `global_*` ignored when it is present; configuration_gemma4.py).
+#[test]
+fn full_layer_geometry_from_both_config_forms() {
+    use serde_json::json;
+    let fixture = common::golden::fixtures_dir().join("e2b-like");
+    let text = std::fs::read_to_string(fixture.join("config.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let p = Path::new("config.json");
+    let parse = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        set(&mut v, &["text_config", "attention_k_eq_v"], true.into());
+        set(&mut v, &["text_config", "num_key_value_heads"], 2.into());
+        set(
+            &mut v,
+            &["text_config", "num_global_key_value_heads"],
+            1.into(),
+        );
+        set(&mut v, &["text_config", "global_head_dim"], 64.into());
+        edit(&mut v);
+        Gemma4Config::from_json_str(&v.to_string(), p).map(|c| c.text_config)
+    };
+    let geometry = |t: &gemma_wgpu::config::TextConfig| -> Vec<(usize, usize, bool)> {
+        (0..t.num_hidden_layers)
+            .map(|i| (t.layer_head_dim(i), t.layer_kv_heads(i), t.k_eq_v(i)))
+            .collect()
+    };
+    let hub = parse(&|_| {}).unwrap();
+    let want: Vec<(usize, usize, bool)> = hub
+        .layer_types
+        .iter()
+        .map(|t| match t {
+            gemma_wgpu::config::LayerType::FullAttention => (64, 1, true),
+            gemma_wgpu::config::LayerType::SlidingAttention => (16, 2, false),
+        })
+        .collect();
+    assert_eq!(geometry(&hub), want);
+    // per_layer_config form, as transformers writes it for 10+ layers ("02", "05") and with
+    // misleading global_* values that it ignores
+    let per_layer = parse(&|v| {
+        set(
+            v,
+            &["text_config", "per_layer_config"],
+            json!({"02": {"head_dim": 64, "num_key_value_heads": 1},
+                   "05": {"head_dim": 64, "num_key_value_heads": 1}}),
+        );
+        set(v, &["text_config", "global_head_dim"], 32.into());
+        set(v, &["text_config", "num_global_key_value_heads"], 2.into());
+    })
+    .unwrap();
+    assert_eq!(geometry(&per_layer), want);
+    // the same without the global_* fields
+    let per_layer = parse(&|v| {
+        set(
+            v,
+            &["text_config", "per_layer_config"],
+            json!({"2": {"head_dim": 64, "num_key_value_heads": 1},
+                   "5": {"head_dim": 64, "num_key_value_heads": 1}}),
+        );
+        let t = v["text_config"].as_object_mut().unwrap();
+        t.remove("global_head_dim");
+        t.remove("num_global_key_value_heads");
+    })
+    .unwrap();
+    assert_eq!(geometry(&per_layer), want);
+    // hub form without k_eq_v: num_global_key_value_heads does not apply
+    let no_keqv = parse(&|v| set(v, &["text_config", "attention_k_eq_v"], false.into())).unwrap();
+    assert!(
+        geometry(&no_keqv)
+            .iter()
+            .all(|&(_, kv, keqv)| kv == 2 && !keqv)
+    );
+    // a kv-head count that does not divide the query heads is malformed, per layer
+    match parse(&|v| set(v, &["text_config", "num_global_key_value_heads"], 3.into())) {
+        Err(ConfigError::Malformed { field, .. }) => {
+            assert_eq!(field, "text_config.num_key_value_heads")
+        }
+        other => panic!("{other:?}"),
+    }
+    // non-null values other than "vision" are refused naming the field
+    for bad in [json!("all"), json!(true), json!("image")] {
+        match parse(&|v| {
+            set(
+                v,
+                &["text_config", "use_bidirectional_attention"],
+                bad.clone(),
+            )
+        }) {
+            Err(ConfigError::Unsupported { field, .. }) => {
+                assert_eq!(field, "text_config.use_bidirectional_attention")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let vision = parse(&|v| {
+        set(
+            v,
+            &["text_config", "use_bidirectional_attention"],
+            "vision".into(),
+        )
+    })
+    .unwrap();
+    assert!(vision.bidirectional_vision() && !hub.bidirectional_vision());
 }

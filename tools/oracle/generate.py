@@ -245,6 +245,10 @@ def write_configs(model, out: Path, dtype_name: str, tmp: Path) -> None:
     assert len(gheads) == 1 and set(int(k) for k in plc) == {
         i for i, t in enumerate(tc["layer_types"]) if t == F}, plc
     tc["global_head_dim"] = gheads.pop()
+    gkv = {v.get("num_key_value_heads") for v in plc.values()}
+    assert len(gkv) == 1, plc
+    if (g := gkv.pop()) is not None:  # k_eq_v models: full layers' own KV head count
+        tc["num_global_key_value_heads"] = g
     (out / "config.json").write_text(json.dumps(hub, indent=2, sort_keys=True) + "\n")
     (out / "config.per_layer_config.json").write_text(json.dumps(tf_form, indent=2, sort_keys=True) + "\n")
 
@@ -763,11 +767,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(HERE.parent.parent / "tests" / "fixtures"))
     ap.add_argument("--skip-mlx", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated groups to (re)generate: e-series, dense31, unified12"
+                    " (default: all)")
     args = ap.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    groups = set(filter(None, args.only.split(","))) or {"e-series", "dense31", "unified12"}
+    assert groups <= {"e-series", "dense31", "unified12"}, groups
+    import issue14
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
+        if "dense31" in groups:
+            d31 = issue14.case_dense31(root, tmp)
+            if not args.skip_mlx:
+                issue14.case_dense31_mlx(root, d31, tmp)
+        if "unified12" in groups:
+            u12 = issue14.case_unified12(root, tmp)
+            issue14.case_preprocess_unified(root)
+            if not args.skip_mlx:
+                issue14.case_unified12_mlx(root, u12, tmp)
+        if "e-series" not in groups:
+            print("done:", root)
+            return
         case_preprocess(root)
         e2b = case_e2b(root, tmp)
         case_e2b_ptq(root, e2b, tmp)

@@ -51,12 +51,25 @@ def quantize(src: Path, out: Path) -> None:
     save_config(qconfig, config_path=out / "config.json")
     # Sanity checks on what was written.
     tc = config["text_config"]
-    first_shared = tc["num_hidden_layers"] - tc["num_kv_shared_layers"]
+    first_shared = tc["num_hidden_layers"] - tc.get("num_kv_shared_layers", 0)
     for i in range(first_shared, tc["num_hidden_layers"]):
         for n in ("k_proj", "v_proj", "k_norm"):
             assert not any(k.startswith(f"language_model.model.layers.{i}.self_attn.{n}") for k in weights), (i, n)
-    must = ["language_model.model.embed_tokens", "language_model.model.embed_tokens_per_layer",
-            "language_model.model.per_layer_model_projection", "embed_vision.embedding_projection"]
+    if tc.get("attention_k_eq_v"):
+        # k_eq_v full layers: no v_proj (V = raw k_proj output); sliding layers keep theirs.
+        for i, t in enumerate(tc["layer_types"]):
+            has_v = f"language_model.model.layers.{i}.self_attn.v_proj.weight" in weights
+            assert has_v == (t == "sliding_attention"), (i, t)
+    must = ["language_model.model.embed_tokens"]
+    if tc.get("hidden_size_per_layer_input"):
+        must += ["language_model.model.embed_tokens_per_layer", "language_model.model.per_layer_model_projection"]
+    vc = config.get("vision_config") or {}
+    if config.get("model_type") == "gemma4_unified":
+        must += ["vision_embedder.patch_dense", "embed_vision.embedding_projection"]
+    elif vc.get("hidden_size", 0) % 64 == 0:
+        must += ["embed_vision.embedding_projection"]
+    else:  # in-features not a multiple of the group size: mlx-vlm leaves it in float, silently
+        assert "embed_vision.embedding_projection.scales" not in weights
     for m in must:
         assert m + ".scales" in weights, m
     assert not any(k.startswith("vision_tower") and k.endswith(".scales") for k in weights)

@@ -12,12 +12,20 @@
 //! (use `cap = window + max_chunk`, where `max_chunk` is the largest number of tokens written and
 //! attended in one step). [`kv_write`](super::kv_write) of more than `cap` rows keeps only the last `cap`.
 //!
+//! Image blocks of bidirectional-vision models (12B / 26B / 31B, sliding layers):
+//! [`AttnMask::CausalBounded`] with [`attention_prefill_bounded`] takes a per-query upper bound
+//! from a small u32 buffer (the end of the query's image block, or `q + 1` for text), so a
+//! query inside a block also sees the block's later keys while its window start stays
+//! `q + 1 − W`. The ring then needs the keys of `q0 + 1 − W ..` the largest bound present: the
+//! bounds of one call must not exceed the positions written before it (`cap ≥ W + C` as above).
+//!
 //! Requirements of the attention ops: `head_dim` a multiple of 4 and at most 512; q, k, v and
 //! out element offsets multiples of 4 (16 bytes); `out` in a different buffer from q, k, v.
 //! k and v may share one buffer.
 
 use crate::gpu::{
-    Access, GpuContext, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params,
+    Access, DType, GpuContext, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder,
+    uniform_params,
 };
 
 /// Keys per attention tile (the workgroup size of the attention kernels).
@@ -38,6 +46,16 @@ pub enum AttnMask {
     Bidirectional {
         /// Number of valid keys.
         n_keys: u32,
+    },
+    /// As [`Causal`](AttnMask::Causal), except that query `i` of a call also sees the keys
+    /// below `bounds[i]` (an absolute, exclusive position; the bounds buffer of
+    /// [`attention_prefill_bounded`]): `max(0, q + 1 − W) ≤ k < max(q + 1, bounds[i])`. This
+    /// is transformers' `window AND (causal OR same image block)` of the sliding layers of
+    /// bidirectional-vision models with `bounds[i]` the end of query `i`'s image block
+    /// (`q + 1` for text tokens). Prefill only.
+    CausalBounded {
+        /// Sliding window W.
+        window: Option<u32>,
     },
 }
 
@@ -114,10 +132,11 @@ impl AttnShape {
         }
     }
 
-    /// Visible key range `[lo, hi)` of the query at absolute position `q_pos`.
+    /// Visible key range `[lo, hi)` of the query at absolute position `q_pos` (for
+    /// [`AttnMask::CausalBounded`], before its bound: the causal range).
     pub fn visible(&self, q_pos: u32) -> (u32, u32) {
         match self.mask {
-            AttnMask::Causal { window } => {
+            AttnMask::Causal { window } | AttnMask::CausalBounded { window } => {
                 let hi = q_pos + 1;
                 let lo = match window {
                     Some(w) if w > 0 && hi > w => hi - w,
@@ -191,6 +210,10 @@ uniform_params! {
         scale: f32,
         ml_off: u32,
         acc_off4: u32,
+        bound_off: u32,
+        _p0: u32,
+        _p1: u32,
+        _p2: u32,
     }
 }
 
@@ -204,6 +227,8 @@ pub fn param_layout() -> ParamLayout {
 enum Mode {
     Partial,
     Direct,
+    /// Direct with the per-query bounds buffer.
+    Bounded,
     Combine,
 }
 
@@ -228,6 +253,10 @@ fn spec(mode: Mode, g: u32, subgroups: bool) -> KernelSpec {
         Mode::Direct => KernelSpec::new("attention", "main", &[r, r, r, w])
             .define("G", g)
             .with_subgroups(subgroups),
+        Mode::Bounded => KernelSpec::new("attention", "main", &[r, r, r, w, r])
+            .define("BOUNDS", 1)
+            .define("G", g)
+            .with_subgroups(subgroups),
         Mode::Combine => KernelSpec::new("attention", "combine", &[r, r, w]).define("COMBINE", 1),
     }
 }
@@ -240,6 +269,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
         for g in [1, 2, 4, 8] {
             v.push(spec(Mode::Partial, g, sg));
             v.push(spec(Mode::Direct, g, sg));
+            v.push(spec(Mode::Bounded, g, sg));
         }
     }
     v.push(spec(Mode::Combine, 1, false));
@@ -305,7 +335,9 @@ fn base_params(
     }
     let (hs, rs) = shape.strides();
     let (causal, window, n_keys) = match shape.mask {
-        AttnMask::Causal { window } => (1, window.unwrap_or(0), 0),
+        AttnMask::Causal { window } | AttnMask::CausalBounded { window } => {
+            (1, window.unwrap_or(0), 0)
+        }
         AttnMask::Bidirectional { n_keys } => (0, 0, n_keys),
     };
     Ok(Params {
@@ -329,6 +361,10 @@ fn base_params(
         scale: shape.scale,
         ml_off: 0,
         acc_off4: 0,
+        bound_off: 0,
+        _p0: 0,
+        _p1: 0,
+        _p2: 0,
     })
 }
 
@@ -351,6 +387,12 @@ pub fn attention_decode(
     scratch: &AttnScratch,
 ) -> Result<(), GpuError> {
     let what = "attention_decode";
+    if let AttnMask::CausalBounded { .. } = shape.mask {
+        return Err(err(
+            what,
+            "a bounded mask (image blocks) is prefill-only: one query is causal".into(),
+        ));
+    }
     let mut params = base_params(what, q, k_cache, v_cache, out, shape, 1, q_pos)?;
     if shape.n_heads > scratch.n_heads || shape.head_dim > scratch.head_dim {
         return Err(err(
@@ -403,6 +445,7 @@ pub fn attention_decode(
 /// query `i` of `q` `[L, n_heads, hd]` has absolute position `q_pos0 + i` and attends to its
 /// visible keys in `k_cache` / `v_cache` (already written); one workgroup per (head, query)
 /// runs an online softmax over 64-key tiles and writes `out` `[L, n_heads, hd]`.
+/// [`AttnMask::CausalBounded`] needs its bounds: use [`attention_prefill_bounded`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill(
     rec: &mut Recorder,
@@ -413,6 +456,38 @@ pub fn attention_prefill(
     shape: &AttnShape,
     q_pos0: u32,
 ) -> Result<(), GpuError> {
+    prefill(rec, q, k_cache, v_cache, out, shape, q_pos0, None)
+}
+
+/// [`attention_prefill`] with a [`AttnMask::CausalBounded`] mask: `bounds` (u32 `[≥ L]`, any
+/// element offset) holds, per query `i`, the exclusive absolute position below which it sees
+/// keys (`max(q + 1, bounds[i])`); every key below the largest bound must already be written
+/// and still be in the store. No allocation per call.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill_bounded(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k_cache: &GpuTensor,
+    v_cache: &GpuTensor,
+    out: &GpuTensor,
+    shape: &AttnShape,
+    q_pos0: u32,
+    bounds: &GpuTensor,
+) -> Result<(), GpuError> {
+    prefill(rec, q, k_cache, v_cache, out, shape, q_pos0, Some(bounds))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prefill(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k_cache: &GpuTensor,
+    v_cache: &GpuTensor,
+    out: &GpuTensor,
+    shape: &AttnShape,
+    q_pos0: u32,
+    bounds: Option<&GpuTensor>,
+) -> Result<(), GpuError> {
     let what = "attention_prefill";
     let per_q = (shape.n_heads * shape.head_dim) as usize;
     if per_q == 0 || !q.numel().is_multiple_of(per_q) {
@@ -422,19 +497,41 @@ pub fn attention_prefill(
         ));
     }
     let n_queries = q.numel() / per_q;
-    let params = base_params(what, q, k_cache, v_cache, out, shape, n_queries, q_pos0)?;
+    let mut params = base_params(what, q, k_cache, v_cache, out, shape, n_queries, q_pos0)?;
+    let bounded = matches!(shape.mask, AttnMask::CausalBounded { .. });
+    match (bounded, bounds) {
+        (true, Some(b)) => {
+            if b.dtype != DType::U32 || b.numel() < n_queries {
+                return Err(err(
+                    what,
+                    format!(
+                        "bounds must be u32 with at least {n_queries} values, got {:?} {:?}",
+                        b.dtype, b.shape
+                    ),
+                ));
+            }
+            params.bound_off = b.elem_offset();
+        }
+        (true, None) => {
+            return Err(err(what, "a bounded mask needs its bounds buffer".into()));
+        }
+        (false, Some(_)) => {
+            return Err(err(what, "bounds given for a mask without bounds".into()));
+        }
+        (false, None) => {}
+    }
     let sg = rec.ctx().caps().subgroups;
     let g = heads_per_workgroup(shape);
-    let kernel = rec.ctx().kernel(&spec(Mode::Direct, g, sg))?;
-    rec.dispatch(
-        &kernel,
-        &params,
-        &[
-            (&q.buffer).into(),
-            (&k_cache.buffer).into(),
-            (&v_cache.buffer).into(),
-            (&out.buffer).into(),
-        ],
-        [1, shape.n_heads / g, n_queries as u32],
-    )
+    let mode = if bounded { Mode::Bounded } else { Mode::Direct };
+    let kernel = rec.ctx().kernel(&spec(mode, g, sg))?;
+    let mut bufs: Vec<crate::gpu::BufSlice<'_>> = vec![
+        (&q.buffer).into(),
+        (&k_cache.buffer).into(),
+        (&v_cache.buffer).into(),
+        (&out.buffer).into(),
+    ];
+    if let Some(b) = bounds {
+        bufs.push((&b.buffer).into());
+    }
+    rec.dispatch(&kernel, &params, &bufs, [1, shape.n_heads / g, n_queries as u32])
 }

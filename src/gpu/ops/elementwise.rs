@@ -1,4 +1,4 @@
-//! Elementwise ops: add, mul, scale, gelu_tanh, gated gelu, clamp, softcap — out of place or in
+//! Elementwise ops: add, sub, mul, scale, gelu_tanh, gated gelu, clamp, softcap — out of place or in
 //! place, with the second operand broadcast or read as strided rows.
 
 use crate::gpu::{
@@ -30,6 +30,8 @@ pub fn param_layout() -> ParamLayout {
 pub enum Elementwise {
     /// `a + b`
     Add,
+    /// `a - b`
+    Sub,
     /// `a * b`
     Mul,
     /// `a * s`
@@ -67,6 +69,7 @@ impl Elementwise {
     fn expr(self) -> (&'static str, bool) {
         match self {
             Elementwise::Add => ("a + b", true),
+            Elementwise::Sub => ("a - b", true),
             Elementwise::Mul => ("a * b", true),
             Elementwise::Scale(_) => ("a * p.s0", false),
             Elementwise::GeluTanh => ("gelu_tanh(a)", false),
@@ -109,6 +112,7 @@ impl Elementwise {
     pub fn all_specs() -> Vec<KernelSpec> {
         let ops = [
             Elementwise::Add,
+            Elementwise::Sub,
             Elementwise::Mul,
             Elementwise::Scale(1.0),
             Elementwise::GeluTanh,

@@ -21,6 +21,7 @@ pub mod streaming;
 
 pub use attention::{
     AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill,
+    attention_prefill_bounded,
 };
 pub use attention_input::{AttnInput, KvTarget, attention_input};
 pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};

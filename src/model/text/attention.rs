@@ -195,13 +195,16 @@ impl<M, V> Attention<M, V> {
 impl Attention {
     /// Records `out = o_proj(attention(x))` for the rows `x` (`[L, H]`, input-normed) at
     /// absolute positions `pos0..`: one fused q/k/v projection, one dispatch for the norms, RoPE
-    /// and the cache write, the attention itself, `o_proj`.
+    /// and the cache write, the attention itself, `o_proj`. `bounds` (u32 `[L]`, image blocks
+    /// of bidirectional-vision models): on sliding layers, row `i` also sees the keys below
+    /// `bounds[i]` ([`AttnMask::CausalBounded`]); full layers stay causal.
     pub(crate) fn record(
         &self,
         rec: &mut Recorder,
         env: &AttnEnv<'_>,
         x: &GpuTensor,
         pos0: usize,
+        bounds: Option<&GpuTensor>,
         out: &GpuTensor,
     ) -> Result<()> {
         let (l, nh, hd) = (x.shape[0], self.n_heads, self.head_dim);
@@ -241,11 +244,18 @@ impl Attention {
             },
         )?;
         let lc = env.cache.layer(src)?;
-        let shape = self.shape(lc.cap);
+        let mut shape = self.shape(lc.cap);
         let attn = env.ws.attn.view(0, &[l, nh, hd]);
+        let bounds = bounds.filter(|_| self.layer_type == LayerType::SlidingAttention);
         if l == 1 {
+            // One query: its block (if any) ends at itself or was cut; causal either way.
             let scratch = &env.ws.attn_scratch;
             ops::attention_decode(rec, &q, &lc.k, &lc.v, &attn, &shape, pos0 as u32, scratch)?;
+        } else if let Some(b) = bounds {
+            shape.mask = AttnMask::CausalBounded {
+                window: self.window.map(|w| w as u32),
+            };
+            ops::attention_prefill_bounded(rec, &q, &lc.k, &lc.v, &attn, &shape, pos0 as u32, b)?;
         } else {
             ops::attention_prefill(rec, &q, &lc.k, &lc.v, &attn, &shape, pos0 as u32)?;
         }

@@ -8,7 +8,7 @@ use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::gpu::ops::{self, SampleScratch};
 use crate::gpu::{GpuContext, GpuTensor, Matrix, Recorder};
-use crate::model::media::MediaRuns;
+use crate::model::media::{self, MediaRuns};
 use crate::checkpoint::var_builder::VarBuilder;
 use crate::checkpoint::{LoadError, Sink};
 
@@ -125,6 +125,9 @@ pub struct TextDecoder {
     /// First layer of the trailing run of layers that own no KV cache (the KV-shared layers;
     /// `num_hidden_layers` when the last layer owns its cache).
     shared_tail: usize,
+    /// Image blocks attend bidirectionally on sliding layers (`use_bidirectional_attention:
+    /// "vision"` and a media token): prefill chunks then never cut a block.
+    bidir: bool,
 }
 
 /// What a token-selection hook of [`TextDecoder::step_with`] / [`TextDecoder::select_last`]
@@ -158,7 +161,27 @@ impl TextDecoder {
                 .take_while(|&i| cfg.kv_source(i) != Some(i))
                 .last()
                 .unwrap_or(cfg.num_hidden_layers),
+            bidir: cfg.bidirectional_vision() && media_token.is_some(),
         })
+    }
+
+    /// The image blocks of `ids` that must each be prefilled in one chunk (their soft tokens
+    /// see each other on sliding layers); none unless the model is bidirectional-vision.
+    pub fn image_blocks(&self, ids: &[u32]) -> Vec<(usize, usize)> {
+        match (self.bidir, self.media_token) {
+            (true, Some(t)) => media::image_blocks(ids, t),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The smallest prefill chunk for a prompt `ids`: its longest image block on a
+    /// bidirectional-vision model (a chunk must hold a whole block), else 1.
+    pub fn min_chunk(&self, ids: &[u32]) -> usize {
+        self.image_blocks(ids)
+            .iter()
+            .map(|(s, e)| e - s)
+            .max()
+            .unwrap_or(1)
     }
 
     /// The configuration.
@@ -167,7 +190,10 @@ impl TextDecoder {
     }
 
     /// Allocates the KV cache for up to `max_context` tokens and a workspace for prefill chunks
-    /// of `chunk` tokens.
+    /// of `chunk` tokens (sliding rings of `sliding_window + chunk` slots). On a
+    /// bidirectional-vision model `chunk` must be at least the longest image block a prompt
+    /// will hold ([`min_chunk`](Self::min_chunk)); [`forward`](Self::forward) refuses a longer
+    /// block.
     pub fn new_session(&self, max_context: usize, chunk: usize) -> Result<(KvCache, Workspace)> {
         let chunk = chunk.max(1);
         let cache = KvCache::new(&self.ctx, &self.cfg, max_context, chunk)?;
@@ -202,36 +228,96 @@ impl TextDecoder {
                 self.cfg.vocab_size
             )));
         }
+        // Image blocks (bidirectional-vision models) are never cut by a chunk boundary.
+        let blocks = self.image_blocks(ids);
+        if let Some(&(s, e)) = blocks.iter().find(|&&(s, e)| e - s > ws.chunk) {
+            return Err(Error::InvalidArgument(format!(
+                "the image block at positions {s}..{e} has {} soft tokens but the session's \
+                 prefill chunk is {} tokens: on this model an image's soft tokens attend to each \
+                 other and must be prefilled in one chunk (create the session with a larger \
+                 chunk)",
+                e - s,
+                ws.chunk
+            )));
+        }
         let mut out = Vec::new();
         let mut start = 0;
         while start < n {
             // All positions' logits: sub-chunks that fit the logits buffer (exact: chunked
-            // prefill gives the same result).
+            // prefill gives the same result). With image blocks the chunk keeps its full size
+            // and the head runs in sub-batches of the logits buffer instead.
             let step = match logits {
-                Logits::All => ws.chunk.min(ws.logits_rows),
+                Logits::All if blocks.is_empty() => ws.chunk.min(ws.logits_rows),
                 _ => ws.chunk,
             };
-            let len = step.min(n - start);
-            let chunk_ids = &ids[start..start + len];
-            let last_chunk = start + len == n;
+            let end = media::chunk_end(&blocks, start, step, n).ok_or_else(|| {
+                Error::InvalidArgument("an image block is longer than the prefill chunk".into())
+            })?;
+            let len = end - start;
+            let chunk_ids = &ids[start..end];
+            let last_chunk = end == n;
             let want = match logits {
                 Logits::All => Logits::All,
                 Logits::Last if last_chunk => Logits::Last,
                 _ => Logits::None,
             };
+            let bounds = self.chunk_bounds(&blocks, cache.position(), start..end);
             let mut rec = self.ctx.recorder();
-            let chunk_media = media.map(|m| (m, start..start + len));
-            self.record_chunk(&mut rec, cache, ws, chunk_ids, chunk_media, want)?;
+            let chunk_media = media.map(|m| (m, start..end));
+            let head_now = want != Logits::All || len <= ws.logits_rows;
+            self.record_chunk(
+                &mut rec,
+                cache,
+                ws,
+                chunk_ids,
+                chunk_media,
+                bounds.as_deref(),
+                want,
+                head_now,
+            )?;
             rec.submit()?;
             match want {
-                Logits::All => out.extend(ws.logits.rows(0, len).to_f32(&self.ctx)?),
+                Logits::All if head_now => out.extend(ws.logits.rows(0, len).to_f32(&self.ctx)?),
+                Logits::All => {
+                    // The head over the chunk's final-normed rows, one logits buffer at a time.
+                    let mut r = 0;
+                    while r < len {
+                        let m = ws.logits_rows.min(len - r);
+                        let mut rec = self.ctx.recorder();
+                        self.record_head(&mut rec, ws, len, r..r + m)?;
+                        rec.submit()?;
+                        out.extend(ws.logits.rows(0, m).to_f32(&self.ctx)?);
+                        r += m;
+                    }
+                }
                 Logits::Last => out.extend(ws.logits.rows(0, 1).to_f32(&self.ctx)?),
                 Logits::None => {}
             }
             cache.advance(len);
-            start += len;
+            start = end;
         }
         Ok(out)
+    }
+
+    /// The per-query key bounds of the chunk `range` of the forward pass's ids on a
+    /// bidirectional-vision model, when the chunk holds image soft tokens (else `None`: plain
+    /// causal attention). `pos0`: absolute position of the chunk's first token.
+    fn chunk_bounds(
+        &self,
+        blocks: &[(usize, usize)],
+        pos0: usize,
+        range: Range<usize>,
+    ) -> Option<Vec<u32>> {
+        if !blocks
+            .iter()
+            .any(|&(s, e)| s < range.end && range.start < e)
+        {
+            return None;
+        }
+        let mut b = Vec::with_capacity(range.len());
+        // block_bounds takes the position of ids[0]: the chunk starts at range.start.
+        media::block_bounds(blocks, pos0 - range.start, range, &mut b);
+        Some(b)
     }
 
     /// One greedy decode step: feeds `token` at the cache position, samples the next token with
@@ -256,7 +342,7 @@ impl TextDecoder {
         select: impl FnOnce(&mut Recorder, &Selection<'_>) -> Result<()>,
     ) -> Result<u32> {
         let mut rec = self.ctx.recorder();
-        self.record_chunk(&mut rec, cache, ws, &[token], None, Logits::Last)?;
+        self.record_chunk(&mut rec, cache, ws, &[token], None, None, Logits::Last, true)?;
         let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
         select(
             &mut rec,
@@ -323,6 +409,10 @@ impl TextDecoder {
 
     /// Records one chunk: embed (with the media scatter) → per-layer inputs → layers → head.
     /// `media`: the forward pass's placed media and the chunk's positions within its ids.
+    /// `bounds`: per query, the exclusive key bound of sliding layers (image blocks of
+    /// bidirectional-vision models; `None`: causal). `head`: record the LM head too (else
+    /// the final-normed rows stay in `ws.xn` for [`record_head`](Self::record_head)).
+    #[allow(clippy::too_many_arguments)]
     fn record_chunk(
         &self,
         rec: &mut Recorder,
@@ -330,7 +420,9 @@ impl TextDecoder {
         ws: &mut Workspace,
         ids: &[u32],
         media: Option<(&MediaRuns, Range<usize>)>,
+        bounds: Option<&[u32]>,
         want: Logits,
+        head: bool,
     ) -> Result<()> {
         let (w, l, pos0) = (&*self.w, ids.len(), cache.position());
         let eps = self.cfg.rms_norm_eps as f32;
@@ -353,6 +445,14 @@ impl TextDecoder {
         if let Some((m, positions)) = media {
             scatter_media_rows(rec, m, positions, &h)?;
         }
+        let bounds = match bounds {
+            Some(b) => {
+                let t = ws.attn_bounds.rows(0, l);
+                t.write_u32(&self.ctx, b)?;
+                Some(t)
+            }
+            None => None,
+        };
         let ple = match &w.per_layer {
             Some(p) => Some(p.record(rec, &self.ctx, ws, &lookup_ids, &ids_t, &h, eps)?),
             None => None,
@@ -374,6 +474,7 @@ impl TextDecoder {
                 h: h.rows(r0, l - r0),
                 xn: xn.rows(r0, l - r0),
                 ple: ple.as_ref().map(|p| p.rows(r0, l - r0)),
+                bounds: bounds.as_ref().map(|b| b.rows(r0, l - r0)),
                 pos0: pos0 + r0,
             };
             let next_norm = match w.layers.get(i + 1) {
@@ -386,11 +487,27 @@ impl TextDecoder {
         // Tied LM head over the final-normed rows (xn; h itself when there are no layers).
         let n = match want {
             Logits::None => return Ok(()),
+            _ if !head => return Ok(()),
             Logits::Last => 1,
             Logits::All => l,
         };
-        let x = if w.layers.is_empty() { &h } else { &xn };
-        let (x, logits) = (x.rows(l - n, n), ws.logits.rows(0, n));
+        self.record_head(rec, ws, l, l - n..l)
+    }
+
+    /// Records the LM head over `rows` of the last `l`-token chunk (final-normed in `ws.xn`;
+    /// `ws.h` when the model has no layers) into `ws.logits` rows `0..rows.len()`.
+    fn record_head(
+        &self,
+        rec: &mut Recorder,
+        ws: &Workspace,
+        l: usize,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        let w = &*self.w;
+        let eps = self.cfg.rms_norm_eps as f32;
+        let x = if w.layers.is_empty() { &ws.h } else { &ws.xn };
+        let x = x.rows(0, l).rows(rows.start, rows.len());
+        let logits = ws.logits.rows(0, rows.len());
         let normed = !w.layers.is_empty();
         w.head
             .record(rec, &w.embed, &x, normed, &ws.final_h, &logits, eps)

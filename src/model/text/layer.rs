@@ -48,6 +48,9 @@ pub(crate) struct LayerRows {
     pub xn: GpuTensor,
     /// The per-layer inputs `[L, N·P]` (PLE models).
     pub ple: Option<GpuTensor>,
+    /// Per row, the exclusive key bound of sliding-layer attention (u32 `[L]`; image blocks
+    /// of bidirectional-vision models), `None`: causal.
+    pub bounds: Option<GpuTensor>,
     /// Absolute position of the first row.
     pub pos0: usize,
 }
@@ -91,7 +94,8 @@ impl DecoderLayer {
     ) -> Result<()> {
         let (h, xn, eps) = (&x.h, &x.xn, env.eps);
         let o = env.ws.o.view(0, &h.shape);
-        self.self_attn.record(rec, env, xn, x.pos0, &o)?;
+        self.self_attn
+            .record(rec, env, xn, x.pos0, x.bounds.as_ref(), &o)?;
         // h += post_attention_norm(o); xn = pre_feedforward_norm(h)
         let pre_ff = Some((&self.pre_feedforward_layernorm, xn));
         ops::residual_norm(rec, h, &o, &self.post_attention_layernorm, 1.0, pre_ff, eps)?;

@@ -33,6 +33,9 @@ pub struct Workspace {
     /// then runs in sub-chunks of this many tokens).
     pub(crate) logits_rows: usize,
     pub(crate) token: GpuTensor,
+    /// Per query of a chunk, the exclusive key bound of sliding-layer attention (u32
+    /// `[chunk]`; image blocks of bidirectional-vision models), written per chunk.
+    pub(crate) attn_bounds: GpuTensor,
     pub(crate) attn_scratch: AttnScratch,
     pub(crate) sample_scratch: SampleScratch,
     pub(crate) readback: Readback,
@@ -79,6 +82,7 @@ impl Workspace {
             logits: z(&[logits_rows, c.vocab_size])?,
             logits_rows,
             token: GpuTensor::zeros(ctx, &[1], DType::U32)?,
+            attn_bounds: GpuTensor::zeros(ctx, &[chunk], DType::U32)?,
             attn_scratch: AttnScratch::new(ctx, c.num_attention_heads, 64, max_hd)?,
             sample_scratch: SampleScratch::new(ctx, c.vocab_size)?,
             readback: Readback::new(ctx, 4)?,
@@ -111,6 +115,7 @@ impl Workspace {
             &self.final_h,
             &self.logits,
             &self.token,
+            &self.attn_bounds,
         ];
         tensors.iter().map(|t| t.buffer_size()).sum::<u64>()
             + self.attn_scratch.bytes()
