@@ -50,7 +50,11 @@ fn layer_norm_matches_reference() {
                 layer_norm(&mut rec, &view, &wt, &bt, &view, eps).unwrap();
                 rec.finish().unwrap();
                 let got = buf.to_f32(&ctx).unwrap();
-                assert_eq!(&got[..3], &[7.0; 3], "{what}: in place wrote before the view");
+                assert_eq!(
+                    &got[..3],
+                    &[7.0; 3],
+                    "{what}: in place wrote before the view"
+                );
                 assert_close(&format!("{what} in place"), &got[3..], &want, 1e-5, 1e-4);
                 // x and out disjoint views of one buffer
                 let mut two = x.clone();

@@ -816,7 +816,10 @@ fn unified_resize_matches_torchvision_bit_for_bit() {
                 .zip(&pv)
                 .filter(|(a, b)| a.to_bits() != b.to_bits())
                 .count();
-            assert_eq!(bad, 0, "{name}: {bad} pixel values differ from the processor's");
+            assert_eq!(
+                bad, 0,
+                "{name}: {bad} pixel values differ from the processor's"
+            );
             let ours: Vec<i64> = pre
                 .positions
                 .iter()
@@ -827,7 +830,11 @@ fn unified_resize_matches_torchvision_bit_for_bit() {
         checked += 1;
     }
     assert!(checked >= 9, "only {checked} cases");
-    assert!(differs_from_pil >= 5, "PIL agrees on {} cases", checked - differs_from_pil);
+    assert!(
+        differs_from_pil >= 5,
+        "PIL agrees on {} cases",
+        checked - differs_from_pil
+    );
 }
 
 #[test]
