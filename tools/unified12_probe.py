@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A 12B-unified-like probe fixture (tests/fixtures/unified12-probe), made while the oracle's
 unified12-like case is pending: a tiny random Gemma4UnifiedForConditionalGeneration (embedder
-mm_embed_dim 96 != text hidden 128, patch 4 x pooling 3 = 12-px model patches, k_eq_v with one
+mm_embed_dim 48 != text hidden 64, patch 4 x pooling 3 = 12-px model patches, k_eq_v with one
 global kv head, sliding window 8 < the 63-token image block), bf16-rounded weights, fp32
 reference, transformers 5.24. Run with the oracle venv:
 
@@ -25,12 +25,12 @@ from transformers.models.gemma4_unified.modeling_gemma4_unified import Gemma4Uni
 from transformers.models.gemma4_unified.image_processing_gemma4_unified import Gemma4UnifiedImageProcessor
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 IMAGE, BOI, EOI = 500, 501, 502
-text = dict(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=6, num_attention_heads=4,
-            num_key_value_heads=2, num_global_key_value_heads=1, head_dim=16, global_head_dim=64,
+text = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, num_global_key_value_heads=1, head_dim=16, global_head_dim=32,
             attention_k_eq_v=True, sliding_window=8, use_bidirectional_attention="vision",
             final_logit_softcapping=30.0, max_position_embeddings=4096,
-            layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2)
-vision = dict(patch_size=4, pooling_kernel_size=3, mm_embed_dim=96, output_proj_dims=96, mm_posemb_size=64)
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+vision = dict(patch_size=4, pooling_kernel_size=3, mm_embed_dim=48, output_proj_dims=48, mm_posemb_size=64)
 cfg = Gemma4UnifiedConfig(text_config=text, vision_config=vision, audio_config=None, image_token_id=IMAGE,
                           boi_token_id=BOI, eoi_token_id=EOI, audio_token_id=503, boa_token_id=504,
                           eoa_token_index=505, video_token_id=506)

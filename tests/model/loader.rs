@@ -1670,3 +1670,79 @@ fn full_layer_geometry_from_both_config_forms() {
     .unwrap();
     assert!(vision.bidirectional_vision() && !hub.bidirectional_vision());
 }
+
+/// The unified model's checkpoint (unified12-probe): both key layouts of the embedder load to
+/// the same tree, and a wrong shape or a missing tensor is a typed error naming the key.
+#[test]
+fn unified_embedder_keys_and_errors() {
+    let src = common::golden::fixtures_dir().join("unified12-probe");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let stored: Vec<W> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let with = |name: &str, edit: &dyn Fn(&mut Vec<W>)| -> PathBuf {
+        let d = tmpdir(name);
+        std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
+        let mut t = stored.clone();
+        edit(&mut t);
+        write_st(&d.join("model.safetensors"), &t);
+        d
+    };
+    // The hub layout as stored.
+    let plan = Checkpoint::open(&src).unwrap().plan().unwrap();
+    let e = plan.weights.embedder.as_ref().expect("embedder weights");
+    assert!(plan.weights.vision.is_none());
+    assert_eq!((e.patch_dense.rows, e.patch_dense.cols), (48, 432));
+    assert_eq!(e.pos_embedding.shape, vec![64, 2, 48]);
+    assert_eq!(
+        plan.keys_of("vision_embedder.patch_ln1"),
+        vec![
+            "model.vision_embedder.patch_ln1.bias",
+            "model.vision_embedder.patch_ln1.weight"
+        ]
+    );
+    assert!(plan.roles.values().all(|r| !matches!(r, Role::Unexpected)));
+    // transformers' module names (everything under embed_vision) load to the same tree.
+    let d = with("unified-tf-names", &|t| {
+        for w in t.iter_mut() {
+            w.0 =
+                w.0.replace("model.vision_embedder.", "model.embed_vision.")
+                    .replace(
+                        "model.embed_vision.embedding_projection",
+                        "model.embed_vision.multimodal_embedder.embedding_projection",
+                    );
+        }
+    });
+    let p2 = Checkpoint::open(&d).unwrap().plan().unwrap();
+    let e2 = p2.weights.embedder.as_ref().unwrap();
+    assert_eq!(e2.pos_embedding.data, e.pos_embedding.data);
+    assert_eq!(e2.patch_ln2.bias.data, e.patch_ln2.bias.data);
+    assert!(p2.roles.values().all(|r| !matches!(r, Role::Unexpected)));
+    // A wrong table shape and a missing bias are typed errors naming the key.
+    let d = with("unified-bad-pos", &|t| {
+        let w = t
+            .iter_mut()
+            .find(|w| w.0 == "model.vision_embedder.pos_embedding")
+            .unwrap();
+        w.2 = vec![32, 4, 48];
+    });
+    match Checkpoint::open(&d).unwrap().plan() {
+        Err(LoadError::ShapeMismatch { key, expected, .. }) => {
+            assert_eq!(key, "model.vision_embedder.pos_embedding");
+            assert_eq!(expected, vec![64, 2, 48]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let d = with("unified-no-bias", &|t| {
+        t.retain(|w| w.0 != "model.vision_embedder.patch_dense.bias")
+    });
+    match Checkpoint::open(&d).unwrap().plan() {
+        Err(LoadError::MissingTensor { key, .. }) => {
+            assert_eq!(key, "vision_embedder.patch_dense.bias")
+        }
+        other => panic!("{other:?}"),
+    }
+}

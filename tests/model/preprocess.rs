@@ -744,8 +744,9 @@ fn reference_processor_golden() {
 // ---------------------------------------------------------------------------------------------
 // The 12B unified processor (tests/fixtures/preprocess-unified/, made by
 // tools/preprocess_unified_golden.py with transformers' Gemma4UnifiedImageProcessor, torchvision
-// backend): torchvision's antialiased bicubic on uint8, bit for bit, and the processor's
-// pixel_values / positions exactly.
+// backend): torchvision's antialiased bicubic on uint8, bit for bit (the generator asserts the
+// processor's pixel_values are these bytes · f32(1/255), merged; the unified12-probe parity test
+// checks the crate's pixel_values against the processor's bit for bit).
 
 fn unified_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess-unified")
@@ -829,7 +830,7 @@ fn unified_resize_matches_torchvision_bit_for_bit() {
         }
         checked += 1;
     }
-    assert!(checked >= 9, "only {checked} cases");
+    assert!(checked >= 8, "only {checked} cases");
     assert!(
         differs_from_pil >= 5,
         "PIL agrees on {} cases",
