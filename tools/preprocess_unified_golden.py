@@ -6,7 +6,7 @@ transformers 5.24 `Gemma4UnifiedImageProcessor` (torchvision backend) resizes wi
 antialias path on CPU, then rescales in float32 and merges k x k teacher patches into 48-px model
 patches. Run with the oracle venv (torch, torchvision, transformers 5.24):
 
-    tools/oracle/venv/bin/python tools/preprocess_unified_golden.py tests/fixtures/preprocess-unified
+    tools/oracle/venv/bin/python tools/preprocess_unified_golden.py tests/fixtures/preprocess-torchvision
 
 Per case it writes `<name>.png` (the input, RGB8, deterministic content), `<name>.out.png` (the
 resized uint8 image as the processor makes it, stored losslessly), and for the cases marked `pv`

@@ -742,14 +742,14 @@ fn reference_processor_golden() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The 12B unified processor (tests/fixtures/preprocess-unified/, made by
+// The 12B unified processor (tests/fixtures/preprocess-torchvision/, made by
 // tools/preprocess_unified_golden.py with transformers' Gemma4UnifiedImageProcessor, torchvision
 // backend): torchvision's antialiased bicubic on uint8, bit for bit (the generator asserts the
 // processor's pixel_values are these bytes · f32(1/255), merged; the unified12-probe parity test
 // checks the crate's pixel_values against the processor's bit for bit).
 
 fn unified_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess-unified")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess-torchvision")
 }
 
 #[test]
