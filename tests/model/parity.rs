@@ -280,25 +280,84 @@ fn unified12_probe_forward_rule() {
     unified_full("unified12-probe", 512, "logits", "greedy");
 }
 
-/// The oracle's unified12-like fixture (HF and MLX layouts), when it is committed.
+/// The oracle's unified12-like fixtures (HF, and MLX 4/8-bit with patch_dense quantized): the
+/// embedder's last hidden state and the image features from the reference pixel values (stored
+/// as u8; the processor's values are `f32(u8) · f32(1/255)`), the text-only logits, and (HF) the
+/// logits of the image prompt against `alt_mask_logits`, the Gemma 4 mask rule the engine
+/// implements. The plain-forward `logits` / `greedy` (block overlay on both layer types) are
+/// pending the unified model's mask rule.
 #[test]
-fn unified12_like_multimodal() {
+fn unified12_like_oracle() {
     for case in ["unified12-like", "unified12-like-mlx"] {
-        if !common::golden::fixtures_dir()
-            .join(case)
-            .join("fixture.json")
-            .exists()
-        {
-            eprintln!("SKIP: {case} not committed yet");
-            continue;
-        }
         let fx = Fixture::open(case);
-        let (l, g) = if fx.golden().has("logits_gemma4_rule") {
-            ("logits_gemma4_rule", "greedy_gemma4_rule")
-        } else {
-            ("logits", "greedy")
+        let Some(model) = load(&fx, 512) else {
+            return;
         };
-        unified_full(case, 512, l, g);
+        let g = fx.golden();
+        let u8s = g.raw("pixel_values_u8");
+        let width = u8s.shape[1];
+        let scale = (1.0f64 / 255.0) as f32;
+        let values: Vec<f32> = u8s.data.iter().map(|&v| f32::from(v) * scale).collect();
+        let pos = g.i64("image_position_ids");
+        let mut images = Vec::new();
+        let mut start = 0;
+        for &n in &g.i64("num_patches").data {
+            let n = n as usize;
+            let positions: Vec<[u32; 2]> = (start..start + n)
+                .map(|i| [pos.data[2 * i] as u32, pos.data[2 * i + 1] as u32])
+                .collect();
+            let rows = positions.iter().map(|p| p[1] + 1).max().unwrap();
+            let cols = positions.iter().map(|p| p[0] + 1).max().unwrap();
+            images.push(ImagePatches {
+                pixel_values: values[start * width..(start + n) * width].to_vec(),
+                positions,
+                grid: (rows, cols),
+            });
+            start += n;
+        }
+        let ctx = common::gpu().unwrap();
+        let vision = model.vision().expect("image path");
+        let (mut feats, mut hidden) = (Vec::new(), Vec::new());
+        for img in &images {
+            let (f, h) = vision.encode(img, true).unwrap();
+            feats.extend(f.to_f32(&ctx).unwrap());
+            hidden.extend(h.unwrap().to_f32(&ctx).unwrap());
+        }
+        for (name, got) in [
+            ("vision_last_hidden_state", &hidden),
+            ("image_features", &feats),
+        ] {
+            let r = compare(&format!("{case} {name}"), got, &g.f32(name), TOL);
+            assert!(r.max_abs <= TOL, "{case} {name}: max |Δ| {}", r.max_abs);
+        }
+        let text = ids(&g.i64("text_input_ids").data);
+        let out = model.logits_and_greedy(&text, &[], 0).unwrap();
+        let r = compare(
+            &format!("{case} text_logits"),
+            &out.logits,
+            &g.f32("text_logits"),
+            TOL,
+        );
+        assert!(
+            r.max_abs <= TOL,
+            "{case} text_logits: max |Δ| {}",
+            r.max_abs
+        );
+        if g.has("alt_mask_logits") {
+            let prompt = ids(&g.i64("input_ids").data);
+            let out = model.logits_and_greedy(&prompt, &images, 0).unwrap();
+            let r = compare(
+                &format!("{case} alt_mask_logits (Gemma 4 rule)"),
+                &out.logits,
+                &g.f32("alt_mask_logits"),
+                TOL,
+            );
+            assert!(
+                r.max_abs <= TOL,
+                "{case} alt_mask_logits: max |Δ| {}",
+                r.max_abs
+            );
+        }
     }
 }
 
