@@ -330,6 +330,32 @@ fn unified12_like_oracle() {
             let r = compare(&format!("{case} {name}"), got, &g.f32(name), TOL);
             assert!(r.max_abs <= TOL, "{case} {name}: max |Δ| {}", r.max_abs);
         }
+        // From the image files through the crate's preprocessing: bit-identical pixel values
+        // (where the case has its processor config: the MLX case has none, so its budget is
+        // not the one its golden was made with).
+        if let Some(files) = fx.json["images"].as_array()
+            && fx.model_dir.join("processor_config.json").exists()
+        {
+            assert_eq!(files.len(), images.len(), "{case}: images");
+            for (f, want) in files.iter().zip(&images) {
+                let got = model
+                    .prepare_image_file(&fx.dir.join(f.as_str().unwrap()))
+                    .unwrap();
+                assert_eq!(got.positions, want.positions, "{case} {f}: positions");
+                let bad = got
+                    .pixel_values
+                    .iter()
+                    .zip(&want.pixel_values)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    got.pixel_values.len(),
+                    want.pixel_values.len(),
+                    "{case} {f}"
+                );
+                assert_eq!(bad, 0, "{case} {f}: {bad} pixel values differ");
+            }
+        }
         let text = ids(&g.i64("text_input_ids").data);
         let out = model.logits_and_greedy(&text, &[], 0).unwrap();
         let r = compare(
