@@ -19,7 +19,7 @@ use crate::prompt::preprocess::{self, ImageOptions};
 use crate::prompt::ChatTemplate;
 use crate::model::text::{Logits, TextDecoder};
 use crate::prompt::tokenizer::Tokenizer;
-use crate::model::vision::{ImagePatches, VisionEncoder};
+use crate::model::vision::{ImagePatches, VisionEmbedder, VisionEncoder, VisionModel};
 use crate::checkpoint::{Checkpoint, FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
 
 /// Options for loading a model.
@@ -77,7 +77,7 @@ pub(crate) struct Inner {
     /// The checkpoint folder, read once at load (config, tensor store, small files).
     pub(crate) checkpoint: Checkpoint,
     pub(crate) text: TextDecoder,
-    pub(crate) vision: Option<VisionEncoder>,
+    pub(crate) vision: Option<VisionModel>,
     pub(crate) report: LoadReport,
     pub(crate) options: ModelOptions,
     pub(crate) tokenizer: Option<Arc<Tokenizer>>,
@@ -144,14 +144,23 @@ impl Model {
             Arc::new(weights.text),
             Some(config.image_token_id),
         )?;
+        let hidden = config.text_config.hidden_size;
         let vision = match (weights.vision, &config.vision_config) {
-            (Some(w), Some(vc)) => Some(VisionEncoder::new(
+            (Some(w), Some(vc)) => Some(VisionModel::Tower(VisionEncoder::new(
                 ctx,
                 vc,
-                config.text_config.hidden_size,
+                hidden,
                 Arc::new(w),
-            )?),
-            _ => None,
+            )?)),
+            _ => match (weights.embedder, &config.vision_embedder) {
+                (Some(w), Some(ec)) => Some(VisionModel::Embedder(VisionEmbedder::new(
+                    ctx,
+                    ec,
+                    hidden,
+                    Arc::new(w),
+                ))),
+                _ => None,
+            },
         };
         // Text-side assets are optional: a directory with only config + weights still loads
         // (logits, token-id generation); the text API then reports what is missing. Each is
@@ -271,37 +280,44 @@ impl Model {
         &self.inner.text
     }
 
-    /// The vision encoder, if the checkpoint has a vision tower.
+    /// The image path (vision tower or the unified model's embedder), if the checkpoint has one.
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
-    pub fn vision(&self) -> Option<&VisionEncoder> {
+    pub fn vision(&self) -> Option<&VisionModel> {
         self.inner.vision.as_ref()
     }
 
     /// Image preprocessing options: patch size and pooling kernel from the vision config; the
     /// soft-token budget from [`ModelOptions::max_soft_tokens`], else the checkpoint's
-    /// `processor_config.json`, else the vision config's `default_output_length`.
+    /// `processor_config.json`, else the vision config's `default_output_length` (280 for the
+    /// unified model, its processor's default). The unified model's options cut 48-px model
+    /// patches after torchvision's resize ([`ImageOptions::unified`]).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn image_options(&self) -> Result<ImageOptions> {
-        let vc = self
-            .inner
-            .checkpoint
-            .config
-            .vision_config
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("this checkpoint has no vision tower".into()))?;
-        let budget = match self.inner.options.max_soft_tokens {
+        let cfg = &self.inner.checkpoint.config;
+        let budget = |default: u32| match self.inner.options.max_soft_tokens {
             Some(b) => b,
             None => self
                 .inner
                 .checkpoint
                 .files
                 .processor_budget
-                .unwrap_or(vc.default_output_length as u32),
+                .unwrap_or(default),
         };
+        if let Some(ec) = &cfg.vision_embedder {
+            return Ok(ImageOptions::unified(
+                ec.patch_size as u32,
+                ec.pooling_kernel_size as u32,
+                budget(preprocess::UNIFIED_DEFAULT_SOFT_TOKENS),
+            )?);
+        }
+        let vc = cfg
+            .vision_config
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("this checkpoint has no vision tower".into()))?;
         Ok(ImageOptions::from_vision_config(
             vc.patch_size as u32,
             vc.pooling_kernel_size as u32,
-            budget,
+            budget(vc.default_output_length as u32),
         )?)
     }
 
@@ -345,13 +361,16 @@ impl Model {
     /// and `image_position_ids` `[n, 2]` i64 (x, y); padding rows (-1, -1) are dropped.
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_pixel_values_file(&self, path: &Path) -> Result<ImagePatches> {
-        let vc = self
-            .inner
-            .checkpoint
-            .config
-            .vision_config
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("this checkpoint has no vision tower".into()))?;
+        let cfg = &self.inner.checkpoint.config;
+        let width = match (&cfg.vision_config, &cfg.vision_embedder) {
+            (Some(vc), _) => vc.patch_values(),
+            (None, Some(ec)) => ec.patch_values(),
+            (None, None) => {
+                return Err(Error::InvalidArgument(
+                    "this checkpoint has no vision tower".into(),
+                ));
+            }
+        };
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -366,7 +385,6 @@ impl Model {
         };
         let pv = get("pixel_values")?;
         let pos = get("image_position_ids")?;
-        let width = vc.patch_values();
         let pv_shape: Vec<usize> = pv.shape().iter().copied().filter(|&d| d != 1).collect();
         if pv.dtype() != safetensors::Dtype::F32 || pv_shape.len() != 2 || pv_shape[1] != width {
             return Err(Error::InvalidArgument(format!(

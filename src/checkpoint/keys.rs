@@ -5,6 +5,9 @@
 //! | `model.language_model.X`     | `language_model.model.X`   | `language_model.X`   |
 //! | `model.vision_tower.X`       | `vision_tower.X`           | `vision_tower.X`     |
 //! | `model.embed_vision.X`       | `embed_vision.X`           | `embed_vision.X`     |
+//! | `model.vision_embedder.X` (12B unified, hub) | `vision_embedder.X` | `vision_embedder.X` |
+//! | `model.embed_vision.{patch_ln1,patch_dense,patch_ln2,pos_norm,pos_embedding}.*` (transformers' module names) | same without `model.` | `vision_embedder.*` |
+//! | `model.embed_vision.multimodal_embedder.embedding_projection.*` (transformers' module names) | same without `model.` | `embed_vision.embedding_projection.*` |
 //! | `model.audio_tower.*`, `model.embed_audio.*` | `audio_tower.*`, `embed_audio.*` | skipped (audio) |
 //!
 //! Ignored everywhere: `lm_head.*` (tied to `embed_tokens`), any key containing `rotary_emb`,
@@ -38,6 +41,7 @@ pub fn classify(raw: &str) -> KeyKind {
     } else {
         raw.to_string()
     };
+    let canon = unified_embedder_key(canon);
     if canon.starts_with("audio_tower.") || canon.starts_with("embed_audio.") {
         return KeyKind::Audio;
     }
@@ -49,6 +53,34 @@ pub fn classify(raw: &str) -> KeyKind {
         return KeyKind::Ignored("clip scalar outside the vision tower");
     }
     KeyKind::Model(canon)
+}
+
+/// The modules of the 12B unified model's vision embedder.
+const EMBEDDER_MODULES: [&str; 5] = [
+    "patch_ln1",
+    "patch_dense",
+    "patch_ln2",
+    "pos_norm",
+    "pos_embedding",
+];
+
+/// The unified model's embedder keys in one form whichever way they are stored: the hub's
+/// `vision_embedder.*` + `embed_vision.embedding_projection` (kept), or transformers' module
+/// tree, which nests everything under `embed_vision` (`embed_vision.patch_ln1.*`,
+/// `embed_vision.multimodal_embedder.embedding_projection.*`; its loader renames the hub's
+/// keys to these).
+fn unified_embedder_key(canon: String) -> String {
+    let Some(rest) = canon.strip_prefix("embed_vision.") else {
+        return canon;
+    };
+    if let Some(r) = rest.strip_prefix("multimodal_embedder.") {
+        return format!("embed_vision.{r}");
+    }
+    let module = rest.split('.').next().unwrap_or("");
+    if EMBEDDER_MODULES.contains(&module) {
+        return format!("vision_embedder.{rest}");
+    }
+    canon
 }
 
 /// Canonical module path of a module path as written in a `quantization` block
@@ -100,6 +132,19 @@ mod tests {
         );
         assert_eq!(
             classify("model.embed_vision.embedding_projection.weight"),
+            KeyKind::Model("embed_vision.embedding_projection.weight".into())
+        );
+        // The unified model's embedder: the hub's keys and transformers' module names meet.
+        let ln1 = KeyKind::Model("vision_embedder.patch_ln1.bias".into());
+        assert_eq!(classify("model.vision_embedder.patch_ln1.bias"), ln1);
+        assert_eq!(classify("model.embed_vision.patch_ln1.bias"), ln1);
+        assert_eq!(classify("vision_embedder.patch_ln1.bias"), ln1);
+        assert_eq!(
+            classify("model.embed_vision.pos_embedding"),
+            KeyKind::Model("vision_embedder.pos_embedding".into())
+        );
+        assert_eq!(
+            classify("model.embed_vision.multimodal_embedder.embedding_projection.weight"),
             KeyKind::Model("embed_vision.embedding_projection.weight".into())
         );
         assert_eq!(classify("model.audio_tower.x.weight"), KeyKind::Audio);

@@ -45,7 +45,7 @@ pub use error::LoadError;
 pub use files::CheckpointFiles;
 pub use host::{HostLinear, HostQuant, HostTable, HostVector};
 pub use report::LoadReport;
-pub use tree::{ClippedLinear, ModelWeights, VisionLayer, VisionWeights};
+pub use tree::{ClippedLinear, EmbedderWeights, ModelWeights, VisionLayer, VisionWeights};
 
 use crate::config::Gemma4Config;
 use crate::gpu::{GpuContext, GpuTensor, HostMatrix, Matrix, WeightFormat};
@@ -249,6 +249,17 @@ impl Checkpoint {
             Some(_) => Some(b.vision()?),
             None => None,
         };
+        let embedder = match &self.config.vision_embedder {
+            Some(e) => {
+                let h = self.config.text_config.hidden_size;
+                Some(EmbedderWeights::load(
+                    &mut VarBuilder::root(&mut b, "", MatrixRole::Vision),
+                    e,
+                    h,
+                )?)
+            }
+            None => None,
+        };
         let Builder { used, formats, .. } = b;
         // Roles of every stored key.
         let t = &self.config.text_config;
@@ -272,8 +283,10 @@ impl Checkpoint {
                     .is_some_and(|v| v.use_clipped_linears)
             {
                 Role::Dropped("clip scalar with use_clipped_linears off")
-            } else if self.config.vision_config.is_none()
-                && (c.starts_with("vision_tower.") || c.starts_with("embed_vision."))
+            } else if !self.config.has_vision()
+                && (c.starts_with("vision_tower.")
+                    || c.starts_with("embed_vision.")
+                    || c.starts_with("vision_embedder."))
             {
                 Role::Dropped("vision tensor of a text-only config")
             } else {
@@ -316,6 +329,7 @@ impl Checkpoint {
             ModelWeights {
                 text,
                 vision,
+                embedder,
                 report,
             },
             roles,

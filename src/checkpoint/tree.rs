@@ -12,14 +12,17 @@ use super::report::LoadReport;
 pub struct ModelWeights<M = Matrix, V = GpuTensor> {
     /// Text decoder.
     pub text: TextWeights<M, V>,
-    /// Vision tower and its projection into the text stream (None for text-only configs).
+    /// Vision tower and its projection into the text stream (None for text-only and unified
+    /// configs).
     pub vision: Option<VisionWeights<M, V>>,
+    /// The 12B unified model's vision embedder and its projection (None otherwise).
+    pub embedder: Option<EmbedderWeights<M, V>>,
     /// What the loader did.
     pub report: LoadReport,
 }
 
 // The vision tree's types live with the blocks that load and run them.
-pub use crate::model::vision::{ClippedLinear, VisionLayer, VisionWeights};
+pub use crate::model::vision::{ClippedLinear, EmbedderWeights, VisionLayer, VisionWeights};
 
 impl<M, V> ModelWeights<M, V> {
     /// Every matrix of the tree with its canonical module path (for inspection and tests).
@@ -27,6 +30,9 @@ impl<M, V> ModelWeights<M, V> {
         let mut v = self.text.matrices();
         if let Some(vis) = &self.vision {
             v.extend(vis.matrices());
+        }
+        if let Some(e) = &self.embedder {
+            v.extend(e.matrices());
         }
         v
     }

@@ -22,7 +22,7 @@ pub enum ConfigError {
     /// The config describes a model outside the Gemma 4 family.
     #[error(
         "{path}: model_type {model_type:?} is not supported; this crate loads Gemma 4 checkpoints \
-         (model_type \"gemma4\" or \"gemma4_text\")"
+         (model_type \"gemma4\", \"gemma4_text\", \"gemma4_unified\" or \"gemma4_unified_text\")"
     )]
     UnsupportedModelType {
         /// The config file.

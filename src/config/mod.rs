@@ -7,8 +7,7 @@
 //! lenient about everything else (transformers' defaults, unknown fields ignored). Values that
 //! make no sense (`sliding_window: 0`, odd head sizes, heads that do not divide, ...) are
 //! `Malformed` too, and configs of variants the engine cannot run yet (`enable_moe_block`,
-//! `use_bidirectional_attention: "all"`, `model_type: "gemma4_unified"`,
-//! ...) are [`ConfigError::Unsupported`] naming the field: refused at load instead of loading
+//! `use_bidirectional_attention: "all"`, ...) are [`ConfigError::Unsupported`] naming the field: refused at load instead of loading
 //! and answering wrongly.
 //!
 //! Both forms of the full-attention geometry are accepted: the hub's `global_head_dim` /
@@ -18,6 +17,7 @@
 //! The module knows nothing of the weight loader: its errors are [`ConfigError`]s, which the
 //! loader's `LoadError` takes over (`From`).
 
+pub mod embedder;
 mod error;
 pub mod quant;
 pub mod text;
@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use embedder::VisionEmbedderConfig;
 pub use error::ConfigError;
 pub use quant::{ModuleQuant, QuantParams, QuantizationConfig};
 pub use text::{LayerType, PerLayerOverride, RopeParameters, TextConfig, TokenIds};
@@ -34,7 +35,12 @@ pub use vision::{VisionConfig, VisionRope};
 
 /// The `model_type`s this crate loads. Anything else is [`ConfigError::UnsupportedModelType`]
 /// (or [`ConfigError::Unsupported`] for the Gemma 4 variants it cannot run yet).
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gemma4", "gemma4_text"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "gemma4",
+    "gemma4_text",
+    "gemma4_unified",
+    "gemma4_unified_text",
+];
 
 fn d_image_token() -> u32 {
     258880
@@ -49,12 +55,15 @@ fn d_eoi() -> u32 {
 /// A whole Gemma 4 `config.json`.
 #[derive(Debug, Clone)]
 pub struct Gemma4Config {
-    /// "gemma4" or "gemma4_text".
+    /// "gemma4", "gemma4_text", "gemma4_unified" or "gemma4_unified_text".
     pub model_type: String,
     /// Text decoder.
     pub text_config: TextConfig,
-    /// Vision tower (absent for text-only configs).
+    /// Vision tower (E-series; absent for text-only and unified configs).
     pub vision_config: Option<VisionConfig>,
+    /// The encoder-free vision embedder of the 12B unified model (`vision_config` of a
+    /// `gemma4_unified` config; absent otherwise).
+    pub vision_embedder: Option<VisionEmbedderConfig>,
     /// Audio tower: recognised, not loaded.
     pub audio_config: Option<serde_json::Value>,
     /// Image soft-token id (258880).
@@ -149,10 +158,11 @@ impl Gemma4Config {
                 model_type,
             });
         }
-        let (text_config, vision_config, audio_config) = if model_type == "gemma4_text" {
-            let t: TextConfig =
-                serde_json::from_value(v.clone()).map_err(|e| serde_err(path, "", e))?;
-            (t, None, None)
+        let unified = is_unified(&model_type);
+        let text_only = model_type == "gemma4_text" || model_type == "gemma4_unified_text";
+        let (text_config, vision_config, vision_embedder, audio_config) = if text_only {
+            let t = parse_text(v, unified, path, "")?;
+            (t, None, None, None)
         } else {
             let tv = obj
                 .get("text_config")
@@ -161,20 +171,30 @@ impl Gemma4Config {
                     field: "text_config".into(),
                     reason: "required section is missing".into(),
                 })?;
-            let t: TextConfig = serde_json::from_value(tv.clone())
-                .map_err(|e| serde_err(path, "text_config", e))?;
-            let vis = match obj.get("vision_config") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(vv) => Some(
-                    serde_json::from_value::<VisionConfig>(vv.clone())
-                        .map_err(|e| serde_err(path, "vision_config", e))?,
+            let t = parse_text(tv, unified, path, "text_config")?;
+            let (vis, emb) = match obj.get("vision_config") {
+                None | Some(serde_json::Value::Null) => (None, None),
+                Some(vv) if unified => (
+                    None,
+                    Some(
+                        serde_json::from_value::<VisionEmbedderConfig>(vv.clone())
+                            .map_err(|e| serde_err(path, "vision_config", e))?,
+                    ),
+                ),
+                Some(vv) => (
+                    Some(
+                        serde_json::from_value::<VisionConfig>(vv.clone())
+                            .map_err(|e| serde_err(path, "vision_config", e))?,
+                    ),
+                    None,
                 ),
             };
+            // Audio is recognised, never loaded (its tensors are skipped; there is no audio input).
             let aud = match obj.get("audio_config") {
                 None | Some(serde_json::Value::Null) => None,
                 Some(a) => Some(a.clone()),
             };
-            (t, vis, aud)
+            (t, vis, emb, aud)
         };
         let top: TopLevel =
             serde_json::from_value(v.clone()).map_err(|e| serde_err(path, "", e))?;
@@ -197,6 +217,7 @@ impl Gemma4Config {
             model_type,
             text_config,
             vision_config,
+            vision_embedder,
             audio_config,
             image_token_id: top.image_token_id,
             boi_token_id: top.boi_token_id,
@@ -215,17 +236,49 @@ impl Gemma4Config {
         if let Some(v) = &self.vision_config {
             v.validate(path)?;
         }
+        if let Some(e) = &self.vision_embedder {
+            e.validate(path)?;
+        }
         Ok(())
     }
+
+    /// Whether the model takes images (a vision tower or the unified model's embedder).
+    pub fn has_vision(&self) -> bool {
+        self.vision_config.is_some() || self.vision_embedder.is_some()
+    }
+}
+
+/// Whether `model_type` is the 12B unified model's (`gemma4_unified`, `gemma4_unified_text`).
+fn is_unified(model_type: &str) -> bool {
+    model_type == "gemma4_unified" || model_type == "gemma4_unified_text"
+}
+
+/// The text config `v` (`section` names it in errors). The unified model's text config class
+/// has other defaults than the E-series one: no per-layer embeddings, no final logit softcap,
+/// a 1024-token window and bidirectional image attention unless the file says otherwise.
+fn parse_text(
+    v: &serde_json::Value,
+    unified: bool,
+    path: &Path,
+    section: &str,
+) -> Result<TextConfig, ConfigError> {
+    let mut v = v.clone();
+    if unified && let Some(o) = v.as_object_mut() {
+        for (key, default) in [
+            ("hidden_size_per_layer_input", serde_json::json!(0)),
+            ("final_logit_softcapping", serde_json::Value::Null),
+            ("sliding_window", serde_json::json!(1024)),
+            ("use_bidirectional_attention", serde_json::json!("vision")),
+        ] {
+            o.entry(key).or_insert(default);
+        }
+    }
+    serde_json::from_value(v).map_err(|e| serde_err(path, section, e))
 }
 
 /// Why a Gemma 4 family `model_type` this crate does not run is refused, if it is one.
 fn refused_model_type(model_type: &str) -> Option<&'static str> {
     Some(match model_type {
-        "gemma4_unified" | "gemma4_unified_text" => {
-            "the Gemma 4 12B unified model (encoder-free vision embedder, bidirectional image \
-             attention) is not implemented yet; use an E2B / E4B checkpoint"
-        }
         "gemma4_audio" => {
             "an audio-only checkpoint (the audio tower alone) cannot run: this crate runs the \
              text decoder (with the vision tower) and does not implement audio input yet; load \

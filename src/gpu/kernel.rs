@@ -421,6 +421,7 @@ pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("sample", include_str!("../../wgsl/sample.wgsl")),
     ("penalty", include_str!("../../wgsl/penalty.wgsl")),
     ("rmsnorm", include_str!("../../wgsl/rmsnorm.wgsl")),
+    ("layernorm", include_str!("../../wgsl/layernorm.wgsl")),
     ("rope", include_str!("../../wgsl/rope.wgsl")),
     ("attention", include_str!("../../wgsl/attention.wgsl")),
     (

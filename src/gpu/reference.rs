@@ -163,6 +163,26 @@ pub fn rms_norm_ref(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32) -> 
     out
 }
 
+/// LayerNorm of each `dim`-wide row of `x` (f64 accumulation, PyTorch semantics): `(x - mean)
+/// / sqrt(var + eps) * w + b` with the biased variance.
+pub fn layer_norm_ref(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let dim = weight.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(dim) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+        let var = row
+            .iter()
+            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+            .sum::<f64>()
+            / dim as f64;
+        let r = 1.0 / (var + eps as f64).sqrt();
+        for (i, &v) in row.iter().enumerate() {
+            out.push(((v as f64 - mean) * r * weight[i] as f64 + bias[i] as f64) as f32);
+        }
+    }
+    out
+}
+
 /// Rotate-half rotation of one segment `x[0..seg]` by position `pos` (angle `f32(pos) *
 /// inv_freq[j]` rounded to f32 like torch, then cos/sin in f64).
 fn rotate_segment(x: &mut [f32], pos: u32, inv_freq: &[f32]) {

@@ -5,7 +5,7 @@
 //! ```text
 //! chat template ── one <|image|> per image
 //!   expand_image_tokens    <|image> + <|image|> × n_i + <image|>   (n_i = pooled_tokens(grid_i, k))
-//!   encode_each            per-image features [n_i, H] (vision tower + embedder)
+//!   encode_each            per-image features [n_i, H] (vision tower or unified embedder)
 //!   MediaRuns::place       soft tokens of the ids = feature rows, checked here, once;
 //!                          the runs (position, length, first feature row) the decoder scatters
 //! ```
@@ -15,7 +15,7 @@
 use std::borrow::Borrow;
 use std::ops::Range;
 
-use super::vision::{ImagePatches, VisionEncoder};
+use super::vision::{ImagePatches, VisionModel};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuTensor};
 
@@ -131,7 +131,7 @@ pub fn block_bounds(
 /// `prepare` just before it is encoded (so only one image's patches are alive at a time).
 /// No images: no features, whether or not the model has a vision tower.
 pub fn encode_each<T, P: Borrow<ImagePatches>>(
-    vision: Option<&VisionEncoder>,
+    vision: Option<&VisionModel>,
     images: impl IntoIterator<Item = T>,
     mut prepare: impl FnMut(T) -> Result<P>,
 ) -> Result<Vec<GpuTensor>> {

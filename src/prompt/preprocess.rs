@@ -33,6 +33,24 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 /// The soft-token budgets the reference processor accepts (`_SUPPORTED_SOFT_TOKENS`).
 pub const SUPPORTED_SOFT_TOKENS: &[u32] = &[70, 140, 280, 560, 1120];
 
+/// The unified image processor's default budget (`Gemma4UnifiedImageProcessor.max_soft_tokens`),
+/// used when neither the options nor `processor_config.json` say.
+pub const UNIFIED_DEFAULT_SOFT_TOKENS: u32 = 280;
+
+/// Which reference image processor the options reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageProcessor {
+    /// `Gemma4ImageProcessorPil` (E2B / E4B): PIL's bicubic resize, `patch_size`-pixel patches,
+    /// values `f32(u8 · (1/255 in f64))`, `rows·cols / k²` soft tokens.
+    #[default]
+    Gemma4Pil,
+    /// `Gemma4UnifiedImageProcessor` (12B unified, torchvision backend): the same resize rule,
+    /// torchvision's antialiased bicubic on uint8 ([`resize_bicubic_torchvision`]), model
+    /// patches of `patch_size · pooling_kernel_size` pixels (the k×k teacher patches merged,
+    /// `(y, x, channel)` inside), values `f32(u8) · f32(1/255)`, one soft token per model patch.
+    Unified,
+}
+
 /// Default decompression-bomb limit in pixels: PIL's `DecompressionBombError` threshold
 /// (`2 * MAX_IMAGE_PIXELS` = 178 956 970), so e.g. 13 000 × 13 000 passes and 40 000 × 40 000 is refused.
 pub const DEFAULT_MAX_PIXELS_DECODED: u64 = 178_956_970;
@@ -118,6 +136,8 @@ pub struct ImageOptions {
     /// Decompression-bomb limit: images whose header announces more pixels are refused before
     /// decoding ([`DEFAULT_MAX_PIXELS_DECODED`] by default).
     pub max_pixels_decoded: u64,
+    /// The reference processor reproduced (resampler, patch form, rescale).
+    pub processor: ImageProcessor,
 }
 
 impl ImageOptions {
@@ -133,9 +153,23 @@ impl ImageOptions {
             patch_size,
             pooling_kernel_size,
             max_pixels_decoded: DEFAULT_MAX_PIXELS_DECODED,
+            processor: ImageProcessor::Gemma4Pil,
         };
         opts.validate()?;
         Ok(opts)
+    }
+
+    /// Options of the 12B unified model's processor ([`ImageProcessor::Unified`]) from its
+    /// vision config's `patch_size` and `pooling_kernel_size` and a soft-token budget.
+    pub fn unified(
+        patch_size: u32,
+        pooling_kernel_size: u32,
+        max_soft_tokens: u32,
+    ) -> Result<Self, ImageError> {
+        Ok(Self {
+            processor: ImageProcessor::Unified,
+            ..Self::from_vision_config(patch_size, pooling_kernel_size, max_soft_tokens)?
+        })
     }
 
     /// The same options with another soft-token budget (validated).
@@ -262,8 +296,9 @@ pub fn target_size(h: u32, w: u32, opts: &ImageOptions) -> Result<(u32, u32), Im
 }
 
 /// Preprocesses a decoded image: RGB conversion (alpha composited onto white), resize per
-/// [`target_size`] with PIL-compatible bicubic resampling (skipped when the size is unchanged),
-/// rescale by 1/255 and patchify.
+/// [`target_size`] with the processor's bicubic resampling (PIL's, or torchvision's for
+/// [`ImageProcessor::Unified`]; skipped when the size is unchanged), rescale by 1/255 and
+/// patchify.
 pub fn preprocess(
     img: &DynamicImage,
     opts: &ImageOptions,
@@ -275,25 +310,37 @@ pub fn preprocess(
     let resized = if (th, tw) == (h, w) {
         rgb
     } else {
-        Cow::Owned(resize_bicubic_pil(&rgb, tw, th))
+        Cow::Owned(match opts.processor {
+            ImageProcessor::Gemma4Pil => resize_bicubic_pil(&rgb, tw, th),
+            ImageProcessor::Unified => resize_bicubic_torchvision(&rgb, tw, th),
+        })
     };
     Ok(patchify(&resized, opts))
 }
 
-/// Patchifies an RGB8 image whose sides are multiples of `patch_size` (remainders are dropped, as the
-/// reference's reshape would refuse them).
+/// Patchifies an RGB8 image whose sides are multiples of the patch (remainders are dropped, as
+/// the reference's reshape would refuse them): `patch_size`-pixel patches, or for the unified
+/// processor `patch_size · pooling_kernel_size`-pixel model patches (the reference merges k×k
+/// teacher patches into exactly this: row-major model patches, `(y, x, channel)` inside).
 fn patchify(img: &RgbImage, opts: &ImageOptions) -> PreprocessedImage {
-    let p = opts.patch_size as usize;
-    let k = opts.pooling_kernel_size;
+    let (p, k) = match opts.processor {
+        ImageProcessor::Gemma4Pil => (opts.patch_size as usize, opts.pooling_kernel_size),
+        ImageProcessor::Unified => ((opts.patch_size * opts.pooling_kernel_size) as usize, 1),
+    };
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (rows, cols) = (h / p, w / p);
     let raw = img.as_raw();
     let patch_len = 3 * p * p;
     let mut pixel_values = Vec::with_capacity(rows * cols * patch_len);
     let mut positions = Vec::with_capacity(rows * cols);
-    // transformers rescales with `image.astype(np.float64) * (1/255)` then casts to float32.
+    // The PIL backend rescales with `image.astype(np.float64) * (1/255)` then casts to
+    // float32; the torchvision backend multiplies the uint8 tensor by the Python float, in
+    // float32 (`f32(v) * f32(1/255)`): 126 of the 256 values differ by one ulp.
     let lut: Vec<f32> = (0..256u32)
-        .map(|v| (f64::from(v) * (1.0 / 255.0)) as f32)
+        .map(|v| match opts.processor {
+            ImageProcessor::Gemma4Pil => (f64::from(v) * (1.0 / 255.0)) as f32,
+            ImageProcessor::Unified => v as f32 * (1.0f64 / 255.0) as f32,
+        })
         .collect();
     for r in 0..rows {
         for c in 0..cols {
@@ -488,6 +535,172 @@ pub fn resize_bicubic_pil(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     if out_h != h {
         let c = precompute_coeffs(h, out_h);
         data = Cow::Owned(resample_vertical(&data, cur_w, out_h, &c));
+    }
+    let buf = data.into_owned();
+    // Sizes match by construction.
+    RgbImage::from_raw(out_w, out_h, buf).unwrap_or_else(|| RgbImage::new(out_w, out_h))
+}
+
+// ---------------------------------------------------------------------------------------------
+// torchvision-compatible bicubic resampling: `torchvision.transforms.v2.functional.resize(uint8
+// tensor, antialias=True, BICUBIC)`, which on CPU runs ATen's uint8 antialias path
+// (`_upsample_bicubic2d_aa`, UpSampleKernel.cpp / UpSampleKernelAVXAntialias.h): weights of the
+// Keys cubic (a = -0.5) computed in f64 over the PIL-style support, normalised, rescaled to
+// int16 with a precision chosen from the largest weight, then two separable passes (horizontal
+// into a uint8 intermediate, then vertical) accumulating in i32 from `1 << (precision - 1)`,
+// shifted right and saturated to [0, 255]. It differs from PIL's resampler (22-bit i32 weights,
+// another form of the cubic, f32 scale) by ±1 on some pixels.
+
+/// The antialiased Keys cubic of ATen (`HelperInterpCubic::aa_filter`, a = -0.5), with its
+/// `cubic_convolution1/2` forms.
+fn torch_cubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+    } else {
+        0.0
+    }
+}
+
+/// Per output sample: first input index and count, int16 weights, and their precision
+/// (`_compute_index_ranges_int16_weights` with antialias, align_corners false, no scale given).
+struct TorchCoeffs {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    weights: Vec<i16>,
+    precision: u32,
+}
+
+fn torch_coeffs(in_size: u32, out_size: u32) -> TorchCoeffs {
+    // area_pixel_compute_scale: input_size / output_size in f64.
+    let scale = f64::from(in_size) / f64::from(out_size);
+    let interp = 4.0; // bicubic
+    let support = if scale >= 1.0 {
+        interp * 0.5 * scale
+    } else {
+        interp * 0.5
+    };
+    let ksize = support.ceil() as usize * 2 + 1;
+    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    let mut bounds = Vec::with_capacity(out_size as usize);
+    let mut wf = vec![0f64; out_size as usize * ksize];
+    let mut wt_max = 0f64;
+    for i in 0..out_size as usize {
+        let center = scale * (i as f64 + 0.5);
+        // static_cast<int64_t>: truncation toward zero.
+        let xmin = ((center - support + 0.5) as i64).max(0);
+        let xsize = ((center + support + 0.5) as i64).min(i64::from(in_size)) - xmin;
+        let xsize = xsize.clamp(0, ksize as i64) as usize;
+        let xmin = xmin as usize;
+        let row = &mut wf[i * ksize..(i + 1) * ksize];
+        let mut total = 0.0;
+        for (j, w) in row.iter_mut().enumerate().take(xsize) {
+            *w = torch_cubic(((j + xmin) as f64 - center + 0.5) * invscale);
+            total += *w;
+        }
+        if total != 0.0 {
+            for w in row.iter_mut().take(xsize) {
+                *w /= total;
+                wt_max = wt_max.max(*w);
+            }
+        }
+        bounds.push((xmin, xsize));
+    }
+    // The largest precision whose doubled largest weight still fits in int16.
+    let mut precision = 0u32;
+    while precision < 22 {
+        let next = (0.5 + wt_max * f64::from(1u32 << (precision + 1))) as i32;
+        if next >= 1 << 15 {
+            break;
+        }
+        precision += 1;
+    }
+    let weights = wf
+        .iter()
+        .map(|&w| {
+            let v = w * f64::from(1u32 << precision);
+            (if v < 0.0 { (-0.5 + v) as i32 } else { (0.5 + v) as i32 }) as i16
+        })
+        .collect();
+    TorchCoeffs {
+        ksize,
+        bounds,
+        weights,
+        precision,
+    }
+}
+
+/// `(acc >> precision)` saturated to a byte (`_mm256_srai_epi32`, then the signed 16-bit and
+/// unsigned 8-bit saturating packs).
+fn torch_clip8(acc: i32, precision: u32) -> u8 {
+    (acc >> precision).clamp(0, 255) as u8
+}
+
+/// Resamples `src` (`src_w × rows`, 3 channels) horizontally to `out_w`.
+fn torch_horizontal(src: &[u8], src_w: u32, rows: usize, out_w: u32, c: &TorchCoeffs) -> Vec<u8> {
+    let (sw, ow) = (src_w as usize * 3, out_w as usize * 3);
+    let init = 1i32 << (c.precision.max(1) - 1);
+    let mut out = vec![0u8; rows * ow];
+    for (src_row, out_row) in src.chunks_exact(sw).zip(out.chunks_exact_mut(ow)) {
+        for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let (xmin, n) = c.bounds[xx];
+            let k = &c.weights[xx * c.ksize..xx * c.ksize + n];
+            let mut ss = [init; 3];
+            for (x, &kw) in k.iter().enumerate() {
+                let s = &src_row[(xmin + x) * 3..(xmin + x) * 3 + 3];
+                for ch in 0..3 {
+                    ss[ch] += i32::from(s[ch]) * i32::from(kw);
+                }
+            }
+            for ch in 0..3 {
+                px[ch] = torch_clip8(ss[ch], c.precision);
+            }
+        }
+    }
+    out
+}
+
+/// Resamples `src` (`w × src_h`, 3 channels) vertically to `out_h` rows.
+fn torch_vertical(src: &[u8], w: u32, out_h: u32, c: &TorchCoeffs) -> Vec<u8> {
+    let rw = w as usize * 3;
+    let init = 1i32 << (c.precision.max(1) - 1);
+    let mut out = vec![0u8; out_h as usize * rw];
+    let mut acc = vec![0i32; rw];
+    for (yy, out_row) in out.chunks_exact_mut(rw).enumerate() {
+        let (ymin, n) = c.bounds[yy];
+        let k = &c.weights[yy * c.ksize..yy * c.ksize + n];
+        acc.fill(init);
+        for (y, &kw) in k.iter().enumerate() {
+            let src_row = &src[(ymin + y) * rw..(ymin + y + 1) * rw];
+            for (a, &s) in acc.iter_mut().zip(src_row) {
+                *a += i32::from(s) * i32::from(kw);
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = torch_clip8(a, c.precision);
+        }
+    }
+    out
+}
+
+/// torchvision's `resize(img, [out_h, out_w], BICUBIC, antialias=True)` of an RGB8 image on the
+/// CPU (ATen's uint8 path, see above): a horizontal pass when the width changes into a uint8
+/// intermediate, then a vertical pass when the height changes.
+pub fn resize_bicubic_torchvision(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let mut data: Cow<'_, [u8]> = Cow::Borrowed(img.as_raw());
+    let mut cur_w = w;
+    if out_w != w {
+        let c = torch_coeffs(w, out_w);
+        data = Cow::Owned(torch_horizontal(&data, w, h as usize, out_w, &c));
+        cur_w = out_w;
+    }
+    if out_h != h {
+        let c = torch_coeffs(h, out_h);
+        data = Cow::Owned(torch_vertical(&data, cur_w, out_h, &c));
     }
     let buf = data.into_owned();
     // Sizes match by construction.

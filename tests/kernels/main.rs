@@ -10,6 +10,7 @@ mod attention_rows;
 mod bench_tools;
 mod elementwise;
 mod fused;
+mod layernorm;
 mod linear;
 mod norm_rope;
 mod penalty;

@@ -1196,6 +1196,59 @@ fn unmodified_fixture_configs_are_accepted() {
     Checkpoint::open(&d).unwrap().plan().unwrap();
 }
 
+/// A `gemma4_unified` config: its `vision_config` is the embedder's, and absent text fields
+/// take the unified text config class's defaults (bidirectional image attention, no PLE, no
+/// final softcap), not the E-series ones.
+#[test]
+fn unified_config_parses_with_its_defaults() {
+    use serde_json::json;
+    let d = fixture_config_with("unified-defaults", &|v| {
+        set(v, &["model_type"], "gemma4_unified".into());
+        let t = v["text_config"].as_object_mut().unwrap();
+        for k in [
+            "use_bidirectional_attention",
+            "hidden_size_per_layer_input",
+            "final_logit_softcapping",
+            "sliding_window",
+        ] {
+            t.remove(k);
+        }
+        v["vision_config"] = json!({"patch_size": 4, "pooling_kernel_size": 3,
+            "mm_embed_dim": 96, "output_proj_dims": 96, "mm_posemb_size": 64});
+    });
+    let c = Gemma4Config::from_dir(&d).unwrap();
+    assert!(c.vision_config.is_none());
+    let e = c.vision_embedder.as_ref().expect("embedder config");
+    assert_eq!((e.model_patch_size(), e.patch_values()), (12, 432));
+    assert_eq!((e.mm_embed_dim, e.mm_posemb_size), (96, 64));
+    assert_eq!((e.rms_norm_eps, e.layer_norm_eps), (1e-6, 1e-5));
+    let t = &c.text_config;
+    assert!(t.bidirectional_vision());
+    assert!(!t.has_ple());
+    assert_eq!(t.final_logit_softcapping, None);
+    assert_eq!(t.sliding_window, 1024);
+    // The E-series keeps its own defaults for the same absent fields.
+    let d = fixture_config_with("e-defaults", &|v| {
+        let t = v["text_config"].as_object_mut().unwrap();
+        t.remove("final_logit_softcapping");
+        t.remove("use_bidirectional_attention");
+    });
+    let c = Gemma4Config::from_dir(&d).unwrap();
+    assert_eq!(c.text_config.final_logit_softcapping, Some(30.0));
+    assert!(!c.text_config.bidirectional_vision());
+    // An embedder whose output width is not the projection's input is malformed.
+    let d = fixture_config_with("unified-bad-proj", &|v| {
+        set(v, &["model_type"], "gemma4_unified".into());
+        v["vision_config"] = json!({"mm_embed_dim": 96, "output_proj_dims": 64});
+    });
+    match Gemma4Config::from_dir(&d) {
+        Err(ConfigError::Malformed { field, .. }) => {
+            assert_eq!(field, "vision_config.output_proj_dims")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn unsupported_configs_are_refused_naming_the_field() {
     use serde_json::json;
@@ -1241,11 +1294,6 @@ fn unsupported_configs_are_refused_naming_the_field() {
                 set(v, &["text_config", "num_experts"], 128.into());
             }),
             "text_config.enable_moe_block",
-        ),
-        (
-            "unified",
-            Box::new(|v| set(v, &["model_type"], "gemma4_unified".into())),
-            "model_type",
         ),
         (
             "audio-only",
@@ -1621,4 +1669,80 @@ fn full_layer_geometry_from_both_config_forms() {
     })
     .unwrap();
     assert!(vision.bidirectional_vision() && !hub.bidirectional_vision());
+}
+
+/// The unified model's checkpoint (unified12-probe): both key layouts of the embedder load to
+/// the same tree, and a wrong shape or a missing tensor is a typed error naming the key.
+#[test]
+fn unified_embedder_keys_and_errors() {
+    let src = common::golden::fixtures_dir().join("unified12-probe");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let stored: Vec<W> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let with = |name: &str, edit: &dyn Fn(&mut Vec<W>)| -> PathBuf {
+        let d = tmpdir(name);
+        std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
+        let mut t = stored.clone();
+        edit(&mut t);
+        write_st(&d.join("model.safetensors"), &t);
+        d
+    };
+    // The hub layout as stored.
+    let plan = Checkpoint::open(&src).unwrap().plan().unwrap();
+    let e = plan.weights.embedder.as_ref().expect("embedder weights");
+    assert!(plan.weights.vision.is_none());
+    assert_eq!((e.patch_dense.rows, e.patch_dense.cols), (48, 432));
+    assert_eq!(e.pos_embedding.shape, vec![64, 2, 48]);
+    assert_eq!(
+        plan.keys_of("vision_embedder.patch_ln1"),
+        vec![
+            "model.vision_embedder.patch_ln1.bias",
+            "model.vision_embedder.patch_ln1.weight"
+        ]
+    );
+    assert!(plan.roles.values().all(|r| !matches!(r, Role::Unexpected)));
+    // transformers' module names (everything under embed_vision) load to the same tree.
+    let d = with("unified-tf-names", &|t| {
+        for w in t.iter_mut() {
+            w.0 =
+                w.0.replace("model.vision_embedder.", "model.embed_vision.")
+                    .replace(
+                        "model.embed_vision.embedding_projection",
+                        "model.embed_vision.multimodal_embedder.embedding_projection",
+                    );
+        }
+    });
+    let p2 = Checkpoint::open(&d).unwrap().plan().unwrap();
+    let e2 = p2.weights.embedder.as_ref().unwrap();
+    assert_eq!(e2.pos_embedding.data, e.pos_embedding.data);
+    assert_eq!(e2.patch_ln2.bias.data, e.patch_ln2.bias.data);
+    assert!(p2.roles.values().all(|r| !matches!(r, Role::Unexpected)));
+    // A wrong table shape and a missing bias are typed errors naming the key.
+    let d = with("unified-bad-pos", &|t| {
+        let w = t
+            .iter_mut()
+            .find(|w| w.0 == "model.vision_embedder.pos_embedding")
+            .unwrap();
+        w.2 = vec![32, 4, 48];
+    });
+    match Checkpoint::open(&d).unwrap().plan() {
+        Err(LoadError::ShapeMismatch { key, expected, .. }) => {
+            assert_eq!(key, "model.vision_embedder.pos_embedding");
+            assert_eq!(expected, vec![64, 2, 48]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let d = with("unified-no-bias", &|t| {
+        t.retain(|w| w.0 != "model.vision_embedder.patch_dense.bias")
+    });
+    match Checkpoint::open(&d).unwrap().plan() {
+        Err(LoadError::MissingTensor { key, .. }) => {
+            assert_eq!(key, "vision_embedder.patch_dense.bias")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -289,3 +289,234 @@ fn dense31_like_image_file() {
         "greedy from image.png"
     );
 }
+
+/// The 12B unified model (encoder-free embedder, k_eq_v with one global kv head, bidirectional
+/// image block longer than the sliding window): the embedder's last hidden state and the image
+/// features from the reference pixel values, then logits at every position against `logits_key`
+/// and the 16-token greedy continuation.
+fn unified_full(case: &str, chunk: usize, logits_key: &str, greedy_key: &str) {
+    let fx = Fixture::open(case);
+    let Some(model) = load(&fx, chunk) else {
+        return;
+    };
+    let g = fx.golden();
+    let images = golden_images(&g);
+    let ctx = common::gpu().unwrap();
+    let vision = model.vision().expect("the unified model has an image path");
+    assert!(vision.embedder().is_some() && vision.tower().is_none());
+    let (mut feats, mut hidden) = (Vec::new(), Vec::new());
+    for img in &images {
+        let (f, h) = vision.encode(img, true).unwrap();
+        feats.extend(f.to_f32(&ctx).unwrap());
+        hidden.extend(h.unwrap().to_f32(&ctx).unwrap());
+    }
+    for (name, got) in [
+        ("vision_last_hidden_state", &hidden),
+        ("image_features", &feats),
+    ] {
+        let r = compare(&format!("{case} {name}"), got, &g.f32(name), TOL);
+        assert!(r.max_abs <= TOL, "{case} {name}: max |Δ| {}", r.max_abs);
+    }
+    let prompt = ids(&g.i64("input_ids").data);
+    let out = model.logits_and_greedy(&prompt, &images, 16).unwrap();
+    let r = compare(
+        &format!("{case} {logits_key} (chunk {chunk})"),
+        &out.logits,
+        &g.f32(logits_key),
+        TOL,
+    );
+    assert!(
+        r.max_abs <= TOL,
+        "{case}: max |Δlogits| {} > {TOL}",
+        r.max_abs
+    );
+    assert_eq!(
+        out.greedy,
+        ids(&g.i64(greedy_key).data),
+        "{case}: {greedy_key} differs"
+    );
+}
+
+/// tools/unified12_probe.py's fixture, against the Gemma 4 mask rule (full layers causal,
+/// sliding layers AND(window, OR(causal, block))): what the unified class's own
+/// `create_masks_for_generate` builds. (Its plain forward ORs the block onto both layer types;
+/// those `logits` differ by up to 4 and are not what the engine implements; see the tool.)
+#[test]
+fn unified12_probe_multimodal() {
+    unified_full(
+        "unified12-probe",
+        512,
+        "logits_gemma4_rule",
+        "greedy_gemma4_rule",
+    );
+}
+
+/// The same with prefill chunks smaller than the image block (chunks never cut the block).
+#[test]
+fn unified12_probe_small_chunks() {
+    unified_full(
+        "unified12-probe",
+        16,
+        "logits_gemma4_rule",
+        "greedy_gemma4_rule",
+    );
+}
+
+/// Against transformers 5.24's plain forward and generate() (block overlay on both layer types):
+/// pending the unified model's mask rule in the attention (the engine implements the Gemma 4
+/// rule, which the unified model's forward does not use).
+#[test]
+#[ignore = "pending: the unified model's forward mask rule (block overlay on full layers too)"]
+fn unified12_probe_forward_rule() {
+    unified_full("unified12-probe", 512, "logits", "greedy");
+}
+
+/// The oracle's unified12-like fixtures (HF, and MLX 4/8-bit with patch_dense quantized): the
+/// embedder's last hidden state and the image features from the reference pixel values (stored
+/// as u8; the processor's values are `f32(u8) · f32(1/255)`), the text-only logits, and (HF) the
+/// logits of the image prompt against `alt_mask_logits`, the Gemma 4 mask rule the engine
+/// implements. The plain-forward `logits` / `greedy` (block overlay on both layer types) are
+/// pending the unified model's mask rule.
+#[test]
+fn unified12_like_oracle() {
+    for case in ["unified12-like", "unified12-like-mlx"] {
+        let fx = Fixture::open(case);
+        let Some(model) = load(&fx, 512) else {
+            return;
+        };
+        let g = fx.golden();
+        let u8s = g.raw("pixel_values_u8");
+        let width = u8s.shape[1];
+        let scale = (1.0f64 / 255.0) as f32;
+        let values: Vec<f32> = u8s.data.iter().map(|&v| f32::from(v) * scale).collect();
+        let pos = g.i64("image_position_ids");
+        let mut images = Vec::new();
+        let mut start = 0;
+        for &n in &g.i64("num_patches").data {
+            let n = n as usize;
+            let positions: Vec<[u32; 2]> = (start..start + n)
+                .map(|i| [pos.data[2 * i] as u32, pos.data[2 * i + 1] as u32])
+                .collect();
+            let rows = positions.iter().map(|p| p[1] + 1).max().unwrap();
+            let cols = positions.iter().map(|p| p[0] + 1).max().unwrap();
+            images.push(ImagePatches {
+                pixel_values: values[start * width..(start + n) * width].to_vec(),
+                positions,
+                grid: (rows, cols),
+            });
+            start += n;
+        }
+        let ctx = common::gpu().unwrap();
+        let vision = model.vision().expect("image path");
+        let (mut feats, mut hidden) = (Vec::new(), Vec::new());
+        for img in &images {
+            let (f, h) = vision.encode(img, true).unwrap();
+            feats.extend(f.to_f32(&ctx).unwrap());
+            hidden.extend(h.unwrap().to_f32(&ctx).unwrap());
+        }
+        for (name, got) in [
+            ("vision_last_hidden_state", &hidden),
+            ("image_features", &feats),
+        ] {
+            let r = compare(&format!("{case} {name}"), got, &g.f32(name), TOL);
+            assert!(r.max_abs <= TOL, "{case} {name}: max |Δ| {}", r.max_abs);
+        }
+        // From the image files through the crate's preprocessing: bit-identical pixel values
+        // (where the case has its processor config: the MLX case has none, so its budget is
+        // not the one its golden was made with).
+        if let Some(files) = fx.json["images"].as_array()
+            && fx.model_dir.join("processor_config.json").exists()
+        {
+            assert_eq!(files.len(), images.len(), "{case}: images");
+            for (f, want) in files.iter().zip(&images) {
+                let got = model
+                    .prepare_image_file(&fx.dir.join(f.as_str().unwrap()))
+                    .unwrap();
+                assert_eq!(got.positions, want.positions, "{case} {f}: positions");
+                let bad = got
+                    .pixel_values
+                    .iter()
+                    .zip(&want.pixel_values)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    got.pixel_values.len(),
+                    want.pixel_values.len(),
+                    "{case} {f}"
+                );
+                assert_eq!(bad, 0, "{case} {f}: {bad} pixel values differ");
+            }
+        }
+        let text = ids(&g.i64("text_input_ids").data);
+        let out = model.logits_and_greedy(&text, &[], 0).unwrap();
+        let r = compare(
+            &format!("{case} text_logits"),
+            &out.logits,
+            &g.f32("text_logits"),
+            TOL,
+        );
+        assert!(
+            r.max_abs <= TOL,
+            "{case} text_logits: max |Δ| {}",
+            r.max_abs
+        );
+        if g.has("alt_mask_logits") {
+            let prompt = ids(&g.i64("input_ids").data);
+            let out = model.logits_and_greedy(&prompt, &images, 0).unwrap();
+            let r = compare(
+                &format!("{case} alt_mask_logits (Gemma 4 rule)"),
+                &out.logits,
+                &g.f32("alt_mask_logits"),
+                TOL,
+            );
+            assert!(
+                r.max_abs <= TOL,
+                "{case} alt_mask_logits: max |Δ| {}",
+                r.max_abs
+            );
+        }
+    }
+}
+
+/// The unified model from the image file through the crate's own preprocessing (torchvision's
+/// resampler, 12-px model patches here, 48 on 12B): bit-identical pixel values and positions,
+/// the reference image features, and the greedy continuation.
+#[test]
+fn unified12_probe_image_file() {
+    let fx = Fixture::open("unified12-probe");
+    let Some(model) = load(&fx, 512) else {
+        return;
+    };
+    let g = fx.golden();
+    let image = model.prepare_image_file(&fx.dir.join("image.png")).unwrap();
+    let want = golden_images(&g);
+    assert_eq!(want.len(), 1);
+    assert_eq!(image.grid, want[0].grid, "patch grid");
+    assert_eq!(image.positions, want[0].positions, "patch positions");
+    let bad = image
+        .pixel_values
+        .iter()
+        .zip(&want[0].pixel_values)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        bad, 0,
+        "{bad} pixel values differ from the reference processor's"
+    );
+    let ctx = common::gpu().unwrap();
+    let (f, _) = model.vision().unwrap().encode(&image, false).unwrap();
+    let r = compare(
+        "unified12-probe image_features (from the file)",
+        &f.to_f32(&ctx).unwrap(),
+        &g.f32("image_features"),
+        TOL,
+    );
+    assert!(r.max_abs <= TOL, "image features: max |Δ| {}", r.max_abs);
+    let prompt = ids(&g.i64("input_ids").data);
+    let out = model.logits_and_greedy(&prompt, &[image], 16).unwrap();
+    assert_eq!(
+        out.greedy,
+        ids(&g.i64("greedy_gemma4_rule").data),
+        "greedy from the file"
+    );
+}

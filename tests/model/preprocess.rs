@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use gemma_wgpu::prompt::preprocess::{
-    ImageError, ImageOptions, SUPPORTED_SOFT_TOKENS, load_image, load_image_from_bytes, preprocess,
-    resize_bicubic_pil, target_size, to_rgb8,
+    ImageError, ImageOptions, ImageProcessor, SUPPORTED_SOFT_TOKENS, load_image,
+    load_image_from_bytes, preprocess, resize_bicubic_pil, resize_bicubic_torchvision, target_size,
+    to_rgb8,
 };
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba};
 
@@ -738,4 +739,130 @@ fn reference_processor_golden() {
         assert_eq!(ours_pos, pos, "{stem} positions head");
     }
     assert!(checked >= 15, "only {checked} golden cases");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 12B unified processor (tests/fixtures/preprocess-torchvision/, made by
+// tools/preprocess_unified_golden.py with transformers' Gemma4UnifiedImageProcessor, torchvision
+// backend): torchvision's antialiased bicubic on uint8, bit for bit (the generator asserts the
+// processor's pixel_values are these bytes · f32(1/255), merged; the unified12-probe parity test
+// checks the crate's pixel_values against the processor's bit for bit).
+
+fn unified_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess-torchvision")
+}
+
+#[test]
+fn unified_resize_matches_torchvision_bit_for_bit() {
+    let dir = unified_dir();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("cases"))
+            .expect("json");
+    let mut checked = 0;
+    let mut differs_from_pil = 0;
+    for c in meta["cases"].as_array().expect("cases") {
+        let name = c["name"].as_str().expect("name");
+        let get = |k: &str| c[k].as_u64().expect(k) as u32;
+        let o = ImageOptions::unified(
+            get("patch_size"),
+            get("pooling_kernel_size"),
+            get("max_soft_tokens"),
+        )
+        .expect("options");
+        let img = load_image(&dir.join(format!("{name}.png")), &o).expect("load");
+        assert_eq!((img.height(), img.width()), (get("height"), get("width")));
+        let (th, tw) = target_size(img.height(), img.width(), &o).expect("target");
+        assert_eq!(
+            (th, tw),
+            (get("target_height"), get("target_width")),
+            "{name}"
+        );
+        let want = image::open(dir.join(format!("{name}.out.png")))
+            .expect("golden")
+            .to_rgb8();
+        let got = resize_bicubic_torchvision(&to_rgb8(&img), tw, th);
+        assert_eq!(got.dimensions(), want.dimensions(), "{name}");
+        let diff = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(diff, 0, "{name}: {diff} bytes differ from torchvision");
+        // The two resamplers really differ (what this path exists for).
+        if resize_bicubic_pil(&to_rgb8(&img), tw, th).as_raw() != want.as_raw() {
+            differs_from_pil += 1;
+        }
+        // The whole preprocessing: one soft token per 48-px (p·k) model patch.
+        let pre = preprocess(&img, &o).expect("preprocess");
+        let mp = (get("patch_size") * get("pooling_kernel_size")) as usize;
+        assert_eq!(pre.num_soft_tokens, get("soft_tokens"), "{name}");
+        assert_eq!(pre.num_patches(), get("soft_tokens") as usize, "{name}");
+        assert_eq!(pre.pixel_values.len(), pre.num_patches() * 3 * mp * mp);
+        if c["pixel_values"].as_bool() == Some(true) {
+            let pv: Vec<f32> = std::fs::read(dir.join(format!("{name}.pv")))
+                .expect("pv")
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
+            let pos: Vec<i64> = std::fs::read(dir.join(format!("{name}.pos")))
+                .expect("pos")
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect();
+            assert_eq!(pre.pixel_values.len(), pv.len(), "{name}");
+            let bad = pre
+                .pixel_values
+                .iter()
+                .zip(&pv)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                bad, 0,
+                "{name}: {bad} pixel values differ from the processor's"
+            );
+            let ours: Vec<i64> = pre
+                .positions
+                .iter()
+                .flat_map(|p| [i64::from(p[0]), i64::from(p[1])])
+                .collect();
+            assert_eq!(ours, pos, "{name} positions");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} cases");
+    assert!(
+        differs_from_pil >= 5,
+        "PIL agrees on {} cases",
+        checked - differs_from_pil
+    );
+}
+
+#[test]
+fn unified_options() {
+    let o = ImageOptions::unified(16, 3, 280).expect("ok");
+    assert_eq!(o.processor, ImageProcessor::Unified);
+    assert_eq!(o.max_patches(), 280 * 9);
+    assert!(matches!(
+        ImageOptions::unified(16, 3, 100),
+        Err(ImageError::InvalidBudget { .. })
+    ));
+    // A 336x480 image fills budget 70 exactly (7 x 10 model patches): no resize, model patches
+    // row-major, (y, x, channel) inside a patch.
+    let img = RgbImage::from_fn(480, 336, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+    let o = ImageOptions::unified(16, 3, 70).expect("ok");
+    assert_eq!(target_size(336, 480, &o).expect("t"), (336, 480));
+    let pre = preprocess(&DynamicImage::ImageRgb8(img), &o).expect("pre");
+    assert_eq!(pre.grid, (7, 10));
+    assert_eq!(pre.num_soft_tokens, 70);
+    assert_eq!(&pre.positions[..3], &[[0, 0], [1, 0], [2, 0]]);
+    assert_eq!(pre.positions[11], [1, 1]);
+    let v = |patch: usize, y: usize, x: usize, c: usize| {
+        pre.pixel_values[patch * 6912 + (y * 48 + x) * 3 + c]
+    };
+    let s = |b: u8| f32::from(b) * (1.0f64 / 255.0) as f32;
+    assert_eq!(v(11, 5, 9, 0), s(48 + 9));
+    assert_eq!(v(11, 5, 9, 1), s(48 + 5));
+    assert_eq!(v(2, 47, 0, 2), s(7));
+    assert_eq!(v(2, 47, 0, 0), s(96));
 }

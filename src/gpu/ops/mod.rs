@@ -9,6 +9,7 @@ pub mod attention_rows;
 pub mod elementwise;
 pub mod gather;
 pub mod kvcache;
+pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
 pub mod penalty;
@@ -28,6 +29,7 @@ pub use attention_rows::{MAX_ROWS_HEAD_DIM, attention_rows, rows_supported};
 pub use elementwise::{BLayout, Elementwise, elementwise, elementwise_inplace};
 pub use gather::embedding;
 pub use kvcache::kv_write;
+pub use layernorm::layer_norm;
 pub use matvec::{
     MatvecEpilogue, fusable, linear, linear_gelu_gate, linear_gelu_mul, linear_multi,
 };
@@ -50,6 +52,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(sample::all_specs());
     v.extend(penalty::all_specs());
     v.extend(rmsnorm::all_specs());
+    v.extend(layernorm::all_specs());
     v.extend(rope::all_specs());
     v.extend(attention::all_specs());
     v.extend(attention_rows::all_specs());
@@ -74,6 +77,7 @@ pub fn param_layouts() -> Vec<(&'static str, ParamLayout)> {
         ("elementwise", elementwise::param_layout()),
         ("gather", gather::param_layout()),
         ("kvcache", kvcache::param_layout()),
+        ("layernorm", layernorm::param_layout()),
         ("matmul", matmul::param_layout()),
         ("matvec", matvec::param_layout()),
         ("penalty", penalty::param_layout()),

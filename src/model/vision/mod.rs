@@ -1,4 +1,6 @@
-//! The Gemma 4 vision tower (spec: `gemma4-architecture.md` §3), one type per block of the spec.
+//! The Gemma 4 vision tower (spec: `gemma4-architecture.md` §3), one type per block of the spec,
+//! and the 12B unified model's encoder-free embedder (`embedder.rs`); [`VisionModel`] is
+//! whichever of the two a checkpoint has.
 //!
 //! ```text
 //! ImagePatches ─ PatchEmbedder ─ VisionLayer × N ─ Pooler ─ MultimodalEmbedder ─ soft-token features
@@ -12,6 +14,7 @@
 //! through the matrix-matrix kernels).
 
 mod clipped;
+mod embedder;
 mod layer;
 mod patch_embed;
 mod patches;
@@ -19,8 +22,54 @@ mod pool;
 mod tower;
 
 pub use clipped::ClippedLinear;
+pub use embedder::{EmbedderWeights, LayerNormWeights, VisionEmbedder};
 pub use layer::{VisionAttention, VisionLayer, VisionMlp};
 pub use patch_embed::PatchEmbedder;
 pub use patches::ImagePatches;
 pub use pool::Pooler;
 pub use tower::{VisionEncoder, VisionWeights};
+
+use crate::error::Result;
+use crate::gpu::GpuTensor;
+
+/// The image path of a model: the E-series vision tower or the 12B unified model's embedder.
+/// Both turn one image's patches into its soft-token features `[n_i, H]`; the media path
+/// ([`crate::model::media`]) only sees this.
+pub enum VisionModel {
+    /// The SigLIP-style tower (E2B / E4B).
+    Tower(VisionEncoder),
+    /// The encoder-free embedder (12B unified).
+    Embedder(VisionEmbedder),
+}
+
+impl VisionModel {
+    /// Encodes one image: its soft-token features `[n_i, H]` and, when `keep_hidden`, the
+    /// state before the multimodal embedder (the tower's pooled output, or the embedder's
+    /// last hidden state).
+    pub fn encode(
+        &self,
+        img: &ImagePatches,
+        keep_hidden: bool,
+    ) -> Result<(GpuTensor, Option<GpuTensor>)> {
+        match self {
+            VisionModel::Tower(t) => t.encode(img, keep_hidden),
+            VisionModel::Embedder(e) => e.encode(img, keep_hidden),
+        }
+    }
+
+    /// The tower, if this is one.
+    pub fn tower(&self) -> Option<&VisionEncoder> {
+        match self {
+            VisionModel::Tower(t) => Some(t),
+            VisionModel::Embedder(_) => None,
+        }
+    }
+
+    /// The embedder, if this is one.
+    pub fn embedder(&self) -> Option<&VisionEmbedder> {
+        match self {
+            VisionModel::Embedder(e) => Some(e),
+            VisionModel::Tower(_) => None,
+        }
+    }
+}
