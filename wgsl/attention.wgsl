@@ -5,9 +5,11 @@
 // nkv*hd/4. Queries and outputs are [L, n_heads, hd]; query head h reads kv head h / group.
 // Query i (absolute position q_pos0 + i) sees keys lo <= k < hi:
 //   causal:        hi = qpos + 1, lo = max(0, qpos + 1 - window) (window 0 = none)
-//   BOUNDS:        as causal, then hi = max(hi, bounds[bound_off + i]) (the image-block
-//                  overlay of bidirectional-vision models: a query inside an image block also
-//                  sees the block's later keys; lo stays the query's own window start)
+//   BOUNDS:        as causal, then lo = min(lo, bounds[bound_off + 2i]) and
+//                  hi = max(hi, bounds[bound_off + 2i + 1]) (the image-block overlay of
+//                  bidirectional-vision models: a query inside an image block also sees the
+//                  block's later keys, and under the 12B rule its keys before the window;
+//                  (u32 max, qpos + 1) leaves a query causal)
 //   bidirectional: lo = 0, hi = n_keys
 // score = scale * q.k, softmax in f32 with max subtraction (online, over tiles of 64 keys).
 //
@@ -66,7 +68,7 @@ struct Params {
 //#else
 @group(0) @binding(4) var<storage, read_write> out_buf: array<vec4<f32>>;
 //#if BOUNDS
-// per query of the call: exclusive upper bound of its visible keys (absolute position)
+// per query i of the call: (lowest visible key, exclusive upper bound), absolute positions
 @group(0) @binding(5) var<storage, read> bounds: array<u32>;
 //#endif
 //#endif
@@ -112,7 +114,8 @@ fn main(
             lo = hi - p.window;
         }
 //#if BOUNDS
-        hi = max(hi, bounds[p.bound_off + qi]);
+        lo = min(lo, bounds[p.bound_off + 2u * qi]);
+        hi = max(hi, bounds[p.bound_off + 2u * qi + 1u]);
 //#endif
     }
     // chunk [start, end) of the visible range (possibly empty)

@@ -30,7 +30,7 @@ use serde::Deserialize;
 pub use embedder::VisionEmbedderConfig;
 pub use error::ConfigError;
 pub use quant::{ModuleQuant, QuantParams, QuantizationConfig};
-pub use text::{LayerType, PerLayerOverride, RopeParameters, TextConfig, TokenIds};
+pub use text::{ImageBlockMask, LayerType, PerLayerOverride, RopeParameters, TextConfig, TokenIds};
 pub use vision::{VisionConfig, VisionRope};
 
 /// The `model_type`s this crate loads. Anything else is [`ConfigError::UnsupportedModelType`]
@@ -273,7 +273,11 @@ fn parse_text(
             o.entry(key).or_insert(default);
         }
     }
-    serde_json::from_value(v).map_err(|e| serde_err(path, section, e))
+    let mut t: TextConfig = serde_json::from_value(v).map_err(|e| serde_err(path, section, e))?;
+    if unified {
+        t.image_block_mask = ImageBlockMask::EveryLayer;
+    }
+    Ok(t)
 }
 
 /// Why a Gemma 4 family `model_type` this crate does not run is refused, if it is one.

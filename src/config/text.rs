@@ -161,6 +161,20 @@ impl Default for TokenIds {
     }
 }
 
+/// Which layers the image-block overlay of bidirectional-vision models reaches, as
+/// transformers 5.24 builds the masks (the reference decides; the two model classes differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageBlockMask {
+    /// `gemma4` (26B / 31B; `create_masks_for_vision_model`): sliding layers
+    /// `window AND (causal OR same block)`, full layers causal.
+    #[default]
+    SlidingLayers,
+    /// `gemma4_unified` (12B; its forward and `generate()`): every layer
+    /// `(causal AND window) OR same block` — a query of a block longer than the window also sees
+    /// the block's keys before its window, and full layers see the block's later keys.
+    EveryLayer,
+}
+
 /// The text decoder's configuration (`text_config`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TextConfig {
@@ -249,6 +263,10 @@ pub struct TextConfig {
     /// refused at load.
     #[serde(default)]
     pub use_bidirectional_attention: Option<serde_json::Value>,
+    /// The image-block mask rule of the model class (not a config.json field: set from the
+    /// top-level `model_type`).
+    #[serde(skip)]
+    pub image_block_mask: ImageBlockMask,
 }
 
 impl TextConfig {

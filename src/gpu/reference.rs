@@ -386,6 +386,16 @@ pub fn vision_sliding_visible(block: &[i64], window: Option<u32>, q: u32, k: u32
     in_window && (k <= q || (bq >= 0 && bq == bk))
 }
 
+/// transformers' mask of the 12B unified model on every layer (its forward and `generate()`):
+/// `(causal AND sliding_window_overlay) OR blockwise_overlay`, i.e. key `k` is visible from
+/// query `q` iff (`k ≤ q` and `k > q − window`) or both lie in the same image block.
+/// `window = None`: full layers.
+pub fn vision_every_layer_visible(block: &[i64], window: Option<u32>, q: u32, k: u32) -> bool {
+    let in_window = window.is_none_or(|w| k as i64 > q as i64 - w as i64);
+    let (bq, bk) = (block[q as usize], block[k as usize]);
+    (k <= q && in_window) || (bq >= 0 && bq == bk)
+}
+
 /// `y[b, r] = Σ_k x[b, k] · w[r, k]` (i.e. `y = x @ W^T`) with f64 accumulation, for a row-major
 /// dequantized `w: [rows, cols]` and `x: [batch, cols]`; returns `[batch, rows]`.
 pub fn linear_ref(

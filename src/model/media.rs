@@ -16,6 +16,7 @@ use std::borrow::Borrow;
 use std::ops::Range;
 
 use super::vision::{ImagePatches, VisionModel};
+use crate::config::ImageBlockMask;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuTensor};
 
@@ -108,21 +109,30 @@ pub fn chunk_end(blocks: &[(usize, usize)], start: usize, max_len: usize, n: usi
 }
 
 /// Per query of the chunk `range` of `ids` (absolute position of `ids[0]`: `pos0`), the
-/// exclusive absolute upper bound of the keys it sees on a sliding layer of a
-/// bidirectional-vision model (the bounds of
-/// [`AttnMask::CausalBounded`](crate::gpu::ops::AttnMask::CausalBounded)): the end of its
-/// image block for a soft token, `q + 1` (causal) for every other token. Written into `out`.
+/// `(lowest, exclusive upper)` absolute key bounds the image-block overlay adds to its causal
+/// range on a bidirectional-vision model (the bounds of
+/// [`AttnMask::CausalBounded`](crate::gpu::ops::AttnMask::CausalBounded)), appended to `out`
+/// as pairs: for a soft token, the end of its image block and — under
+/// [`ImageBlockMask::EveryLayer`] (12B) — the block's start (else `u32::MAX`, no extension);
+/// `(u32::MAX, q + 1)` (causal) for every other token.
 pub fn block_bounds(
     blocks: &[(usize, usize)],
     pos0: usize,
     range: Range<usize>,
+    rule: ImageBlockMask,
     out: &mut Vec<u32>,
 ) {
     out.clear();
-    out.extend(range.clone().map(|p| (pos0 + p + 1) as u32));
+    for p in range.clone() {
+        out.extend([u32::MAX, (pos0 + p + 1) as u32]);
+    }
     for &(s, e) in blocks {
         for p in s.max(range.start)..e.min(range.end) {
-            out[p - range.start] = (pos0 + e) as u32;
+            let i = 2 * (p - range.start);
+            if rule == ImageBlockMask::EveryLayer {
+                out[i] = (pos0 + s) as u32;
+            }
+            out[i + 1] = (pos0 + e) as u32;
         }
     }
 }
@@ -345,10 +355,18 @@ mod tests {
         let blocks = image_blocks(&ids, IMG);
         assert_eq!(blocks, vec![(1, 4), (5, 7)]);
         let mut b = Vec::new();
-        block_bounds(&blocks, 10, 0..8, &mut b);
-        assert_eq!(b, vec![11, 14, 14, 14, 15, 17, 17, 18]);
-        block_bounds(&blocks, 10, 2..6, &mut b);
-        assert_eq!(b, vec![14, 14, 15, 17]);
+        let his = |b: &[u32]| b.chunks(2).map(|p| p[1]).collect::<Vec<_>>();
+        let los = |b: &[u32]| b.chunks(2).map(|p| p[0]).collect::<Vec<_>>();
+        const NO: u32 = u32::MAX;
+        block_bounds(&blocks, 10, 0..8, ImageBlockMask::SlidingLayers, &mut b);
+        assert_eq!(his(&b), vec![11, 14, 14, 14, 15, 17, 17, 18]);
+        assert_eq!(los(&b), vec![NO; 8]);
+        block_bounds(&blocks, 10, 2..6, ImageBlockMask::SlidingLayers, &mut b);
+        assert_eq!(his(&b), vec![14, 14, 15, 17]);
+        // the 12B rule: a soft token also sees its block from the block's start
+        block_bounds(&blocks, 10, 0..8, ImageBlockMask::EveryLayer, &mut b);
+        assert_eq!(his(&b), vec![11, 14, 14, 14, 15, 17, 17, 18]);
+        assert_eq!(los(&b), vec![NO, 11, 11, 11, NO, 15, 15, NO]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::common;
 
 use common::{Rng, assert_close, paths};
+use gemma_wgpu::config::ImageBlockMask;
 use gemma_wgpu::gpu::ops::{
     AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill,
     attention_prefill_bounded, kv_write,
@@ -448,6 +449,8 @@ struct BlockCase {
     images: Vec<(usize, usize)>,
     /// Chunk lengths (their sum is the sequence length).
     chunks: Vec<usize>,
+    /// The model class's rule (gemma4 sliding layers, or gemma4_unified's every layer).
+    rule: ImageBlockMask,
 }
 
 fn run_blocks(path: &str, ctx: &GpuContext, case: &BlockCase, seed: u64) {
@@ -473,7 +476,7 @@ fn run_blocks(path: &str, ctx: &GpuContext, case: &BlockCase, seed: u64) {
     let kc = GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32).unwrap();
     let vc = GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32).unwrap();
     // bounds at a non-zero offset of a larger buffer, as the workspace's rows views are
-    let bounds_buf = GpuTensor::zeros(ctx, &[max_chunk + 3], DType::U32).unwrap();
+    let bounds_buf = GpuTensor::zeros(ctx, &[2 * max_chunk + 3], DType::U32).unwrap();
     let shape = AttnShape {
         n_heads: n_heads as u32,
         n_kv_heads: nkv as u32,
@@ -485,12 +488,19 @@ fn run_blocks(path: &str, ctx: &GpuContext, case: &BlockCase, seed: u64) {
     };
     let key = |g: usize, p: u32| k[(p as usize * nkv + g) * hd..][..hd].to_vec();
     let value = |g: usize, p: u32| v[(p as usize * nkv + g) * hd..][..hd].to_vec();
-    let visible = |qp: u32, kp: u32| reference::vision_sliding_visible(&block_ids, window, qp, kp);
+    let visible = |qp: u32, kp: u32| match case.rule {
+        ImageBlockMask::SlidingLayers => {
+            reference::vision_sliding_visible(&block_ids, window, qp, kp)
+        }
+        ImageBlockMask::EveryLayer => {
+            reference::vision_every_layer_visible(&block_ids, window, qp, kp)
+        }
+    };
     let mut pos = 0usize;
     let mut bounds = Vec::new();
     for &n in &case.chunks {
-        media::block_bounds(&blocks, 0, pos..pos + n, &mut bounds);
-        let bt = bounds_buf.rows(3, n);
+        media::block_bounds(&blocks, 0, pos..pos + n, case.rule, &mut bounds);
+        let bt = bounds_buf.rows(3, 2 * n);
         bt.write_u32(ctx, &bounds).unwrap();
         let mut rec = ctx.recorder();
         let rows = |t: &GpuTensor, w: usize| t.view(pos * w * hd, &[n, w, hd]);
@@ -543,6 +553,7 @@ fn image_blocks_see_their_later_tokens_on_sliding_layers() {
             window: Some(8),
             images: vec![(3, 16)],
             chunks: vec![3, 17, 5],
+            rule: ImageBlockMask::SlidingLayers,
         },
         // two blocks in one chunk, one at the chunk's start, one at its end; ring wraps
         BlockCase {
@@ -552,6 +563,7 @@ fn image_blocks_see_their_later_tokens_on_sliding_layers() {
             window: Some(6),
             images: vec![(10, 14), (16, 21)],
             chunks: vec![10, 11, 4, 9],
+            rule: ImageBlockMask::SlidingLayers,
         },
         // more than 64 keys visible (tiles), a 70-token block crossing a 24-token window
         BlockCase {
@@ -561,6 +573,7 @@ fn image_blocks_see_their_later_tokens_on_sliding_layers() {
             window: Some(24),
             images: vec![(5, 75), (76, 79)],
             chunks: vec![5, 71, 4, 3],
+            rule: ImageBlockMask::SlidingLayers,
         },
         // no window (blockwise overlay on a causal mask), 130 keys, two images back to back
         // separated by one text token
@@ -571,6 +584,37 @@ fn image_blocks_see_their_later_tokens_on_sliding_layers() {
             window: None,
             images: vec![(1, 66), (67, 130)],
             chunks: vec![66, 64, 1],
+            rule: ImageBlockMask::SlidingLayers,
+        },
+        // the 12B rule on a sliding layer: a 70-token block crossing a 24-token window sees
+        // its whole block, before the window too; two blocks in one chunk; GQA, hd 72
+        BlockCase {
+            n_heads: 4,
+            nkv: 1,
+            hd: 72,
+            window: Some(24),
+            images: vec![(5, 75), (76, 79)],
+            chunks: vec![5, 71, 4, 3],
+            rule: ImageBlockMask::EveryLayer,
+        },
+        BlockCase {
+            n_heads: 8,
+            nkv: 2,
+            hd: 16,
+            window: Some(6),
+            images: vec![(10, 14), (16, 21)],
+            chunks: vec![10, 11, 4, 9],
+            rule: ImageBlockMask::EveryLayer,
+        },
+        // the 12B rule on a full layer (no window): blocks see their later keys
+        BlockCase {
+            n_heads: 4,
+            nkv: 2,
+            hd: 32,
+            window: None,
+            images: vec![(1, 66), (67, 130)],
+            chunks: vec![66, 64, 1],
+            rule: ImageBlockMask::EveryLayer,
         },
     ];
     for (path, ctx) in paths() {
@@ -588,8 +632,9 @@ fn bounded_mask_needs_its_bounds_and_prefill() {
     let q = GpuTensor::zeros(&ctx, &[2, 2, 12], DType::F32).unwrap();
     let kc = GpuTensor::zeros(&ctx, &[1, 8, 12], DType::F32).unwrap();
     let out = GpuTensor::zeros(&ctx, &[2, 2, 12], DType::F32).unwrap();
-    let b = GpuTensor::zeros(&ctx, &[2], DType::U32).unwrap();
-    let bf = GpuTensor::zeros(&ctx, &[2], DType::F32).unwrap();
+    // two queries: a (lo, hi) pair each
+    let b = GpuTensor::zeros(&ctx, &[4], DType::U32).unwrap();
+    let bf = GpuTensor::zeros(&ctx, &[4], DType::F32).unwrap();
     let mut shape = AttnShape {
         n_heads: 2,
         n_kv_heads: 1,
@@ -605,7 +650,7 @@ fn bounded_mask_needs_its_bounds_and_prefill() {
     assert!(attention_prefill(&mut rec, &q, &kc, &kc, &out, &shape, 0).is_err());
     assert!(attention_prefill_bounded(&mut rec, &q, &kc, &kc, &out, &shape, 0, &bf).is_err());
     assert!(
-        attention_prefill_bounded(&mut rec, &q, &kc, &kc, &out, &shape, 0, &b.rows(0, 1)).is_err()
+        attention_prefill_bounded(&mut rec, &q, &kc, &kc, &out, &shape, 0, &b.rows(0, 3)).is_err()
     );
     let q1 = q.view(0, &[1, 2, 12]);
     let o1 = out.view(0, &[1, 2, 12]);

@@ -337,46 +337,26 @@ fn unified_full(case: &str, chunk: usize, logits_key: &str, greedy_key: &str) {
     );
 }
 
-/// tools/unified12_probe.py's fixture, against the Gemma 4 mask rule (full layers causal,
-/// sliding layers AND(window, OR(causal, block))): what the unified class's own
-/// `create_masks_for_generate` builds. (Its plain forward ORs the block onto both layer types;
-/// those `logits` differ by up to 4 and are not what the engine implements; see the tool.)
+/// tools/unified12_probe.py's fixture against transformers 5.24's forward / `generate()` of the
+/// unified model: its image-block overlay reaches every layer, `(causal AND window) OR same
+/// block` ([`gemma_wgpu::config::ImageBlockMask::EveryLayer`]). (The unified module also
+/// defines the gemma4 rule — full layers causal — but its forward does not use it; the reference
+/// implementation decides.)
 #[test]
 fn unified12_probe_multimodal() {
-    unified_full(
-        "unified12-probe",
-        512,
-        "logits_gemma4_rule",
-        "greedy_gemma4_rule",
-    );
+    unified_full("unified12-probe", 512, "logits", "greedy");
 }
 
 /// The same with prefill chunks smaller than the image block (chunks never cut the block).
 #[test]
 fn unified12_probe_small_chunks() {
-    unified_full(
-        "unified12-probe",
-        16,
-        "logits_gemma4_rule",
-        "greedy_gemma4_rule",
-    );
-}
-
-/// Against transformers 5.24's plain forward and generate() (block overlay on both layer types):
-/// pending the unified model's mask rule in the attention (the engine implements the Gemma 4
-/// rule, which the unified model's forward does not use).
-#[test]
-#[ignore = "pending: the unified model's forward mask rule (block overlay on full layers too)"]
-fn unified12_probe_forward_rule() {
-    unified_full("unified12-probe", 512, "logits", "greedy");
+    unified_full("unified12-probe", 16, "logits", "greedy");
 }
 
 /// The oracle's unified12-like fixtures (HF, and MLX 4/8-bit with patch_dense quantized): the
 /// embedder's last hidden state and the image features from the reference pixel values (stored
-/// as u8; the processor's values are `f32(u8) · f32(1/255)`), the text-only logits, and (HF) the
-/// logits of the image prompt against `alt_mask_logits`, the Gemma 4 mask rule the engine
-/// implements. The plain-forward `logits` / `greedy` (block overlay on both layer types) are
-/// pending the unified model's mask rule.
+/// as u8; the processor's values are `f32(u8) · f32(1/255)`), the text-only logits, and the
+/// image prompt's logits and 16 greedy tokens under the unified model's mask rule.
 #[test]
 fn unified12_like_oracle() {
     for case in ["unified12-like", "unified12-like-mlx"] {
@@ -460,21 +440,18 @@ fn unified12_like_oracle() {
             "{case} text_logits: max |Δ| {}",
             r.max_abs
         );
-        if g.has("alt_mask_logits") {
-            let prompt = ids(&g.i64("input_ids").data);
-            let out = model.logits_and_greedy(&prompt, &images, 0).unwrap();
-            let r = compare(
-                &format!("{case} alt_mask_logits (Gemma 4 rule)"),
-                &out.logits,
-                &g.f32("alt_mask_logits"),
-                TOL,
-            );
-            assert!(
-                r.max_abs <= TOL,
-                "{case} alt_mask_logits: max |Δ| {}",
-                r.max_abs
-            );
-        }
+        // The image prompt under the unified model's own mask rule (overlay on every layer):
+        // logits at every position and the greedy continuation.
+        let prompt = ids(&g.i64("input_ids").data);
+        let out = model.logits_and_greedy(&prompt, &images, 16).unwrap();
+        let r = compare(
+            &format!("{case} logits"),
+            &out.logits,
+            &g.f32("logits"),
+            TOL,
+        );
+        assert!(r.max_abs <= TOL, "{case} logits: max |Δ| {}", r.max_abs);
+        assert_eq!(out.greedy, ids(&g.i64("greedy").data), "{case}: greedy");
     }
 }
 
@@ -516,7 +493,7 @@ fn unified12_probe_image_file() {
     let out = model.logits_and_greedy(&prompt, &[image], 16).unwrap();
     assert_eq!(
         out.greedy,
-        ids(&g.i64("greedy_gemma4_rule").data),
+        ids(&g.i64("greedy").data),
         "greedy from the file"
     );
 }

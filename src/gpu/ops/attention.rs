@@ -47,12 +47,13 @@ pub enum AttnMask {
         /// Number of valid keys.
         n_keys: u32,
     },
-    /// As [`Causal`](AttnMask::Causal), except that query `i` of a call also sees the keys
-    /// below `bounds[i]` (an absolute, exclusive position; the bounds buffer of
-    /// [`attention_prefill_bounded`]): `max(0, q + 1 − W) ≤ k < max(q + 1, bounds[i])`. This
-    /// is transformers' `window AND (causal OR same image block)` of the sliding layers of
-    /// bidirectional-vision models with `bounds[i]` the end of query `i`'s image block
-    /// (`q + 1` for text tokens). Prefill only.
+    /// As [`Causal`](AttnMask::Causal), except that query `i` of a call sees the keys
+    /// `min(max(0, q + 1 − W), lo_i) ≤ k < max(q + 1, hi_i)` with `(lo_i, hi_i)` =
+    /// `(bounds[2i], bounds[2i + 1])` (absolute positions; the bounds buffer of
+    /// [`attention_prefill_bounded`]; `(u32::MAX, q + 1)` keeps a query causal). With `hi_i` the
+    /// end of query `i`'s image block and `lo_i = u32::MAX` this is transformers'
+    /// `window AND (causal OR same image block)` (gemma4's sliding layers); with `lo_i` the
+    /// block's start too, `(causal AND window) OR same block` (gemma4_unified). Prefill only.
     CausalBounded {
         /// Sliding window W.
         window: Option<u32>,
@@ -459,10 +460,10 @@ pub fn attention_prefill(
     prefill(rec, q, k_cache, v_cache, out, shape, q_pos0, None)
 }
 
-/// [`attention_prefill`] with a [`AttnMask::CausalBounded`] mask: `bounds` (u32 `[≥ L]`, any
-/// element offset) holds, per query `i`, the exclusive absolute position below which it sees
-/// keys (`max(q + 1, bounds[i])`); every key below the largest bound must already be written
-/// and still be in the store. No allocation per call.
+/// [`attention_prefill`] with a [`AttnMask::CausalBounded`] mask: `bounds` (u32 `[≥ 2L]`, any
+/// element offset) holds, per query `i`, `(lo_i, hi_i)`: it sees the keys
+/// `min(window start, lo_i) ≤ k < max(q + 1, hi_i)`; every key in that range must already be
+/// written and still be in the store. No allocation per call.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill_bounded(
     rec: &mut Recorder,
@@ -501,11 +502,11 @@ fn prefill(
     let bounded = matches!(shape.mask, AttnMask::CausalBounded { .. });
     match (bounded, bounds) {
         (true, Some(b)) => {
-            if b.dtype != DType::U32 || b.numel() < n_queries {
+            if b.dtype != DType::U32 || b.numel() < 2 * n_queries {
                 return Err(err(
                     what,
                     format!(
-                        "bounds must be u32 with at least {n_queries} values, got {:?} {:?}",
+                        "bounds must be u32 with at least 2 × {n_queries} values, got {:?} {:?}",
                         b.dtype, b.shape
                     ),
                 ));

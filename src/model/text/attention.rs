@@ -1,7 +1,7 @@
 //! The attention block of a decoder layer (spec §1.5, §1.6) and where its keys and values come
 //! from (§1.1): [`KvSource`].
 
-use crate::config::{LayerType, TextConfig};
+use crate::config::{ImageBlockMask, LayerType, TextConfig};
 use crate::error::Result;
 use crate::gpu::ops::{self, AttnMask, AttnShape, KvLayout};
 use crate::gpu::{GpuContext, GpuTensor, Matrix, Recorder};
@@ -136,6 +136,9 @@ pub struct Attention<M = Matrix, V = GpuTensor> {
     pub head_dim: usize,
     /// The sliding window (sliding layers only).
     pub window: Option<usize>,
+    /// Whether the image-block overlay reaches this layer (bidirectional-vision models:
+    /// sliding layers of gemma4, every layer of gemma4_unified; [`ImageBlockMask`]).
+    pub image_blocks: bool,
 }
 
 impl<M, V> Attention<M, V> {
@@ -188,6 +191,10 @@ impl<M, V> Attention<M, V> {
             n_kv_heads: nkv,
             head_dim: hd,
             window: (layer_type == LayerType::SlidingAttention).then_some(cfg.sliding_window),
+            image_blocks: match cfg.image_block_mask {
+                ImageBlockMask::SlidingLayers => layer_type == LayerType::SlidingAttention,
+                ImageBlockMask::EveryLayer => true,
+            },
         })
     }
 }
@@ -195,9 +202,10 @@ impl<M, V> Attention<M, V> {
 impl Attention {
     /// Records `out = o_proj(attention(x))` for the rows `x` (`[L, H]`, input-normed) at
     /// absolute positions `pos0..`: one fused q/k/v projection, one dispatch for the norms, RoPE
-    /// and the cache write, the attention itself, `o_proj`. `bounds` (u32 `[L]`, image blocks
-    /// of bidirectional-vision models): on sliding layers, row `i` also sees the keys below
-    /// `bounds[i]` ([`AttnMask::CausalBounded`]); full layers stay causal.
+    /// and the cache write, the attention itself, `o_proj`. `bounds` (u32 `[2L]`, image blocks
+    /// of bidirectional-vision models): on the layers the overlay reaches, row `i` also sees
+    /// the keys `bounds[2i] .. bounds[2i + 1]` ([`AttnMask::CausalBounded`]); other layers
+    /// stay causal.
     pub(crate) fn record(
         &self,
         rec: &mut Recorder,
@@ -246,7 +254,7 @@ impl Attention {
         let lc = env.cache.layer(src)?;
         let mut shape = self.shape(lc.cap);
         let attn = env.ws.attn.view(0, &[l, nh, hd]);
-        let bounds = bounds.filter(|_| self.layer_type == LayerType::SlidingAttention);
+        let bounds = bounds.filter(|_| self.image_blocks);
         if l == 1 {
             // One query: its block (if any) ends at itself or was cut; causal either way.
             let scratch = &env.ws.attn_scratch;

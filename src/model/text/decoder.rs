@@ -314,9 +314,10 @@ impl TextDecoder {
         {
             return None;
         }
-        let mut b = Vec::with_capacity(range.len());
+        let mut b = Vec::with_capacity(2 * range.len());
         // block_bounds takes the position of ids[0]: the chunk starts at range.start.
-        media::block_bounds(blocks, pos0 - range.start, range, &mut b);
+        let rule = self.cfg.image_block_mask;
+        media::block_bounds(blocks, pos0 - range.start, range, rule, &mut b);
         Some(b)
     }
 
@@ -447,7 +448,7 @@ impl TextDecoder {
         }
         let bounds = match bounds {
             Some(b) => {
-                let t = ws.attn_bounds.rows(0, l);
+                let t = ws.attn_bounds.rows(0, l).reshape(&[2 * l]);
                 t.write_u32(&self.ctx, b)?;
                 Some(t)
             }
@@ -474,7 +475,7 @@ impl TextDecoder {
                 h: h.rows(r0, l - r0),
                 xn: xn.rows(r0, l - r0),
                 ple: ple.as_ref().map(|p| p.rows(r0, l - r0)),
-                bounds: bounds.as_ref().map(|b| b.rows(r0, l - r0)),
+                bounds: bounds.as_ref().map(|b| b.rows(2 * r0, 2 * (l - r0))),
                 pos0: pos0 + r0,
             };
             let next_norm = match w.layers.get(i + 1) {

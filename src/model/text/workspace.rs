@@ -33,8 +33,8 @@ pub struct Workspace {
     /// then runs in sub-chunks of this many tokens).
     pub(crate) logits_rows: usize,
     pub(crate) token: GpuTensor,
-    /// Per query of a chunk, the exclusive key bound of sliding-layer attention (u32
-    /// `[chunk]`; image blocks of bidirectional-vision models), written per chunk.
+    /// Per query of a chunk, the (lowest, exclusive upper) key bounds of the image-block
+    /// overlay (u32 `[chunk, 2]`; image blocks of bidirectional-vision models), written per chunk.
     pub(crate) attn_bounds: GpuTensor,
     pub(crate) attn_scratch: AttnScratch,
     pub(crate) sample_scratch: SampleScratch,
@@ -82,7 +82,7 @@ impl Workspace {
             logits: z(&[logits_rows, c.vocab_size])?,
             logits_rows,
             token: GpuTensor::zeros(ctx, &[1], DType::U32)?,
-            attn_bounds: GpuTensor::zeros(ctx, &[chunk], DType::U32)?,
+            attn_bounds: GpuTensor::zeros(ctx, &[chunk, 2], DType::U32)?,
             attn_scratch: AttnScratch::new(ctx, c.num_attention_heads, 64, max_hd)?,
             sample_scratch: SampleScratch::new(ctx, c.vocab_size)?,
             readback: Readback::new(ctx, 4)?,
