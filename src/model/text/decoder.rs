@@ -143,6 +143,11 @@ pub struct Selection<'a> {
 }
 
 impl TextDecoder {
+    /// The decoder's weights (for inspection and tests).
+    pub fn weights(&self) -> &TextWeights {
+        &self.w
+    }
+
     /// Builds the decoder over loaded weights.
     pub fn new(
         ctx: &GpuContext,
