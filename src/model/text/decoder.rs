@@ -218,33 +218,7 @@ impl TextDecoder {
         logits: Logits,
     ) -> Result<Vec<f32>> {
         let n = ids.len();
-        // Check the whole prompt before running any of it, so a failure leaves the cache as it was.
-        if cache.position() + n > cache.max_context() {
-            return Err(Error::InvalidArgument(format!(
-                "context overflow: position {} + {n} tokens exceeds the maximum context of {} \
-                 (raise it when creating the session)",
-                cache.position(),
-                cache.max_context()
-            )));
-        }
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(Error::InvalidArgument(format!(
-                "token id {bad} is outside the vocabulary of {} ids",
-                self.cfg.vocab_size
-            )));
-        }
-        // Image blocks (bidirectional-vision models) are never cut by a chunk boundary.
-        let blocks = self.image_blocks(ids);
-        if let Some(&(s, e)) = blocks.iter().find(|&&(s, e)| e - s > ws.chunk) {
-            return Err(Error::InvalidArgument(format!(
-                "the image block at positions {s}..{e} has {} soft tokens but the session's \
-                 prefill chunk is {} tokens: on this model an image's soft tokens attend to each \
-                 other and must be prefilled in one chunk (create the session with a larger \
-                 chunk)",
-                e - s,
-                ws.chunk
-            )));
-        }
+        let blocks = self.check_prompt(cache, ws, ids)?;
         let mut out = Vec::new();
         let mut start = 0;
         while start < n {
@@ -283,18 +257,7 @@ impl TextDecoder {
             rec.submit()?;
             match want {
                 Logits::All if head_now => out.extend(ws.logits.rows(0, len).to_f32(&self.ctx)?),
-                Logits::All => {
-                    // The head over the chunk's final-normed rows, one logits buffer at a time.
-                    let mut r = 0;
-                    while r < len {
-                        let m = ws.logits_rows.min(len - r);
-                        let mut rec = self.ctx.recorder();
-                        self.record_head(&mut rec, ws, len, r..r + m)?;
-                        rec.submit()?;
-                        out.extend(ws.logits.rows(0, m).to_f32(&self.ctx)?);
-                        r += m;
-                    }
-                }
+                Logits::All => self.head_in_batches(ws, len, &mut out)?,
                 Logits::Last => out.extend(ws.logits.rows(0, 1).to_f32(&self.ctx)?),
                 Logits::None => {}
             }
@@ -302,6 +265,60 @@ impl TextDecoder {
             start = end;
         }
         Ok(out)
+    }
+
+    /// Checks a whole prompt before any of it runs (so a failure leaves the cache as it was):
+    /// context room, ids inside the vocabulary, and every image block of a bidirectional-vision
+    /// model within one prefill chunk. Returns the image blocks.
+    fn check_prompt(
+        &self,
+        cache: &KvCache,
+        ws: &Workspace,
+        ids: &[u32],
+    ) -> Result<Vec<(usize, usize)>> {
+        let n = ids.len();
+        if cache.position() + n > cache.max_context() {
+            return Err(Error::InvalidArgument(format!(
+                "context overflow: position {} + {n} tokens exceeds the maximum context of {} \
+                 (raise it when creating the session)",
+                cache.position(),
+                cache.max_context()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {} ids",
+                self.cfg.vocab_size
+            )));
+        }
+        // Image blocks (bidirectional-vision models) are never cut by a chunk boundary.
+        let blocks = self.image_blocks(ids);
+        if let Some(&(s, e)) = blocks.iter().find(|&&(s, e)| e - s > ws.chunk) {
+            return Err(Error::InvalidArgument(format!(
+                "the image block at positions {s}..{e} has {} soft tokens but the session's \
+                 prefill chunk is {} tokens: on this model an image's soft tokens attend to each \
+                 other and must be prefilled in one chunk (create the session with a larger \
+                 chunk)",
+                e - s,
+                ws.chunk
+            )));
+        }
+        Ok(blocks)
+    }
+
+    /// The LM head over a recorded chunk's `len` final-normed rows, one logits buffer at a time,
+    /// appending the logits to `out`.
+    fn head_in_batches(&self, ws: &mut Workspace, len: usize, out: &mut Vec<f32>) -> Result<()> {
+        let mut r = 0;
+        while r < len {
+            let m = ws.logits_rows.min(len - r);
+            let mut rec = self.ctx.recorder();
+            self.record_head(&mut rec, ws, len, r..r + m)?;
+            rec.submit()?;
+            out.extend(ws.logits.rows(0, m).to_f32(&self.ctx)?);
+            r += m;
+        }
+        Ok(())
     }
 
     /// The per-query key bounds of the chunk `range` of the forward pass's ids on a
