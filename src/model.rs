@@ -98,6 +98,41 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// The checkpoint's text-side assets: the tokenizer, the chat template and the generation
+/// defaults. They are optional: a directory with only config + weights still loads (logits,
+/// token-id generation); the text API then reports what is missing. Each is built from the file
+/// as `Checkpoint::open` read it.
+type TextAssets = (
+    Option<Arc<Tokenizer>>,
+    Option<Arc<ChatTemplate>>,
+    GenerationOptions,
+);
+
+fn text_assets(dir: &Path, files: &mut crate::checkpoint::files::CheckpointFiles) -> Result<TextAssets> {
+    let tokenizer = match files.tokenizer.take() {
+        Some(bytes) => Some(Arc::new(Tokenizer::from_bytes(
+            &bytes,
+            &dir.join(crate::checkpoint::files::TOKENIZER),
+        )?)),
+        None => None,
+    };
+    let template = match &tokenizer {
+        Some(_) => Some(Arc::new(ChatTemplate::from_sources(
+            dir,
+            files.tokenizer_config.as_deref(),
+            files.chat_template_jinja.take(),
+            files.chat_template_json.as_deref(),
+        )?)),
+        None => None,
+    };
+    let generation = GenerationOptions::from_sources(
+        Some(&files.config_json),
+        files.generation_config.as_deref(),
+        &dir.join(crate::checkpoint::files::GENERATION_CONFIG),
+    )?;
+    Ok((tokenizer, template, generation))
+}
+
 impl Model {
     /// Loads the checkpoint in `dir` on `ctx`.
     pub fn load_with(ctx: &GpuContext, dir: &Path, options: &ModelOptions) -> Result<Self> {
@@ -162,31 +197,7 @@ impl Model {
                 _ => None,
             },
         };
-        // Text-side assets are optional: a directory with only config + weights still loads
-        // (logits, token-id generation); the text API then reports what is missing. Each is
-        // built from the file as `Checkpoint::open` read it.
-        let files = &mut checkpoint.files;
-        let tokenizer = match files.tokenizer.take() {
-            Some(bytes) => Some(Arc::new(Tokenizer::from_bytes(
-                &bytes,
-                &dir.join(crate::checkpoint::files::TOKENIZER),
-            )?)),
-            None => None,
-        };
-        let template = match &tokenizer {
-            Some(_) => Some(Arc::new(ChatTemplate::from_sources(
-                dir,
-                files.tokenizer_config.as_deref(),
-                files.chat_template_jinja.take(),
-                files.chat_template_json.as_deref(),
-            )?)),
-            None => None,
-        };
-        let generation = GenerationOptions::from_sources(
-            Some(&files.config_json),
-            files.generation_config.as_deref(),
-            &dir.join(crate::checkpoint::files::GENERATION_CONFIG),
-        )?;
+        let (tokenizer, template, generation) = text_assets(dir, &mut checkpoint.files)?;
         hooks.check()?;
         let model = Model {
             inner: Arc::new(Inner {
