@@ -11,13 +11,18 @@
 //                  block's later keys, and under the 12B rule its keys before the window;
 //                  (u32 max, qpos + 1) leaves a query causal)
 //   bidirectional: lo = 0, hi = n_keys
+// then clipped to the call's key interval klo <= k < khi (a store split into position windows:
+// one call per window interval; the key of position k sits at local slot k % cap - slot0 of
+// the window's buffer, head_stride being the window's slots * hd; one window: 0, u32 max, 0).
 // score = scale * q.k, softmax in f32 with max subtraction (online, over tiles of 64 keys).
 //
 // Entry `main`, one workgroup (64 threads) per (chunk c, group of G query heads sharing one kv
 // head, query i) = wid (x, y, z); the G heads share every K/V row read.
 // The visible keys of a query are cut into n_chunks chunks of chunk_len keys.
 //   PARTIAL: writes the chunk's running max m, sum l and unnormalised sum_k p_k v_k to the
-//            scratch (flash-decode); `combine` merges the chunks.
+//            scratch at chunk index c_base + c (flash-decode); `combine` merges the chunks.
+//            With accum = 1 it first loads that state and continues it (a windowed store's
+//            prefill: one call per window interval, then `combine` with one chunk normalises).
 //   DIRECT:  single chunk, writes the normalised output (prefill).
 // Entry `combine` (COMBINE), one workgroup per (head, query): merges the partials.
 // Scores: SUBGROUP = one subgroup per key (lanes stride over hd, subgroupAdd; coalesced);
@@ -48,9 +53,13 @@ struct Params {
     ml_off: u32,
     acc_off4: u32,
     bound_off: u32,
+    klo: u32,
+    khi: u32,
+    slot0: u32,
+    accum: u32,
+    c_base: u32,
     _p0: u32,
     _p1: u32,
-    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,6 +74,9 @@ struct Params {
 //#if PARTIAL
 @group(0) @binding(4) var<storage, read_write> ml_buf: array<f32>;
 @group(0) @binding(5) var<storage, read_write> acc_buf: array<vec4<f32>>;
+//#if BOUNDS
+@group(0) @binding(6) var<storage, read> bounds: array<u32>;
+//#endif
 //#else
 @group(0) @binding(4) var<storage, read_write> out_buf: array<vec4<f32>>;
 //#if BOUNDS
@@ -118,6 +130,9 @@ fn main(
         hi = max(hi, bounds[p.bound_off + 2u * qi + 1u]);
 //#endif
     }
+    // this call's key interval (a window of a split store)
+    lo = max(lo, p.klo);
+    hi = max(min(hi, p.khi), lo);
     // chunk [start, end) of the visible range (possibly empty)
     let start = lo + c * p.chunk_len;
     var end = start;
@@ -142,12 +157,28 @@ fn main(
         acc0[g] = vec4<f32>(0.0);
         acc1[g] = vec4<f32>(0.0);
     }
+//#if PARTIAL
+    if (p.accum != 0u) {
+        for (var g = 0u; g < G; g++) {
+            let idx = (qi * p.n_heads + h0 + g) * p.max_chunks + p.c_base + c;
+            m[g] = ml_buf[p.ml_off + 2u * idx];
+            l[g] = ml_buf[p.ml_off + 2u * idx + 1u];
+            let ab = p.acc_off4 + idx * p.hd4;
+            if (lid < p.hd4) {
+                acc0[g] = acc_buf[ab + lid];
+            }
+            if (lid + TILE < p.hd4) {
+                acc1[g] = acc_buf[ab + lid + TILE];
+            }
+        }
+    }
+//#endif
     for (var t0 = start; t0 < end; t0 += TILE) {
         let n = min(TILE, end - t0);
 //#if SUBGROUP
         // one subgroup per key: coalesced reads of the key row, subgroupAdd
         for (var j = sg_id; j < n; j += n_sg) {
-            let kb = p.k_off4 + kv_head + ((t0 + j) % p.cap) * p.row_stride4;
+            let kb = p.k_off4 + kv_head + ((t0 + j) % p.cap - p.slot0) * p.row_stride4;
             for (var g = 0u; g < G; g++) {
                 var dot4 = vec4<f32>(0.0);
                 for (var d = sg_lane; d < p.hd4; d += sg_size) {
@@ -163,7 +194,7 @@ fn main(
         // one thread per key
         let k = t0 + lid;
         if (k < end) {
-            let kb = p.k_off4 + kv_head + (k % p.cap) * p.row_stride4;
+            let kb = p.k_off4 + kv_head + (k % p.cap - p.slot0) * p.row_stride4;
             for (var g = 0u; g < G; g++) {
                 var dot4 = vec4<f32>(0.0);
                 for (var d = 0u; d < p.hd4; d++) {
@@ -186,7 +217,7 @@ fn main(
             m[g] = mt;
         }
         for (var j = 0u; j < n; j++) {
-            let vb = p.v_off4 + kv_head + ((t0 + j) % p.cap) * p.row_stride4;
+            let vb = p.v_off4 + kv_head + ((t0 + j) % p.cap - p.slot0) * p.row_stride4;
             var v0 = vec4<f32>(0.0);
             var v1 = vec4<f32>(0.0);
             if (lid < p.hd4) {
@@ -208,7 +239,7 @@ fn main(
     for (var g = 0u; g < G; g++) {
         let row = qi * p.n_heads + h0 + g;
 //#if PARTIAL
-        let idx = row * p.max_chunks + c;
+        let idx = row * p.max_chunks + p.c_base + c;
         if (lid == 0u) {
             ml_buf[p.ml_off + 2u * idx] = m[g];
             ml_buf[p.ml_off + 2u * idx + 1u] = l[g];

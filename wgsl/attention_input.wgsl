@@ -2,7 +2,10 @@
 // head slot: RMSNorm over the head (q with q_norm, k with k_norm, v weightless), RoPE on q and k
 // at absolute position pos0 + token (NeoX rotate-half, the angle range-reduced: common/rope.wgsl),
 // then q goes to its own buffer [tokens, nh, hd] and k / v into the KV-cache rings
-// [nkv, cap, hd] at slot (pos0 + token) % cap. Head slots per token: nh query heads, then (when
+// [nkv, cap, hd] at slot (pos0 + token) % cap. A ring split into position windows (a cache
+// larger than one binding) takes one call per window it touches: the window holds the slots
+// slot0 .. slot0 + wslots as [nkv, wslots, hd]; rows of other slots are skipped, and with
+// q_skip = 1 the call writes k / v only (q was written by the window's first call). Head slots per token: nh query heads, then (when
 // p.kv == 1) nkv key heads and nkv value heads. The source row of a token holds the q
 // projection, then k (at nh * hd), then v (at v_src; equal to the k offset for k_eq_v layers,
 // whose v is the raw k projection). One 64-invocation workgroup per (token, slot); 2-D grid.
@@ -26,9 +29,9 @@ struct Params {
     f_off: u32,      // inv_freq offset (hd / 2 values)
     qn_off: u32,
     kn_off: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    slot0: u32,
+    wslots: u32,
+    q_skip: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -61,8 +64,8 @@ fn store(kind: u32, head: u32, token: u32, d: u32, v: f32) {
         q_out[p.q_off + (token * p.nh + head) * p.hd + d] = v;
         return;
     }
-    let slot = (p.pos0 + token) % p.cap;
-    let i = (head * p.cap + slot) * p.hd + d;
+    let slot = (p.pos0 + token) % p.cap - p.slot0;
+    let i = (head * p.wslots + slot) * p.hd + d;
     if (kind == 1u) {
         k_cache[p.k_off + i] = v;
     } else {
@@ -76,14 +79,19 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let slots = p.nh + 2u * p.nkv * p.kv;
+    let first = p.nh * p.q_skip;
+    let slots = p.nh + 2u * p.nkv * p.kv - first;
     let w = wid.x + wid.y * nwg.x;
-    // `w` is uniform over the workgroup, so this early exit keeps the barrier uniform.
+    // `w` is uniform over the workgroup, so these early exits keep the barrier uniform.
     if (w >= p.tokens * slots) {
         return;
     }
     let token = w / slots;
-    let slot = w % slots;
+    let slot = w % slots + first;
+    let ring = (p.pos0 + token) % p.cap;
+    if (slot >= p.nh && (ring < p.slot0 || ring >= p.slot0 + p.wslots)) {
+        return;
+    }
     var kind = 0u;
     var head = slot;
     var base = p.src_off + token * p.src_stride + slot * p.hd;

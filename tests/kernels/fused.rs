@@ -7,8 +7,8 @@ use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{
-    AttnInput, KvTarget, attention_input, fusable, linear_gelu_gate, linear_gelu_mul, linear_multi,
-    residual_norm,
+    AttnInput, KvTarget, KvWindows, attention_input, fusable, linear_gelu_gate, linear_gelu_mul,
+    linear_multi, residual_norm,
 };
 use gemma_wgpu::gpu::{
     GpuContext, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat, reference,
@@ -345,8 +345,8 @@ fn attention_input_norms_rotates_and_writes_the_ring() {
                     eps: 1e-6,
                     kv: kv.then_some(KvTarget {
                         k_norm: &kn_t,
-                        k_cache: &kc,
-                        v_cache: &vc,
+                        store: KvWindows::whole(&kc, &vc, cap as u32),
+                        cap,
                         v_from_k,
                     }),
                 },

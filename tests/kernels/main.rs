@@ -7,6 +7,7 @@ mod common;
 
 mod attention;
 mod attention_rows;
+mod attention_windows;
 mod bench_tools;
 mod elementwise;
 mod fused;

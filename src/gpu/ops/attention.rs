@@ -168,6 +168,17 @@ impl AttnScratch {
         self.ml.size() + self.acc.size()
     }
 
+    /// Scratch of [`attention_prefill_windows`] over a windowed store: one online-softmax
+    /// state per (query, head) for up to `queries` queries of `n_heads` heads.
+    pub fn for_prefill(
+        ctx: &GpuContext,
+        queries: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self, GpuError> {
+        Self::new(ctx, queries.max(1) * n_heads, 1, head_dim)
+    }
+
     /// Scratch for up to `n_heads` query heads, `max_chunks` chunks and head dim `head_dim`.
     /// Decode splits the visible keys into at most `max_chunks` chunks (of at least 64 keys);
     /// 64 to 256 chunks are reasonable.
@@ -212,9 +223,13 @@ uniform_params! {
         ml_off: u32,
         acc_off4: u32,
         bound_off: u32,
+        klo: u32,
+        khi: u32,
+        slot0: u32,
+        accum: u32,
+        c_base: u32,
         _p0: u32,
         _p1: u32,
-        _p2: u32,
     }
 }
 
@@ -227,6 +242,8 @@ pub fn param_layout() -> ParamLayout {
 #[derive(Clone, Copy)]
 enum Mode {
     Partial,
+    /// Partial with the per-query bounds buffer (a windowed store's bounded prefill).
+    PartialBounded,
     Direct,
     /// Direct with the per-query bounds buffer.
     Bounded,
@@ -251,6 +268,11 @@ fn spec(mode: Mode, g: u32, subgroups: bool) -> KernelSpec {
             .define("PARTIAL", 1)
             .define("G", g)
             .with_subgroups(subgroups),
+        Mode::PartialBounded => KernelSpec::new("attention", "main", &[r, r, r, w, w, r])
+            .define("PARTIAL", 1)
+            .define("BOUNDS", 1)
+            .define("G", g)
+            .with_subgroups(subgroups),
         Mode::Direct => KernelSpec::new("attention", "main", &[r, r, r, w])
             .define("G", g)
             .with_subgroups(subgroups),
@@ -269,6 +291,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     for sg in [true, false] {
         for g in [1, 2, 4, 8] {
             v.push(spec(Mode::Partial, g, sg));
+            v.push(spec(Mode::PartialBounded, g, sg));
             v.push(spec(Mode::Direct, g, sg));
             v.push(spec(Mode::Bounded, g, sg));
         }
@@ -284,12 +307,118 @@ fn err(what: &str, m: String) -> GpuError {
     }
 }
 
+/// Keys and values of one attention store split into position windows, each its own buffer
+/// (a KV cache larger than one storage binding). Slot `s` of the store (`0 ≤ s < cap`) lives in
+/// window `s / slots` at local slot `s % slots`; every window is a head-major
+/// `[nkv, slots_w, hd]` tensor with `slots_w = slots` except the last, which holds the rest.
+/// A store in one piece is [`KvWindows::whole`].
+#[derive(Debug, Clone, Copy)]
+pub struct KvWindows<'a> {
+    /// Key windows.
+    pub k: &'a [GpuTensor],
+    /// Value windows (the same shapes as `k`).
+    pub v: &'a [GpuTensor],
+    /// Slots per window (all but the last window).
+    pub slots: u32,
+}
+
+impl<'a> KvWindows<'a> {
+    /// A store in one piece: `k` and `v` hold all `cap` slots.
+    pub fn whole(k: &'a GpuTensor, v: &'a GpuTensor, cap: u32) -> Self {
+        KvWindows {
+            k: std::slice::from_ref(k),
+            v: std::slice::from_ref(v),
+            slots: cap,
+        }
+    }
+
+    /// Slots held by window `w` of a store of `cap` slots.
+    pub fn window_slots(&self, w: usize, cap: u32) -> u32 {
+        let start = w as u32 * self.slots;
+        self.slots.min(cap.saturating_sub(start))
+    }
+
+    fn check(&self, what: &str, shape: &AttnShape) -> Result<(), GpuError> {
+        let n = self.k.len();
+        if n == 0 || n != self.v.len() || self.slots == 0 {
+            return Err(err(
+                what,
+                format!(
+                    "{} key and {} value windows of {} slots",
+                    n,
+                    self.v.len(),
+                    self.slots
+                ),
+            ));
+        }
+        if (n as u64 - 1) * self.slots as u64 >= shape.cap as u64
+            || (n as u64 * self.slots as u64) < shape.cap as u64
+        {
+            return Err(err(
+                what,
+                format!(
+                    "{n} windows of {} slots do not cover a store of {} slots",
+                    self.slots, shape.cap
+                ),
+            ));
+        }
+        if n > 1 && shape.layout != KvLayout::HeadMajor {
+            return Err(err(
+                what,
+                "a store in several windows must be head-major".into(),
+            ));
+        }
+        let hd = shape.head_dim as usize;
+        for w in 0..n {
+            let need = shape.n_kv_heads as usize * self.window_slots(w, shape.cap) as usize * hd;
+            let (k, v) = (&self.k[w], &self.v[w]);
+            if k.numel() < need || v.numel() < need {
+                return Err(err(
+                    what,
+                    format!(
+                        "k/v window {w} has {} / {} elements, it needs {need}",
+                        k.numel(),
+                        v.numel()
+                    ),
+                ));
+            }
+            for (name, t) in [("k", k), ("v", v)] {
+                if t.elem_offset() % 4 != 0 {
+                    return Err(err(
+                        what,
+                        format!(
+                            "{name} window {w} element offset {} not a multiple of 4",
+                            t.elem_offset()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pieces of the key positions `lo .. hi` (`hi − lo ≤ cap`) by window: (window,
+    /// first position, end position), in position order; at most `windows + 1` pieces.
+    pub fn intervals(&self, cap: u32, lo: u32, hi: u32) -> Vec<(usize, u32, u32)> {
+        let mut out = Vec::new();
+        let mut p = lo;
+        while p < hi {
+            let slot = p % cap;
+            let w = slot / self.slots;
+            let end_slot = ((w + 1) * self.slots).min(cap);
+            let run = (hi - p).min(end_slot - slot);
+            out.push((w as usize, p, p + run));
+            p += run;
+        }
+        out
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn base_params(
     what: &str,
     q: &GpuTensor,
-    k: &GpuTensor,
-    v: &GpuTensor,
+    kv: &KvWindows<'_>,
     out: &GpuTensor,
     shape: &AttnShape,
     n_queries: usize,
@@ -309,18 +438,9 @@ fn base_params(
             ),
         ));
     }
-    let store = shape.n_kv_heads as usize * shape.cap as usize * hd;
-    if k.numel() < store || v.numel() < store {
-        return Err(err(
-            what,
-            format!(
-                "k/v have {} / {} elements, the store needs {store}",
-                k.numel(),
-                v.numel()
-            ),
-        ));
-    }
-    for (name, t) in [("q", q), ("k", k), ("v", v), ("out", out)] {
+    kv.check(what, shape)?;
+    let (k, v) = (&kv.k[0], &kv.v[0]);
+    for (name, t) in [("q", q), ("out", out)] {
         if t.elem_offset() % 4 != 0 {
             return Err(err(
                 what,
@@ -331,7 +451,7 @@ fn base_params(
             ));
         }
     }
-    if out.buffer == q.buffer || out.buffer == k.buffer || out.buffer == v.buffer {
+    if out.buffer == q.buffer || kv.k.iter().chain(kv.v).any(|t| t.buffer == out.buffer) {
         return Err(err(what, "out shares a buffer with q, k or v".into()));
     }
     let (hs, rs) = shape.strides();
@@ -363,9 +483,13 @@ fn base_params(
         ml_off: 0,
         acc_off4: 0,
         bound_off: 0,
+        klo: 0,
+        khi: u32::MAX,
+        slot0: 0,
+        accum: 0,
+        c_base: 0,
         _p0: 0,
         _p1: 0,
-        _p2: 0,
     })
 }
 
@@ -387,6 +511,26 @@ pub fn attention_decode(
     q_pos: u32,
     scratch: &AttnScratch,
 ) -> Result<(), GpuError> {
+    let kv = KvWindows::whole(k_cache, v_cache, shape.cap);
+    attention_decode_windows(rec, q, &kv, out, shape, q_pos, scratch, None)
+}
+
+/// [`attention_decode`] over a store split into position windows: one partial dispatch per
+/// window interval of the visible keys (their chunks side by side in the scratch), then one
+/// combine; this needs a scratch with more chunks than the intervals (`max_chunks ≥ windows +
+/// 2`). With fewer, `state` (an [`AttnScratch::for_prefill`] of at least one query) carries
+/// one online-softmax state per head from window to window instead.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_windows(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    kv: &KvWindows<'_>,
+    out: &GpuTensor,
+    shape: &AttnShape,
+    q_pos: u32,
+    scratch: &AttnScratch,
+    state: Option<&AttnScratch>,
+) -> Result<(), GpuError> {
     let what = "attention_decode";
     if let AttnMask::CausalBounded { .. } = shape.mask {
         return Err(err(
@@ -394,7 +538,7 @@ pub fn attention_decode(
             "a bounded mask (image blocks) is prefill-only: one query is causal".into(),
         ));
     }
-    let mut params = base_params(what, q, k_cache, v_cache, out, shape, 1, q_pos)?;
+    let mut params = base_params(what, q, kv, out, shape, 1, q_pos)?;
     if shape.n_heads > scratch.n_heads || shape.head_dim > scratch.head_dim {
         return Err(err(
             what,
@@ -405,31 +549,98 @@ pub fn attention_decode(
         ));
     }
     let (lo, hi) = shape.visible(q_pos);
-    let n_vis = hi.saturating_sub(lo).max(1);
-    let chunk_len = n_vis
-        .div_ceil(scratch.max_chunks)
-        .max(TILE)
-        .next_multiple_of(TILE);
-    let n_chunks = n_vis.div_ceil(chunk_len);
-    params.chunk_len = chunk_len;
-    params.n_chunks = n_chunks;
-    params.max_chunks = scratch.max_chunks;
+    if hi - lo > shape.cap {
+        return Err(err(
+            what,
+            format!("{} visible keys in a store of {} slots", hi - lo, shape.cap),
+        ));
+    }
+    let pieces = if kv.k.len() == 1 {
+        vec![(0, lo, hi)]
+    } else {
+        kv.intervals(shape.cap, lo, hi)
+    };
+    let n_pieces = pieces.len().max(1) as u32;
     let sg = rec.ctx().caps().subgroups;
     let g = heads_per_workgroup(shape);
     let partial = rec.ctx().kernel(&spec(Mode::Partial, g, sg))?;
-    rec.dispatch(
-        &partial,
-        &params,
-        &[
-            (&q.buffer).into(),
-            (&k_cache.buffer).into(),
-            (&v_cache.buffer).into(),
-            (&scratch.ml).into(),
-            (&scratch.acc).into(),
-        ],
-        [n_chunks, shape.n_heads / g, 1],
-    )?;
     let combine = rec.ctx().kernel(&spec(Mode::Combine, 1, false))?;
+    if n_pieces > 1 && scratch.max_chunks <= n_pieces {
+        // window after window, one state per head
+        let Some(st) = state else {
+            return Err(err(
+                what,
+                format!(
+                    "scratch has {} chunks, {n_pieces} window intervals need more (or a state)",
+                    scratch.max_chunks
+                ),
+            ));
+        };
+        if st.max_chunks != 1 || st.n_heads < shape.n_heads || st.head_dim < shape.head_dim {
+            return Err(err(
+                what,
+                format!(
+                    "state is for {} rows × {} chunks × hd {}, need {} × 1 × {}",
+                    st.n_heads, st.max_chunks, st.head_dim, shape.n_heads, shape.head_dim
+                ),
+            ));
+        }
+        for (i, &(w, klo, khi)) in pieces.iter().enumerate() {
+            window_params(&mut params, kv, w, shape, klo, khi);
+            params.accum = u32::from(i > 0);
+            rec.dispatch(
+                &partial,
+                &params,
+                &[
+                    (&q.buffer).into(),
+                    (&kv.k[w].buffer).into(),
+                    (&kv.v[w].buffer).into(),
+                    (&st.ml).into(),
+                    (&st.acc).into(),
+                ],
+                [1, shape.n_heads / g, 1],
+            )?;
+        }
+        params.accum = 0;
+        return rec.dispatch(
+            &combine,
+            &params,
+            &[(&st.ml).into(), (&st.acc).into(), (&out.buffer).into()],
+            [shape.n_heads, 1, 1],
+        );
+    }
+    // Σ ⌈len_i / chunk_len⌉ ≤ n_vis / chunk_len + pieces ≤ max_chunks
+    let n_vis = hi.saturating_sub(lo).max(1);
+    let budget = if n_pieces == 1 {
+        scratch.max_chunks
+    } else {
+        scratch.max_chunks - n_pieces
+    };
+    let chunk_len = n_vis.div_ceil(budget).max(TILE).next_multiple_of(TILE);
+    params.chunk_len = chunk_len;
+    params.max_chunks = scratch.max_chunks;
+    let mut c_base = 0;
+    for &(w, klo, khi) in &pieces {
+        let n_chunks = (khi - klo).max(1).div_ceil(chunk_len);
+        window_params(&mut params, kv, w, shape, klo, khi);
+        params.n_chunks = n_chunks;
+        params.c_base = c_base;
+        rec.dispatch(
+            &partial,
+            &params,
+            &[
+                (&q.buffer).into(),
+                (&kv.k[w].buffer).into(),
+                (&kv.v[w].buffer).into(),
+                (&scratch.ml).into(),
+                (&scratch.acc).into(),
+            ],
+            [n_chunks, shape.n_heads / g, 1],
+        )?;
+        c_base += n_chunks;
+    }
+    params.n_chunks = c_base.max(1);
+    params.c_base = 0;
     rec.dispatch(
         &combine,
         &params,
@@ -440,6 +651,30 @@ pub fn attention_decode(
         ],
         [shape.n_heads, 1, 1],
     )
+}
+
+/// Points `params` at window `w` of `kv` for the keys `klo .. khi` (a whole store: all keys).
+fn window_params(
+    params: &mut Params,
+    kv: &KvWindows<'_>,
+    w: usize,
+    shape: &AttnShape,
+    klo: u32,
+    khi: u32,
+) {
+    if kv.k.len() == 1 {
+        params.klo = 0;
+        params.khi = u32::MAX;
+        params.slot0 = 0;
+        return;
+    }
+    let slots = kv.window_slots(w, shape.cap);
+    params.head_stride4 = slots * shape.head_dim / 4;
+    params.k_off4 = kv.k[w].elem_offset() / 4;
+    params.v_off4 = kv.v[w].elem_offset() / 4;
+    params.klo = klo;
+    params.khi = khi;
+    params.slot0 = w as u32 * kv.slots;
 }
 
 /// Records multi-query attention (prefill, or the vision tower's bidirectional attention):
@@ -457,7 +692,8 @@ pub fn attention_prefill(
     shape: &AttnShape,
     q_pos0: u32,
 ) -> Result<(), GpuError> {
-    prefill(rec, q, k_cache, v_cache, out, shape, q_pos0, None)
+    let kv = KvWindows::whole(k_cache, v_cache, shape.cap);
+    attention_prefill_windows(rec, q, &kv, out, shape, q_pos0, None, None)
 }
 
 /// [`attention_prefill`] with a [`AttnMask::CausalBounded`] mask: `bounds` (u32 `[≥ 2L]`, any
@@ -475,19 +711,26 @@ pub fn attention_prefill_bounded(
     q_pos0: u32,
     bounds: &GpuTensor,
 ) -> Result<(), GpuError> {
-    prefill(rec, q, k_cache, v_cache, out, shape, q_pos0, Some(bounds))
+    let kv = KvWindows::whole(k_cache, v_cache, shape.cap);
+    attention_prefill_windows(rec, q, &kv, out, shape, q_pos0, Some(bounds), None)
 }
 
+/// [`attention_prefill`] / [`attention_prefill_bounded`] (`bounds` given) over a store split
+/// into position windows. One window: the direct kernel, `scratch` unused. Several: every
+/// query's visible keys lie in the last `cap` positions up to the chunk's end
+/// (`q_pos0 + L`), which are cut by window; one partial dispatch per piece continues each
+/// (query, head)'s online softmax state in `scratch` (made with
+/// [`AttnScratch::for_prefill`] for at least `L` queries), then a combine writes `out`.
 #[allow(clippy::too_many_arguments)]
-fn prefill(
+pub fn attention_prefill_windows(
     rec: &mut Recorder,
     q: &GpuTensor,
-    k_cache: &GpuTensor,
-    v_cache: &GpuTensor,
+    kv: &KvWindows<'_>,
     out: &GpuTensor,
     shape: &AttnShape,
     q_pos0: u32,
     bounds: Option<&GpuTensor>,
+    scratch: Option<&AttnScratch>,
 ) -> Result<(), GpuError> {
     let what = "attention_prefill";
     let per_q = (shape.n_heads * shape.head_dim) as usize;
@@ -498,7 +741,7 @@ fn prefill(
         ));
     }
     let n_queries = q.numel() / per_q;
-    let mut params = base_params(what, q, k_cache, v_cache, out, shape, n_queries, q_pos0)?;
+    let mut params = base_params(what, q, kv, out, shape, n_queries, q_pos0)?;
     let bounded = matches!(shape.mask, AttnMask::CausalBounded { .. });
     match (bounded, bounds) {
         (true, Some(b)) => {
@@ -523,16 +766,81 @@ fn prefill(
     }
     let sg = rec.ctx().caps().subgroups;
     let g = heads_per_workgroup(shape);
-    let mode = if bounded { Mode::Bounded } else { Mode::Direct };
-    let kernel = rec.ctx().kernel(&spec(mode, g, sg))?;
-    let mut bufs: Vec<crate::gpu::BufSlice<'_>> = vec![
-        (&q.buffer).into(),
-        (&k_cache.buffer).into(),
-        (&v_cache.buffer).into(),
-        (&out.buffer).into(),
-    ];
-    if let Some(b) = bounds {
-        bufs.push((&b.buffer).into());
+    if kv.k.len() == 1 {
+        let mode = if bounded { Mode::Bounded } else { Mode::Direct };
+        let kernel = rec.ctx().kernel(&spec(mode, g, sg))?;
+        let mut bufs: Vec<crate::gpu::BufSlice<'_>> = vec![
+            (&q.buffer).into(),
+            (&kv.k[0].buffer).into(),
+            (&kv.v[0].buffer).into(),
+            (&out.buffer).into(),
+        ];
+        if let Some(b) = bounds {
+            bufs.push((&b.buffer).into());
+        }
+        return rec.dispatch(&kernel, &params, &bufs, [1, shape.n_heads / g, n_queries as u32]);
     }
-    rec.dispatch(&kernel, &params, &bufs, [1, shape.n_heads / g, n_queries as u32])
+    let Some(scratch) = scratch else {
+        return Err(err(
+            what,
+            format!(
+                "a store in {} windows needs a prefill scratch",
+                kv.k.len()
+            ),
+        ));
+    };
+    let rows = n_queries as u64 * shape.n_heads as u64;
+    if scratch.max_chunks != 1
+        || (scratch.n_heads as u64) < rows
+        || shape.head_dim > scratch.head_dim
+    {
+        return Err(err(
+            what,
+            format!(
+                "prefill scratch is for {} rows × {} chunks × hd {}, need {rows} × 1 × {}",
+                scratch.n_heads, scratch.max_chunks, scratch.head_dim, shape.head_dim
+            ),
+        ));
+    }
+    let (AttnMask::Causal { .. } | AttnMask::CausalBounded { .. }) = shape.mask else {
+        return Err(err(
+            what,
+            "a bidirectional store must be in one window".into(),
+        ));
+    };
+    let end = q_pos0 + n_queries as u32;
+    let pieces = kv.intervals(shape.cap, end.saturating_sub(shape.cap), end);
+    let mode = if bounded {
+        Mode::PartialBounded
+    } else {
+        Mode::Partial
+    };
+    let kernel = rec.ctx().kernel(&spec(mode, g, sg))?;
+    for (i, &(w, klo, khi)) in pieces.iter().enumerate() {
+        window_params(&mut params, kv, w, shape, klo, khi);
+        params.accum = u32::from(i > 0);
+        let mut bufs: Vec<crate::gpu::BufSlice<'_>> = vec![
+            (&q.buffer).into(),
+            (&kv.k[w].buffer).into(),
+            (&kv.v[w].buffer).into(),
+            (&scratch.ml).into(),
+            (&scratch.acc).into(),
+        ];
+        if let Some(b) = bounds {
+            bufs.push((&b.buffer).into());
+        }
+        rec.dispatch(&kernel, &params, &bufs, [1, shape.n_heads / g, n_queries as u32])?;
+    }
+    params.accum = 0;
+    let combine = rec.ctx().kernel(&spec(Mode::Combine, 1, false))?;
+    rec.dispatch(
+        &combine,
+        &params,
+        &[
+            (&scratch.ml).into(),
+            (&scratch.acc).into(),
+            (&out.buffer).into(),
+        ],
+        [shape.n_heads, n_queries as u32, 1],
+    )
 }

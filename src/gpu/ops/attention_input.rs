@@ -3,6 +3,7 @@
 //! write in one dispatch. With the fused matvecs and [`residual_norm`](super::residual_norm) it
 //! brings a Gemma 4 decoder layer to 12 dispatches per decoded token.
 
+use super::attention::KvWindows;
 use crate::gpu::{Access, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder, uniform_params};
 
 fn err(kernel: &str, message: String) -> GpuError {
@@ -32,9 +33,9 @@ uniform_params! {
         f_off: u32,
         qn_off: u32,
         kn_off: u32,
-        _p0: u32,
-        _p1: u32,
-        _p2: u32,
+        slot0: u32,
+        wslots: u32,
+        q_skip: u32,
     }
 }
 
@@ -70,10 +71,11 @@ pub fn all_specs() -> Vec<KernelSpec> {
 pub struct KvTarget<'a> {
     /// `k_norm` weight `[hd]`.
     pub k_norm: &'a GpuTensor,
-    /// Key ring `[nkv, cap, hd]`.
-    pub k_cache: &'a GpuTensor,
-    /// Value ring `[nkv, cap, hd]`.
-    pub v_cache: &'a GpuTensor,
+    /// The key and value ring of `cap` slots, in one piece (`[nkv, cap, hd]` each, see
+    /// [`KvWindows::whole`]) or in position windows.
+    pub store: KvWindows<'a>,
+    /// Slots of the ring.
+    pub cap: usize,
     /// Whether v is the raw k projection (`attention_k_eq_v` layers; the projection row then
     /// holds q and k only).
     pub v_from_k: bool,
@@ -152,45 +154,23 @@ pub fn attention_input(rec: &mut Recorder, a: &AttnInput<'_>) -> Result<(), GpuE
             ),
         ));
     }
-    let (k_cache, v_cache, k_norm, cap) = match a.kv {
+    let (store, k_norm, cap) = match a.kv {
         Some(t) => {
-            let [cnkv, cap, chd] = t.k_cache.shape[..] else {
-                return Err(err(
-                    "attention_input",
-                    format!("k cache must be [nkv, cap, hd], got {:?}", t.k_cache.shape),
-                ));
-            };
-            if cnkv != nkv || chd != hd || t.v_cache.shape != t.k_cache.shape {
-                return Err(err(
-                    "attention_input",
-                    format!(
-                        "caches {:?} / {:?} do not fit {nkv} kv heads of {hd}",
-                        t.k_cache.shape, t.v_cache.shape
-                    ),
-                ));
-            }
-            if tokens > cap {
-                return Err(err(
-                    "attention_input",
-                    format!("{tokens} tokens overflow a cache ring of {cap} slots"),
-                ));
-            }
-            if t.k_norm.numel() != hd {
-                return Err(err(
-                    "attention_input",
-                    format!("k_norm has {} elements, expected {hd}", t.k_norm.numel()),
-                ));
-            }
-            (t.k_cache, t.v_cache, t.k_norm, cap)
+            check_store(&t, nkv, hd, tokens)?;
+            (t.store, t.k_norm, t.cap)
         }
         // Not written: bind the query output in their place.
-        None => (a.q_out, a.q_out, a.q_norm, 1),
+        None => (
+            KvWindows::whole(a.q_out, a.q_out, 1),
+            a.q_norm,
+            1,
+        ),
     };
     let v_src = match a.kv {
         Some(t) if t.v_from_k => nh * hd,
         _ => nh * hd + nkv * hd,
     };
-    let params = Params {
+    let mut params = Params {
         tokens: tokens as u32,
         nh: nh as u32,
         nkv: nkv as u32,
@@ -201,31 +181,102 @@ pub fn attention_input(rec: &mut Recorder, a: &AttnInput<'_>) -> Result<(), GpuE
         q_off: a.q_out.elem_offset(),
         pos0: a.pos0 as u32,
         cap: cap as u32,
-        k_off: k_cache.elem_offset(),
-        v_off: v_cache.elem_offset(),
+        k_off: store.k[0].elem_offset(),
+        v_off: store.v[0].elem_offset(),
         kv: u32::from(a.kv.is_some()),
         eps: a.eps,
         f_off: a.inv_freq.elem_offset(),
         qn_off: a.q_norm.elem_offset(),
         kn_off: k_norm.elem_offset(),
-        _p0: 0,
-        _p1: 0,
-        _p2: 0,
+        slot0: 0,
+        wslots: cap as u32,
+        q_skip: 0,
     };
-    let slots = nh + if a.kv.is_some() { 2 * nkv } else { 0 };
     let kernel = rec.ctx().kernel(&spec())?;
-    rec.dispatch_linear(
-        &kernel,
-        &params,
-        &[
-            (&a.qkv.buffer).into(),
-            (&a.q_out.buffer).into(),
-            (&k_cache.buffer).into(),
-            (&v_cache.buffer).into(),
-            (&a.inv_freq.buffer).into(),
-            (&a.q_norm.buffer).into(),
-            (&k_norm.buffer).into(),
-        ],
-        (tokens * slots) as u32,
-    )
+    // The windows the rows touch (one for a whole ring or a decoded token); q is written by
+    // the first call only.
+    let windows: Vec<usize> = if store.k.len() == 1 {
+        vec![0]
+    } else {
+        let mut w: Vec<usize> = store
+            .intervals(cap as u32, a.pos0 as u32, (a.pos0 + tokens) as u32)
+            .iter()
+            .map(|&(w, _, _)| w)
+            .collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    };
+    for (i, &w) in windows.iter().enumerate() {
+        let (k, v) = (&store.k[w], &store.v[w]);
+        params.k_off = k.elem_offset();
+        params.v_off = v.elem_offset();
+        params.slot0 = w as u32 * store.slots;
+        params.wslots = store.window_slots(w, cap as u32);
+        params.q_skip = u32::from(i > 0);
+        let slots = if i > 0 {
+            2 * nkv
+        } else {
+            nh + if a.kv.is_some() { 2 * nkv } else { 0 }
+        };
+        rec.dispatch_linear(
+            &kernel,
+            &params,
+            &[
+                (&a.qkv.buffer).into(),
+                (&a.q_out.buffer).into(),
+                (&k.buffer).into(),
+                (&v.buffer).into(),
+                (&a.inv_freq.buffer).into(),
+                (&a.q_norm.buffer).into(),
+                (&k_norm.buffer).into(),
+            ],
+            (tokens * slots) as u32,
+        )?;
+    }
+    Ok(())
+}
+
+/// The shape checks of a layer's KV target: every window `[nkv, slots_w, hd]`, the windows
+/// covering the ring, the rows fitting it.
+fn check_store(t: &KvTarget<'_>, nkv: usize, hd: usize, tokens: usize) -> Result<(), GpuError> {
+    let what = "attention_input";
+    let st = &t.store;
+    let n = st.k.len();
+    let slots = st.slots as usize;
+    if n == 0 || n != st.v.len() || slots == 0 || (n - 1) * slots >= t.cap || n * slots < t.cap {
+        return Err(err(
+            what,
+            format!(
+                "{n} key / {} value windows of {slots} slots do not cover a ring of {} slots",
+                st.v.len(),
+                t.cap
+            ),
+        ));
+    }
+    for w in 0..n {
+        let want = [nkv, st.window_slots(w, t.cap as u32) as usize, hd];
+        if st.k[w].shape != want || st.v[w].shape != want {
+            return Err(err(
+                what,
+                format!(
+                    "cache window {w} is {:?} / {:?}, expected {want:?} ({nkv} kv heads of {hd})",
+                    st.k[w].shape, st.v[w].shape
+                ),
+            ));
+        }
+    }
+    if tokens > t.cap {
+        return Err(err(
+            what,
+            format!("{tokens} tokens overflow a cache ring of {} slots", t.cap),
+        ));
+    }
+    if t.k_norm.numel() != hd {
+        return Err(err(
+            what,
+            format!("k_norm has {} elements, expected {hd}", t.k_norm.numel()),
+        ));
+    }
+    Ok(())
 }

@@ -21,8 +21,8 @@ pub mod sample;
 pub mod streaming;
 
 pub use attention::{
-    AttnMask, AttnScratch, AttnShape, KvLayout, attention_decode, attention_prefill,
-    attention_prefill_bounded,
+    AttnMask, AttnScratch, AttnShape, KvLayout, KvWindows, attention_decode,
+    attention_decode_windows, attention_prefill, attention_prefill_bounded, attention_prefill_windows,
 };
 pub use attention_input::{AttnInput, KvTarget, attention_input};
 pub use attention_rows::{MAX_ROWS_HEAD_DIM, attention_rows, rows_supported};

@@ -229,8 +229,8 @@ impl Attention {
                 let own = env.cache.layer(self.layer)?;
                 Some(ops::KvTarget {
                     k_norm,
-                    k_cache: &own.k,
-                    v_cache: &own.v,
+                    store: own.store(),
+                    cap: own.cap,
                     v_from_k: matches!(self.kv, KvSource::OwnKEqV { .. }),
                 })
             }
@@ -253,19 +253,23 @@ impl Attention {
         )?;
         let lc = env.cache.layer(src)?;
         let mut shape = self.shape(lc.cap);
+        let store = lc.store();
         let attn = env.ws.attn.view(0, &[l, nh, hd]);
         let bounds = bounds.filter(|_| self.image_blocks);
         if l == 1 {
             // One query: its block (if any) ends at itself or was cut; causal either way.
-            let scratch = &env.ws.attn_scratch;
-            ops::attention_decode(rec, &q, &lc.k, &lc.v, &attn, &shape, pos0 as u32, scratch)?;
-        } else if let Some(b) = bounds {
-            shape.mask = AttnMask::CausalBounded {
-                window: self.window.map(|w| w as u32),
-            };
-            ops::attention_prefill_bounded(rec, &q, &lc.k, &lc.v, &attn, &shape, pos0 as u32, b)?;
+            let (scratch, state) = (&env.ws.attn_scratch, env.ws.prefill_scratch.as_ref());
+            let p0 = pos0 as u32;
+            ops::attention_decode_windows(rec, &q, &store, &attn, &shape, p0, scratch, state)?;
         } else {
-            ops::attention_prefill(rec, &q, &lc.k, &lc.v, &attn, &shape, pos0 as u32)?;
+            if bounds.is_some() {
+                shape.mask = AttnMask::CausalBounded {
+                    window: self.window.map(|w| w as u32),
+                };
+            }
+            let scratch = env.ws.prefill_scratch.as_ref();
+            let p0 = pos0 as u32;
+            ops::attention_prefill_windows(rec, &q, &store, &attn, &shape, p0, bounds, scratch)?;
         }
         ops::linear(rec, &self.o_proj, &attn.reshape(&[l, nh * hd]), out)?;
         Ok(())

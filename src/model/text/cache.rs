@@ -4,18 +4,64 @@
 
 use crate::config::{LayerType, TextConfig};
 use crate::error::{Error, Result};
+use crate::gpu::ops::KvWindows;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 
-/// K and V of one cache-owning layer: `[n_kv_heads, cap, head_dim]` each; the key of absolute
-/// position p lives in slot `p % cap`.
+/// K and V of one cache-owning layer: `cap` slots of `[n_kv_heads, head_dim]` each; the key of
+/// absolute position p lives in slot `p % cap`. A ring larger than one storage binding of the
+/// device is split into position windows of `slots` slots, each its own `[n_kv_heads, slots_w,
+/// head_dim]` buffer (see [`KvWindows`]); otherwise there is one window of all `cap` slots.
 #[derive(Debug)]
 pub struct LayerCache {
-    /// Keys (after k_norm and RoPE).
-    pub k: GpuTensor,
-    /// Values (after the weightless v_norm).
-    pub v: GpuTensor,
+    /// Key windows (after k_norm and RoPE).
+    pub k: Vec<GpuTensor>,
+    /// Value windows (after the weightless v_norm).
+    pub v: Vec<GpuTensor>,
     /// Slots.
     pub cap: usize,
+    /// Slots per window (all but the last).
+    pub slots: usize,
+}
+
+impl LayerCache {
+    /// The windows as the attention kernels take them.
+    pub fn store(&self) -> KvWindows<'_> {
+        KvWindows {
+            k: &self.k,
+            v: &self.v,
+            slots: self.slots as u32,
+        }
+    }
+
+    /// Allocates a ring of `cap` slots of `nkv` heads of `hd`, split into windows that each fit
+    /// one storage binding of `ctx`.
+    fn new(ctx: &GpuContext, nkv: usize, cap: usize, hd: usize) -> Result<Self> {
+        let slot_bytes = (nkv * hd * 4) as u64;
+        let fit = ctx.caps().max_binding_size.min(ctx.caps().max_buffer_size) / slot_bytes;
+        if fit == 0 {
+            return Err(Error::Gpu(crate::gpu::GpuError::LimitExceeded {
+                what: format!("one KV-cache slot ({nkv} kv heads × {hd})"),
+                needed: slot_bytes,
+                limit: ctx.caps().max_binding_size,
+                limit_name: "max_storage_buffer_binding_size",
+            }));
+        }
+        let slots = (fit as usize).min(cap);
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        while start < cap {
+            let n = slots.min(cap - start);
+            k.push(GpuTensor::zeros(ctx, &[nkv, n, hd], DType::F32)?);
+            v.push(GpuTensor::zeros(ctx, &[nkv, n, hd], DType::F32)?);
+            start += n;
+        }
+        Ok(LayerCache { k, v, cap, slots })
+    }
+
+    /// Windows of the ring (1 when it fits one binding).
+    pub fn windows(&self) -> usize {
+        self.k.len()
+    }
 }
 
 /// The KV cache of one session.
@@ -52,11 +98,7 @@ impl KvCache {
             if cfg.layer_types[i] == LayerType::SlidingAttention && cap < max_context {
                 rewind_slack = rewind_slack.min(cap.saturating_sub(cfg.sliding_window));
             }
-            layers.push(Some(LayerCache {
-                k: GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32)?,
-                v: GpuTensor::zeros(ctx, &[nkv, cap, hd], DType::F32)?,
-                cap,
-            }));
+            layers.push(Some(LayerCache::new(ctx, nkv, cap, hd)?));
         }
         Ok(KvCache {
             layers,
@@ -110,7 +152,18 @@ impl KvCache {
         self.layers
             .iter()
             .flatten()
-            .map(|l| l.k.bytes() + l.v.bytes())
+            .flat_map(|l| l.k.iter().chain(&l.v))
+            .map(|t| t.bytes())
             .sum()
+    }
+
+    /// The most windows any layer's ring is split into (1: every ring fits one binding).
+    pub fn max_windows(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(LayerCache::windows)
+            .max()
+            .unwrap_or(1)
     }
 }

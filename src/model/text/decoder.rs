@@ -199,10 +199,13 @@ impl TextDecoder {
     /// bidirectional-vision model `chunk` must be at least the longest image block a prompt
     /// will hold ([`min_chunk`](Self::min_chunk)); [`forward`](Self::forward) refuses a longer
     /// block.
+    ///
+    /// The chunk is lowered where its per-token buffers would not fit one storage binding of
+    /// the device (the cache rings are split into windows that do, see [`LayerCache`](super::LayerCache)).
     pub fn new_session(&self, max_context: usize, chunk: usize) -> Result<(KvCache, Workspace)> {
-        let chunk = chunk.max(1);
+        let chunk = chunk.clamp(1, Workspace::max_chunk(&self.ctx, &self.cfg));
         let cache = KvCache::new(&self.ctx, &self.cfg, max_context, chunk)?;
-        let ws = Workspace::new(&self.ctx, &self.cfg, chunk)?;
+        let ws = Workspace::new(&self.ctx, &self.cfg, chunk, cache.max_windows())?;
         Ok((cache, ws))
     }
 

@@ -37,15 +37,59 @@ pub struct Workspace {
     /// overlay (u32 `[chunk, 2]`; image blocks of bidirectional-vision models), written per chunk.
     pub(crate) attn_bounds: GpuTensor,
     pub(crate) attn_scratch: AttnScratch,
+    /// The online-softmax state of prefill attention over a windowed KV cache (`None` when
+    /// every ring fits one binding).
+    pub(crate) prefill_scratch: Option<AttnScratch>,
     pub(crate) sample_scratch: SampleScratch,
     pub(crate) readback: Readback,
     pub(crate) host_ple: Vec<f32>,
     pub(crate) last_step: RecorderStats,
 }
 
+/// The widest per-token row of a workspace tensor of config `c`, in f32 elements.
+fn widest_row(c: &TextConfig) -> usize {
+    (0..c.num_hidden_layers)
+        .map(|i| {
+            let hd = c.layer_head_dim(i);
+            let qkv = (c.num_attention_heads + 2 * c.layer_kv_heads(i)) * hd;
+            qkv.max(c.intermediate(i))
+                .max(c.num_attention_heads * hd)
+        })
+        .chain([
+            c.hidden_size,
+            c.num_hidden_layers * c.hidden_size_per_layer_input,
+        ])
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Flash-decode chunks of the decode scratch: 64, or more than the windows of a split cache
+/// (each window interval takes at least one), as far as one binding holds them; a split cache
+/// whose windows outnumber that decodes window after window through the prefill scratch.
+fn decode_chunks(ctx: &GpuContext, n_heads: usize, hd: usize, kv_windows: usize) -> usize {
+    let limit = ctx.caps().max_binding_size.min(ctx.caps().max_buffer_size);
+    let fit = (limit / (n_heads.max(1) * hd.max(4) * 4) as u64).max(1) as usize;
+    64.max(kv_windows + 2).min(fit)
+}
+
 impl Workspace {
-    /// Allocates the buffers for chunks of up to `chunk` tokens of a model with config `c`.
-    pub(crate) fn new(ctx: &GpuContext, c: &TextConfig, chunk: usize) -> Result<Self> {
+    /// The largest prefill chunk whose per-token buffers (hidden states, q/k/v, MLP rows, PLE
+    /// rows, attention state) each fit one storage binding of `ctx`; the logits are batched
+    /// separately.
+    pub(crate) fn max_chunk(ctx: &GpuContext, c: &TextConfig) -> usize {
+        let limit = ctx.caps().max_binding_size.min(ctx.caps().max_buffer_size);
+        (limit / (4 * widest_row(c) as u64)).max(1) as usize
+    }
+
+    /// Allocates the buffers for chunks of up to `chunk` tokens of a model with config `c`
+    /// whose KV cache rings are split into at most `kv_windows` windows (1: whole rings).
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        c: &TextConfig,
+        chunk: usize,
+        kv_windows: usize,
+    ) -> Result<Self> {
         let h = c.hidden_size;
         let max_hd = (0..c.num_hidden_layers)
             .map(|i| c.layer_head_dim(i))
@@ -83,7 +127,22 @@ impl Workspace {
             logits_rows,
             token: GpuTensor::zeros(ctx, &[1], DType::U32)?,
             attn_bounds: GpuTensor::zeros(ctx, &[chunk, 2], DType::U32)?,
-            attn_scratch: AttnScratch::new(ctx, c.num_attention_heads, 64, max_hd)?,
+            attn_scratch: AttnScratch::new(
+                ctx,
+                c.num_attention_heads,
+                decode_chunks(ctx, c.num_attention_heads, max_hd, kv_windows),
+                max_hd,
+            )?,
+            prefill_scratch: if kv_windows > 1 {
+                Some(AttnScratch::for_prefill(
+                    ctx,
+                    chunk,
+                    c.num_attention_heads,
+                    max_hd,
+                )?)
+            } else {
+                None
+            },
             sample_scratch: SampleScratch::new(ctx, c.vocab_size)?,
             readback: Readback::new(ctx, 4)?,
             host_ple: vec![0.0; chunk * np],
@@ -119,6 +178,7 @@ impl Workspace {
         ];
         tensors.iter().map(|t| t.buffer_size()).sum::<u64>()
             + self.attn_scratch.bytes()
+            + self.prefill_scratch.as_ref().map_or(0, AttnScratch::bytes)
             + self.sample_scratch.bytes()
     }
 }
