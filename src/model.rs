@@ -32,6 +32,12 @@ pub struct ModelOptions {
     /// Prefill chunk length (tokens per prefill submit). On bidirectional-vision models
     /// (12B / 26B / 31B) sessions raise it to hold a whole image block.
     pub prefill_chunk: usize,
+    /// Most positions per KV-cache buffer: each layer's cache is split into buffers of at most
+    /// this many positions. `None` (default): as many as one storage binding of the device
+    /// holds, so a cache is split only where it must be. Lower it to keep single allocations
+    /// small (some drivers are slow or fail on multi-GiB buffers); each extra window a query
+    /// reaches costs one attention dispatch.
+    pub kv_window_positions: Option<usize>,
     /// Weight upload options.
     pub load: LoadOptions,
 }
@@ -42,6 +48,7 @@ impl Default for ModelOptions {
             max_soft_tokens: None,
             max_context: 8192,
             prefill_chunk: 512,
+            kv_window_positions: None,
             load: LoadOptions {
                 float_format: FloatFormat::Native,
                 ..Default::default()
@@ -178,7 +185,8 @@ impl Model {
             &config.text_config,
             Arc::new(weights.text),
             Some(config.image_token_id),
-        )?;
+        )?
+        .with_kv_window(options.kv_window_positions);
         let hidden = config.text_config.hidden_size;
         let vision = match (weights.vision, &config.vision_config) {
             (Some(w), Some(vc)) => Some(VisionModel::Tower(VisionEncoder::new(
@@ -573,6 +581,13 @@ impl ModelBuilder {
     /// Prefill chunk length (tokens per prefill submit); default 512.
     pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
         self.options.prefill_chunk = tokens.max(1);
+        self
+    }
+
+    /// Splits each layer's KV cache into buffers of at most `positions` positions (default:
+    /// as many as one storage binding holds); see [`ModelOptions::kv_window_positions`].
+    pub fn with_kv_window_positions(mut self, positions: usize) -> Self {
+        self.options.kv_window_positions = Some(positions.max(1));
         self
     }
 

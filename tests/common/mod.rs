@@ -111,3 +111,26 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         );
     }
 }
+
+/// A separate device on the same adapter whose `max_storage_buffer_binding_size` is lowered to
+/// `bytes` (every other limit the adapter's), as a small or browser-like adapter would report:
+/// weights, embedding tables and KV caches must then be split into windows of one binding.
+/// `None` when GPU tests are skipped.
+pub fn gpu_with_binding_limit(bytes: u64) -> Option<GpuContext> {
+    gpu()?;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .expect("an adapter (the shared context found one)");
+    let mut desc = GpuContext::device_descriptor(&adapter);
+    desc.required_limits.max_storage_buffer_binding_size = bytes;
+    desc.required_limits.max_buffer_size = desc.required_limits.max_buffer_size.max(bytes);
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&desc)).expect("a device with a lower limit");
+    let ctx = GpuContext::from_host(&adapter, device, queue);
+    assert_eq!(ctx.caps().max_binding_size, bytes);
+    Some(ctx)
+}

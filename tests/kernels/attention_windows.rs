@@ -168,7 +168,7 @@ fn run(path: &str, ctx: &GpuContext, c: &WinCase, seed: u64) {
             )
             .unwrap();
             // flash-decode chunks per window interval, or (too few chunks) window by window
-            let (sc, st) = if pos % 2 == 0 {
+            let (sc, st) = if pos.is_multiple_of(2) {
                 (&decode_scratch, None)
             } else {
                 (&tiny_scratch, Some(&prefill_scratch))

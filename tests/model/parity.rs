@@ -497,3 +497,93 @@ fn unified12_probe_image_file() {
         "greedy from the file"
     );
 }
+
+/// Loads `case` on `ctx` with room for `max_context` tokens, KV-cache windows of at most
+/// `window` positions, and checks that the split this test is about really happens.
+fn load_windowed(
+    ctx: &gemma_wgpu::gpu::GpuContext,
+    fx: &Fixture,
+    max_context: usize,
+    window: Option<usize>,
+) -> Model {
+    let opts = ModelOptions {
+        max_context,
+        kv_window_positions: window,
+        ..Default::default()
+    };
+    let model = Model::load_with(ctx, &fx.model_dir, &opts).unwrap_or_else(|e| {
+        panic!(
+            "{} (bindings of {} bytes): {e}",
+            fx.case,
+            ctx.caps().max_binding_size
+        )
+    });
+    let (cache, _) = model.text().new_session(max_context, 512).unwrap();
+    assert!(
+        cache.max_windows() > 1,
+        "{}: the KV cache should be split",
+        fx.case
+    );
+    model
+}
+
+/// The text golden of the 31B-like model on a device whose storage bindings hold 32 KiB: every
+/// weight matrix and the embedding table in row windows, the caches in windows of what one
+/// binding holds (128 positions), of 5 positions (the prompt's keys straddle 8 windows, the
+/// sliding rings too; decode: flash-decode chunks per window interval) or of 1 position (more
+/// window intervals than the decode scratch has chunks: decode window by window), the
+/// prefill chunk lowered to what one binding holds (21 tokens: the 24-token prompt takes two).
+/// Same logits and greedy tokens as the reference each time.
+#[test]
+fn dense31_like_text_under_a_32k_binding_limit() {
+    let Some(ctx) = common::gpu_with_binding_limit(32 << 10) else {
+        return;
+    };
+    let fx = Fixture::open("dense31-like");
+    let file = fx.json["text_golden"].as_str().expect("text_golden");
+    let g = common::golden::Golden::load(fx.dir.join(file));
+    let prompt = ids(&g.i64("input_ids").data);
+    for (max_context, window) in [(512, None), (64, Some(5)), (512, Some(1))] {
+        let model = load_windowed(&ctx, &fx, max_context, window);
+        let embed = &model.text().weights().embed.embed_tokens;
+        assert!(embed.windows.len() > 1, "embedding in one window");
+        let out = model.logits_and_greedy(&prompt, &[], 16).unwrap();
+        let what = format!(
+            "dense31-like text, 32 KiB bindings, context {max_context}, KV windows of {window:?}"
+        );
+        let r = compare(&what, &out.logits, &g.f32("logits"), TOL);
+        assert!(
+            r.max_abs <= TOL,
+            "{what}: max |Δlogits| {} > {TOL}",
+            r.max_abs
+        );
+        assert_eq!(out.greedy, ids(&g.i64("greedy").data), "{what}: greedy");
+    }
+}
+
+/// Image prompts over a KV cache in windows of 7 positions: the image block's bidirectional
+/// prefill and the greedy decode cross window edges, on the 31B-like model (the block overlay
+/// on sliding layers) and the 12B-like model (the overlay on every layer, so also on the
+/// full layers' windows). Same logits and greedy tokens as the reference.
+#[test]
+fn image_prompts_over_a_windowed_kv_cache() {
+    let Some(ctx) = common::gpu() else {
+        return;
+    };
+    for case in ["dense31-like", "unified12-probe"] {
+        let fx = Fixture::open(case);
+        let model = load_windowed(&ctx, &fx, 512, Some(7));
+        let g = fx.golden();
+        let prompt = ids(&g.i64("input_ids").data);
+        let images = golden_images(&g);
+        let out = model.logits_and_greedy(&prompt, &images, 16).unwrap();
+        let what = format!("{case} logits over KV windows of 7");
+        let r = compare(&what, &out.logits, &g.f32("logits"), TOL);
+        assert!(
+            r.max_abs <= TOL,
+            "{what}: max |Δlogits| {} > {TOL}",
+            r.max_abs
+        );
+        assert_eq!(out.greedy, ids(&g.i64("greedy").data), "{case}: greedy");
+    }
+}

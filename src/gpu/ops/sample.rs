@@ -121,7 +121,10 @@ impl SampleScratch {
 
     /// Scratch for logits vectors of up to `max_n` elements.
     pub fn new(ctx: &GpuContext, max_n: usize) -> Result<Self, GpuError> {
-        let bytes = (MAX_PARTS * MAX_TOP_K * 2 * 4) as u64;
+        // the most first-pass workgroups any k uses on `max_n` logits (k ≤ 8), each writing
+        // up to MAX_TOP_K pairs
+        let parts = split(max_n.max(1), 1).0 as u64;
+        let bytes = parts * (MAX_TOP_K * 2 * 4) as u64;
         Ok(SampleScratch {
             buffer: ctx.create_storage("sample scratch", bytes)?,
             max_n,

@@ -34,8 +34,14 @@ impl LayerCache {
     }
 
     /// Allocates a ring of `cap` slots of `nkv` heads of `hd`, split into windows that each fit
-    /// one storage binding of `ctx`.
-    fn new(ctx: &GpuContext, nkv: usize, cap: usize, hd: usize) -> Result<Self> {
+    /// one storage binding of `ctx` (and hold at most `window` slots).
+    fn new(
+        ctx: &GpuContext,
+        nkv: usize,
+        cap: usize,
+        hd: usize,
+        window: Option<usize>,
+    ) -> Result<Self> {
         let slot_bytes = (nkv * hd * 4) as u64;
         let fit = ctx.caps().max_binding_size.min(ctx.caps().max_buffer_size) / slot_bytes;
         if fit == 0 {
@@ -46,7 +52,7 @@ impl LayerCache {
                 limit_name: "max_storage_buffer_binding_size",
             }));
         }
-        let slots = (fit as usize).min(cap);
+        let slots = (fit as usize).min(cap).min(window.unwrap_or(usize::MAX).max(1));
         let (mut k, mut v) = (Vec::new(), Vec::new());
         let mut start = 0;
         while start < cap {
@@ -75,12 +81,15 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Allocates the cache for `max_context` tokens, prefill chunks of up to `chunk` tokens.
+    /// Allocates the cache for `max_context` tokens, prefill chunks of up to `chunk` tokens;
+    /// each ring in windows of at most `window` positions (`None`: as many as one storage
+    /// binding holds).
     pub fn new(
         ctx: &GpuContext,
         cfg: &TextConfig,
         max_context: usize,
         chunk: usize,
+        window: Option<usize>,
     ) -> Result<Self> {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut rewind_slack = usize::MAX;
@@ -98,7 +107,7 @@ impl KvCache {
             if cfg.layer_types[i] == LayerType::SlidingAttention && cap < max_context {
                 rewind_slack = rewind_slack.min(cap.saturating_sub(cfg.sliding_window));
             }
-            layers.push(Some(LayerCache::new(ctx, nkv, cap, hd)?));
+            layers.push(Some(LayerCache::new(ctx, nkv, cap, hd, window)?));
         }
         Ok(KvCache {
             layers,

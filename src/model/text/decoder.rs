@@ -128,6 +128,8 @@ pub struct TextDecoder {
     /// Image blocks attend bidirectionally on sliding layers (`use_bidirectional_attention:
     /// "vision"` and a media token): prefill chunks then never cut a block.
     bidir: bool,
+    /// Most positions per KV-cache buffer (`None`: what one storage binding holds).
+    kv_window: Option<usize>,
 }
 
 /// What a token-selection hook of [`TextDecoder::step_with`] / [`TextDecoder::select_last`]
@@ -167,7 +169,15 @@ impl TextDecoder {
                 .last()
                 .unwrap_or(cfg.num_hidden_layers),
             bidir: cfg.bidirectional_vision() && media_token.is_some(),
+            kv_window: None,
         })
+    }
+
+    /// Splits every layer's KV cache of later sessions into buffers of at most `positions`
+    /// positions (default and `None`: as many as one storage binding holds).
+    pub fn with_kv_window(mut self, positions: Option<usize>) -> Self {
+        self.kv_window = positions.map(|p| p.max(1));
+        self
     }
 
     /// The image blocks of `ids` that must each be prefilled in one chunk (their soft tokens
@@ -204,7 +214,7 @@ impl TextDecoder {
     /// the device (the cache rings are split into windows that do, see [`LayerCache`](super::LayerCache)).
     pub fn new_session(&self, max_context: usize, chunk: usize) -> Result<(KvCache, Workspace)> {
         let chunk = chunk.clamp(1, Workspace::max_chunk(&self.ctx, &self.cfg));
-        let cache = KvCache::new(&self.ctx, &self.cfg, max_context, chunk)?;
+        let cache = KvCache::new(&self.ctx, &self.cfg, max_context, chunk, self.kv_window)?;
         let ws = Workspace::new(&self.ctx, &self.cfg, chunk, cache.max_windows())?;
         Ok((cache, ws))
     }
