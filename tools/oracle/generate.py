@@ -767,14 +767,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(HERE.parent.parent / "tests" / "fixtures"))
     ap.add_argument("--skip-mlx", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated groups to (re)generate: e-series, dense31, unified12"
+    ap.add_argument("--only", default="", help="comma-separated groups to (re)generate: e-series, dense31, unified12, moe26"
                     " (default: all)")
     args = ap.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    groups = set(filter(None, args.only.split(","))) or {"e-series", "dense31", "unified12"}
-    assert groups <= {"e-series", "dense31", "unified12"}, groups
+    groups = set(filter(None, args.only.split(","))) or {"e-series", "dense31", "unified12", "moe26"}
+    assert groups <= {"e-series", "dense31", "unified12", "moe26"}, groups
     import issue14
+    import issue15
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         if "dense31" in groups:
@@ -786,6 +787,10 @@ def main() -> None:
             issue14.case_preprocess_unified(root)
             if not args.skip_mlx:
                 issue14.case_unified12_mlx(root, u12, tmp)
+        if "moe26" in groups:
+            moe = issue15.case_moe26(root, tmp)
+            if not args.skip_mlx:
+                issue15.case_moe26_mlx(root, moe, tmp)
         if "e-series" not in groups:
             print("done:", root)
             return
