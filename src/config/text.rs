@@ -254,9 +254,19 @@ pub struct TextConfig {
     /// End-of-sequence id(s) (1; `null` also means 1).
     #[serde(default, deserialize_with = "null_eos")]
     pub eos_token_id: TokenIds,
-    /// MoE block (26B-A4B; refused at load: not implemented yet).
+    /// MoE block on every layer (26B-A4B): a dense MLP plus `top_k_experts` of `num_experts`
+    /// routed experts of width `moe_intermediate_size` (spec §1.8).
     #[serde(default)]
     pub enable_moe_block: bool,
+    /// Routed experts per MoE layer (128 on 26B-A4B).
+    #[serde(default)]
+    pub num_experts: Option<usize>,
+    /// Experts each token is routed to (8 on 26B-A4B).
+    #[serde(default)]
+    pub top_k_experts: Option<usize>,
+    /// Width of one expert's GeGLU (704 on 26B-A4B).
+    #[serde(default)]
+    pub moe_intermediate_size: Option<usize>,
     /// Bidirectional attention over image blocks (`"vision"` on 12B/26B/31B; `null` on the
     /// E-series). `"vision"`: on sliding layers the soft tokens of one image see each other
     /// (see [`TextConfig::bidirectional_vision`]); any other non-null value (`"all"`, ...) is
@@ -269,7 +279,33 @@ pub struct TextConfig {
     pub image_block_mask: ImageBlockMask,
 }
 
+/// Most routed experts the GPU router takes (`num_experts`; 128 on 26B-A4B).
+pub const MAX_EXPERTS: usize = 256;
+
+/// The MoE geometry of a config with `enable_moe_block` (validated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeShape {
+    /// Routed experts.
+    pub experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// One expert's GeGLU width.
+    pub intermediate: usize,
+}
+
 impl TextConfig {
+    /// The MoE geometry, `None` for a dense model.
+    pub fn moe(&self) -> Option<MoeShape> {
+        if !self.enable_moe_block {
+            return None;
+        }
+        Some(MoeShape {
+            experts: self.num_experts?,
+            top_k: self.top_k_experts?,
+            intermediate: self.moe_intermediate_size?,
+        })
+    }
+
     /// First KV-shared layer (`N - num_kv_shared_layers`); equals N when nothing is shared.
     pub fn first_shared(&self) -> usize {
         self.num_hidden_layers
@@ -402,12 +438,35 @@ impl TextConfig {
         };
         let t = self;
         if t.enable_moe_block {
-            return Err(refuse(
-                "enable_moe_block",
-                "true".into(),
-                "the MoE block (26B-A4B: router and experts) is not implemented yet; use a dense \
-                 checkpoint (gemma-4-E2B / E4B)",
-            ));
+            for (name, v) in [
+                ("num_experts", t.num_experts),
+                ("top_k_experts", t.top_k_experts),
+                ("moe_intermediate_size", t.moe_intermediate_size),
+            ] {
+                match v {
+                    Some(n) if n > 0 => {}
+                    _ => {
+                        return Err(bad(
+                            name,
+                            "must be a positive integer when enable_moe_block is true".into(),
+                        ));
+                    }
+                }
+            }
+            let (e, k) = (t.num_experts.unwrap_or(0), t.top_k_experts.unwrap_or(0));
+            if k > e {
+                return Err(bad(
+                    "top_k_experts",
+                    format!("{k} exceeds num_experts {e}"),
+                ));
+            }
+            if e > MAX_EXPERTS {
+                return Err(refuse(
+                    "num_experts",
+                    e.to_string(),
+                    &format!("the GPU router handles at most {MAX_EXPERTS} experts"),
+                ));
+            }
         }
         match &t.use_bidirectional_attention {
             None | Some(serde_json::Value::Null) => {}

@@ -1288,12 +1288,33 @@ fn unsupported_configs_are_refused_naming_the_field() {
             "text_config.use_bidirectional_attention",
         ),
         (
-            "moe",
+            "moe-without-top-k",
             Box::new(|v| {
                 set(v, &["text_config", "enable_moe_block"], true.into());
                 set(v, &["text_config", "num_experts"], 128.into());
+                set(v, &["text_config", "moe_intermediate_size"], 64.into());
             }),
-            "text_config.enable_moe_block",
+            "text_config.top_k_experts",
+        ),
+        (
+            "moe-top-k-over-experts",
+            Box::new(|v| {
+                set(v, &["text_config", "enable_moe_block"], true.into());
+                set(v, &["text_config", "num_experts"], 4.into());
+                set(v, &["text_config", "top_k_experts"], 5.into());
+                set(v, &["text_config", "moe_intermediate_size"], 64.into());
+            }),
+            "text_config.top_k_experts",
+        ),
+        (
+            "moe-too-many-experts",
+            Box::new(|v| {
+                set(v, &["text_config", "enable_moe_block"], true.into());
+                set(v, &["text_config", "num_experts"], 1000.into());
+                set(v, &["text_config", "top_k_experts"], 8.into());
+                set(v, &["text_config", "moe_intermediate_size"], 64.into());
+            }),
+            "text_config.num_experts",
         ),
         (
             "audio-only",
