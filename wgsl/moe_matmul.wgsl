@@ -9,7 +9,8 @@
 //   otherwise: ds[pos, r] = Wd[e][r] . hs[pos]   (rows of x by sorted position).
 // The tiling is matmul.wgsl's: a 64-invocation workgroup computes 32 (pairs) x 32 (rows), each
 // invocation 4 x 4 (and as many for up), K walked in tiles of 32 through k-major vec4 tiles in
-// workgroup memory. Same format defines as matmul.wgsl (AFFINE with BITS, GROUP, SB_FMT;
+// workgroup memory; a tile of at most 8 pairs accumulates only its live quarter. Same format
+// defines as matmul.wgsl (AFFINE with BITS, GROUP, SB_FMT;
 // otherwise W_FMT). No subgroup operations (one kernel for both paths).
 
 struct Params {
@@ -190,20 +191,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
-        for (var k = 0u; k < T; k++) {
-            let xv = xt[k * 8u + ty];
-            let wv = wt[k * 8u + tx];
-            acc[0] += xv.x * wv;
-            acc[1] += xv.y * wv;
-            acc[2] += xv.z * wv;
-            acc[3] += xv.w * wv;
+        if (count <= 8u) {
+            // a tile of at most 8 pairs (few tokens per expert): only acc[0] holds live pairs
+            for (var k = 0u; k < T; k++) {
+                let x0 = xt[k * 8u + ty].x;
+                acc[0] += x0 * wt[k * 8u + tx];
 //#if GATE
-            let uv = ut[k * 8u + tx];
-            accu[0] += xv.x * uv;
-            accu[1] += xv.y * uv;
-            accu[2] += xv.z * uv;
-            accu[3] += xv.w * uv;
+                accu[0] += x0 * ut[k * 8u + tx];
 //#endif
+            }
+        } else {
+            for (var k = 0u; k < T; k++) {
+                let xv = xt[k * 8u + ty];
+                let wv = wt[k * 8u + tx];
+                acc[0] += xv.x * wv;
+                acc[1] += xv.y * wv;
+                acc[2] += xv.z * wv;
+                acc[3] += xv.w * wv;
+//#if GATE
+                let uv = ut[k * 8u + tx];
+                accu[0] += xv.x * uv;
+                accu[1] += xv.y * uv;
+                accu[2] += xv.z * uv;
+                accu[3] += xv.w * uv;
+//#endif
+            }
         }
         workgroupBarrier();
     }

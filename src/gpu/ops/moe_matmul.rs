@@ -72,7 +72,9 @@ pub fn all_specs() -> Vec<KernelSpec> {
 }
 
 /// The caller-allocated buffers of [`experts_prefill`] for `tokens` tokens, `top_k` experts
-/// each (`pairs = tokens * top_k`).
+/// each (`pairs = tokens * top_k`). `ds` is the largest (`pairs * H * 4` bytes) and must fit
+/// one storage binding: a prefill chunk has at most `max_binding / (top_k * H * 4)` tokens
+/// (1489 on 26B-A4B with a 128 MiB binding).
 #[derive(Debug, Clone)]
 pub struct PrefillScratch {
     /// u32 `[RouteLayout::new(tokens, experts, top_k).len]`: the routing table.

@@ -87,7 +87,12 @@ pub(crate) fn check_len(
 /// - `weights`: f32 `[tokens, top_k]`, written: `p / sum(top-k p) * per_expert_scale[id]` with
 ///   `p = softmax(logits[t])`.
 ///
-/// `experts` is 1 to [`MAX_EXPERTS`], `top_k` 1 to `experts`. All tensors at any element offset.
+/// `experts` is 1 to [`MAX_EXPERTS`], `top_k` 1 to `experts`; logits are finite. All tensors at
+/// any element offset, `ids` and `weights` in distinct buffers.
+///
+/// Ties: exactly equal probabilities are ranked lower expert index first. (`torch.topk` on CPU
+/// does not do that: its selection is unstable, so when a tie straddles the k-th place it may
+/// keep other indices; with real router logits exact ties do not occur.)
 #[allow(clippy::too_many_arguments)]
 pub fn route(
     rec: &mut Recorder,
