@@ -432,6 +432,14 @@ pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("matvec", include_str!("../../wgsl/matvec.wgsl")),
     ("matmul", include_str!("../../wgsl/matmul.wgsl")),
     ("gather", include_str!("../../wgsl/gather.wgsl")),
+    ("moe_router", include_str!("../../wgsl/moe_router.wgsl")),
+    ("moe_matvec", include_str!("../../wgsl/moe_matvec.wgsl")),
+    (
+        "moe_route_sort",
+        include_str!("../../wgsl/moe_route_sort.wgsl"),
+    ),
+    ("moe_matmul", include_str!("../../wgsl/moe_matmul.wgsl")),
+    ("moe_combine", include_str!("../../wgsl/moe_combine.wgsl")),
 ];
 
 /// The WGSL helpers shared by several kernels (`wgsl/common/*.wgsl`), by the path an

@@ -156,6 +156,53 @@ impl Matrix {
         host: &HostMatrix<'_>,
         max_window_rows: Option<usize>,
     ) -> Result<Self, GpuError> {
+        Self::upload_aligned(ctx, label, host, max_window_rows, None)
+    }
+
+    /// Uploads a stacked expert matrix `[E, rows_per_expert, cols]` (expert `e` is rows
+    /// `e * rows_per_expert .. (e + 1) * rows_per_expert` of `host`, `E * rows_per_expert` rows
+    /// in all) with every row window holding whole experts: the window rows (as many as fit the
+    /// binding limit, at most `max_window_rows`) are rounded down to a multiple of
+    /// `rows_per_expert`. One expert larger than a binding, a `rows_per_expert` of 0 or one that
+    /// does not divide the rows, or a `max_window_rows` below one expert, is a typed error.
+    pub fn upload_stacked(
+        ctx: &GpuContext,
+        label: &str,
+        host: &HostMatrix<'_>,
+        rows_per_expert: usize,
+        max_window_rows: Option<usize>,
+    ) -> Result<Self, GpuError> {
+        if rows_per_expert == 0 || !host.rows.is_multiple_of(rows_per_expert) {
+            return Err(GpuError::Kernel {
+                kernel: format!("upload {label}"),
+                message: format!(
+                    "{} rows are not a whole number of experts of {rows_per_expert} rows",
+                    host.rows
+                ),
+            });
+        }
+        if let Some(m) = max_window_rows
+            && m < rows_per_expert
+        {
+            return Err(GpuError::Kernel {
+                kernel: format!("upload {label}"),
+                message: format!(
+                    "windows of at most {m} rows cannot hold one expert of {rows_per_expert} rows"
+                ),
+            });
+        }
+        Self::upload_aligned(ctx, label, host, max_window_rows, Some(rows_per_expert))
+    }
+
+    /// [`upload`](Self::upload), with `experts: Some(rows_per_expert)` the window rows a
+    /// multiple of `rows_per_expert` (see [`upload_stacked`](Self::upload_stacked)).
+    fn upload_aligned(
+        ctx: &GpuContext,
+        label: &str,
+        host: &HostMatrix<'_>,
+        max_window_rows: Option<usize>,
+        experts: Option<usize>,
+    ) -> Result<Self, GpuError> {
         let bad = |m: String| GpuError::Kernel {
             kernel: format!("upload {label}"),
             message: m,
@@ -177,11 +224,26 @@ impl Matrix {
         let limit = ctx.caps().max_binding_size.min(ctx.caps().max_buffer_size) as usize;
         let widest = rb.max(sbr).max(1);
         let mut per = limit / widest;
-        if per < host.rows {
-            per -= per % 64;
-        }
-        if let Some(m) = max_window_rows {
-            per = per.min(m.max(1));
+        if let Some(rpe) = experts {
+            if per < rpe {
+                return Err(GpuError::LimitExceeded {
+                    what: format!("one expert ({rpe} rows) of {label}"),
+                    needed: (rpe * widest) as u64,
+                    limit: limit as u64,
+                    limit_name: "max_storage_buffer_binding_size",
+                });
+            }
+            if let Some(m) = max_window_rows {
+                per = per.min(m);
+            }
+            per -= per % rpe;
+        } else {
+            if per < host.rows {
+                per -= per % 64;
+            }
+            if let Some(m) = max_window_rows {
+                per = per.min(m.max(1));
+            }
         }
         if per == 0 {
             return Err(GpuError::LimitExceeded {

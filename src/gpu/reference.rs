@@ -494,3 +494,97 @@ pub fn host_matrix_f32(host: &HostMatrix<'_>) -> Result<Vec<f32>, String> {
     }
     Ok(out)
 }
+
+/// Mixture-of-experts routing (transformers' `Gemma4TextRouter` after the projection) for
+/// `tokens` rows of `logits [tokens, experts]`: `p = softmax(row)` in f32 (`exp(l - max) / sum`),
+/// the `k` largest `p` in descending order (ties: lower index first), renormalised to sum 1
+/// and multiplied by `per_expert_scale[id]`. Returns `(ids [tokens, k], weights [tokens, k])`.
+///
+/// Note: `torch.topk` on CPU does not order exactly equal values by index (it uses an
+/// unstable selection); this reference, like the kernel, takes the lower index first.
+pub fn moe_route_ref(
+    logits: &[f32],
+    per_expert_scale: &[f32],
+    tokens: usize,
+    experts: usize,
+    k: usize,
+) -> (Vec<u32>, Vec<f32>) {
+    let mut ids = Vec::with_capacity(tokens * k);
+    let mut weights = Vec::with_capacity(tokens * k);
+    for t in 0..tokens {
+        let row = &logits[t * experts..(t + 1) * experts];
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let ex: Vec<f32> = row.iter().map(|&v| (v - m).exp()).collect();
+        let total: f64 = ex.iter().map(|&v| v as f64).sum();
+        let p: Vec<f32> = ex.iter().map(|&v| v / total as f32).collect();
+        let mut order: Vec<usize> = (0..experts).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+        order.truncate(k);
+        let sel: f64 = order.iter().map(|&e| p[e] as f64).sum();
+        for &e in &order {
+            ids.push(e as u32);
+            weights.push(p[e] / sel as f32 * per_expert_scale[e]);
+        }
+    }
+    (ids, weights)
+}
+
+/// Dequantized stacked expert weights for [`moe_experts_ref`]: expert `e`'s gate rows are rows
+/// `e * gate_stride + gate_off ..+ inter` of `gate` (`[*, hidden]`), likewise up; its down rows
+/// are rows `e * hidden ..+ hidden` of `down` (`[*, inter]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ExpertsRef<'a> {
+    /// Gate rows, `[*, hidden]` row-major.
+    pub gate: &'a [f32],
+    /// Rows per expert block of `gate`.
+    pub gate_stride: usize,
+    /// First gate row inside an expert block.
+    pub gate_off: usize,
+    /// Up rows, `[*, hidden]` row-major.
+    pub up: &'a [f32],
+    /// Rows per expert block of `up`.
+    pub up_stride: usize,
+    /// First up row inside an expert block.
+    pub up_off: usize,
+    /// Down rows, `[experts * hidden, inter]` row-major.
+    pub down: &'a [f32],
+    /// Hidden size H.
+    pub hidden: usize,
+    /// Expert intermediate size I.
+    pub inter: usize,
+}
+
+/// Routed experts (transformers' `Gemma4TextExperts`) for `x [tokens, hidden]` with `ids` and
+/// `weights` `[tokens, k]`: `y[t] = sum_j weights[t, j] * down_e (gelu_tanh(gate_e x[t]) * up_e
+/// x[t])`, `e = ids[t, j]`, dot products in f64.
+pub fn moe_experts_ref(w: &ExpertsRef<'_>, x: &[f32], ids: &[u32], weights: &[f32], k: usize) -> Vec<f32> {
+    let (hd, inter) = (w.hidden, w.inter);
+    let tokens = x.len() / hd;
+    let dot = |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
+    let mut y = vec![0f32; tokens * hd];
+    for t in 0..tokens {
+        let xt = &x[t * hd..(t + 1) * hd];
+        let mut acc = vec![0f64; hd];
+        for j in 0..k {
+            let e = ids[t * k + j] as usize;
+            let h: Vec<f32> = (0..inter)
+                .map(|r| {
+                    let g = e * w.gate_stride + w.gate_off + r;
+                    let u = e * w.up_stride + w.up_off + r;
+                    let gv = dot(&w.gate[g * hd..(g + 1) * hd], xt) as f32;
+                    let uv = dot(&w.up[u * hd..(u + 1) * hd], xt) as f32;
+                    gelu_tanh(gv) * uv
+                })
+                .collect();
+            let wt = weights[t * k + j] as f64;
+            for (c, a) in acc.iter_mut().enumerate() {
+                let d = e * hd + c;
+                *a += wt * dot(&w.down[d * inter..(d + 1) * inter], &h);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            y[t * hd + c] = *a as f32;
+        }
+    }
+    y
+}

@@ -13,6 +13,7 @@ mod elementwise;
 mod fused;
 mod layernorm;
 mod linear;
+mod moe;
 mod norm_rope;
 mod penalty;
 mod pool;

@@ -12,6 +12,11 @@ pub mod kvcache;
 pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
+pub mod moe_combine;
+pub mod moe_matmul;
+pub mod moe_matvec;
+pub mod moe_route_sort;
+pub mod moe_router;
 pub mod penalty;
 pub mod pool;
 pub mod residual;
@@ -34,6 +39,29 @@ pub use matvec::{
     MatvecEpilogue, fusable, linear, linear_gelu_gate, linear_gelu_mul, linear_multi,
 };
 pub use penalty::repetition_penalty;
+
+/// The mixture-of-experts kernels in one place (files `moe_*.rs` / `wgsl/moe_*.wgsl`): routing
+/// ([`route`](moe::route)), the decode gathered-expert matvec
+/// ([`experts_decode`](moe::experts_decode)) and the prefill grouped GEMM
+/// ([`experts_prefill`](moe::experts_prefill)). Expert ids and weights stay on the GPU.
+pub mod moe {
+    pub use super::moe_matmul::{PrefillScratch, experts_prefill, prefill_dispatches};
+    pub use super::moe_matvec::{ExpertProj, decode_dispatches, experts_decode};
+    pub use super::moe_route_sort::{ROUTE_TILE, RouteLayout, route_sort};
+    pub use super::moe_router::{MAX_EXPERTS, route};
+
+    /// Dispatches of one MoE layer's routing and routed experts from the router logits on
+    /// (the router's norm and projection are ordinary ops and not counted): decode = route +
+    /// [`decode_dispatches`] (3 with single-window matrices); prefill = route +
+    /// [`prefill_dispatches`] (5).
+    pub fn layer_dispatches(gate: &ExpertProj<'_>, down: &ExpertProj<'_>, prefill: bool) -> usize {
+        1 + if prefill {
+            prefill_dispatches(gate, down)
+        } else {
+            decode_dispatches(gate, down)
+        }
+    }
+}
 pub use pool::avg_pool_2d;
 pub use residual::residual_norm;
 pub use rmsnorm::{rms_norm, rms_norm_inplace};
@@ -59,6 +87,11 @@ pub fn all_specs() -> Vec<KernelSpec> {
     v.extend(kvcache::all_specs());
     v.extend(matvec::all_specs());
     v.extend(matmul::all_specs());
+    v.extend(moe_router::all_specs());
+    v.extend(moe_matvec::all_specs());
+    v.extend(moe_route_sort::all_specs());
+    v.extend(moe_matmul::all_specs());
+    v.extend(moe_combine::all_specs());
     v.extend(gather::all_specs());
     v.extend(attention_input::all_specs());
     v.extend(residual::all_specs());
@@ -80,6 +113,11 @@ pub fn param_layouts() -> Vec<(&'static str, ParamLayout)> {
         ("layernorm", layernorm::param_layout()),
         ("matmul", matmul::param_layout()),
         ("matvec", matvec::param_layout()),
+        ("moe_combine", moe_combine::param_layout()),
+        ("moe_matmul", moe_matmul::param_layout()),
+        ("moe_matvec", moe_matvec::param_layout()),
+        ("moe_route_sort", moe_route_sort::param_layout()),
+        ("moe_router", moe_router::param_layout()),
         ("penalty", penalty::param_layout()),
         ("pool", pool::param_layout()),
         ("residual", residual::param_layout()),
