@@ -807,3 +807,59 @@ fn moe_timing_real_dims() {
         );
     }
 }
+
+/// The decode step records no GPU objects once warm: route + experts reuse cached pipelines and
+/// bind groups (the ids stay in their buffer between the kernels).
+#[test]
+fn moe_decode_steady_state_allocates_nothing() {
+    for (path, ctx) in one_path() {
+        // a private context (own counters), so parallel tests do not disturb the count
+        let ctx = ctx.fallback();
+        let mut rng = Rng::new(19);
+        let (experts, hidden, inter, k) = (13, 64, 96, 4);
+        let format = affine(4, 32, ScaleDType::F16);
+        let b = Block::new(
+            &ctx,
+            &mut rng,
+            format,
+            experts,
+            hidden,
+            inter,
+            false,
+            Some(5),
+        );
+        let (g, u, d) = b.projs();
+        let logits = GpuTensor::from_f32(&ctx, &[experts], &rng.normals(experts, 1.0)).unwrap();
+        let scale = GpuTensor::from_f32(&ctx, &[experts], &vec![1.0; experts]).unwrap();
+        let ids = GpuTensor::zeros(&ctx, &[k], DType::U32).unwrap();
+        let w = GpuTensor::zeros(&ctx, &[k], DType::F32).unwrap();
+        let x = GpuTensor::from_f32(&ctx, &[hidden], &rng.normals(hidden, 1.0)).unwrap();
+        let h = GpuTensor::zeros(&ctx, &[k, inter], DType::F32).unwrap();
+        let y = GpuTensor::zeros(&ctx, &[hidden], DType::F32).unwrap();
+        let step = || {
+            let mut rec = ctx.recorder();
+            route(&mut rec, &logits, &scale, &ids, &w, 1, experts, k).unwrap();
+            experts_decode(&mut rec, &x, &g, &u, &d, &ids, &w, &h, &y).unwrap();
+            let stats = rec.stats();
+            rec.finish().unwrap();
+            stats
+        };
+        step();
+        let before = ctx.counters().allocations();
+        let (_, submits0) = ctx.counters().snapshot();
+        let stats = step();
+        assert_eq!(
+            ctx.counters().snapshot().1 - submits0,
+            1,
+            "{path}: one submit"
+        );
+        assert_eq!(
+            ctx.counters().allocations(),
+            before,
+            "{path}: allocations per step"
+        );
+        // 3 windows of 5, 5 and 3 experts: route + 3 gate/up + 3 down
+        assert_eq!(stats.dispatches, 7);
+        assert_eq!(moe::layer_dispatches(&g, &d, false), 7);
+    }
+}
