@@ -490,6 +490,26 @@ impl Model {
     }
 }
 
+impl Model {
+    /// The routing decisions of every MoE layer for the fully expanded prompt `ids` with its
+    /// images (see [`TextDecoder::router_trace`]).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn router_trace(
+        &self,
+        ids: &[u32],
+        images: &[ImagePatches],
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        let parts = media::encode_each(self.vision(), images, Ok)?;
+        let placed = media::MediaRuns::place(
+            &self.inner.ctx,
+            ids,
+            self.inner.checkpoint.config.image_token_id,
+            &parts,
+        )?;
+        self.inner.text.router_trace(ids, placed.as_ref())
+    }
+}
+
 /// Builder for loading a model with non-default options.
 ///
 /// ```no_run

@@ -34,6 +34,9 @@ pub struct HostLinear {
     pub weight: StoredTensor,
     /// Scales and biases of a quantized weight.
     pub quant: Option<HostQuant>,
+    /// A stacked expert tensor `[E, rows / E, cols]` (mixture-of-experts layers): the rows of
+    /// one expert, kept together in one row window on the GPU. `None` for a plain matrix.
+    pub rows_per_expert: Option<usize>,
 }
 
 /// Storage type of affine scales for a stored dtype.

@@ -559,7 +559,10 @@ impl Sink for GpuSink<'_> {
             scales,
             biases,
         };
-        let m = Matrix::upload(self.ctx, &lin.path, &host, None)?;
+        let m = match lin.rows_per_expert {
+            Some(rpe) => Matrix::upload_stacked(self.ctx, &lin.path, &host, rpe, None)?,
+            None => Matrix::upload(self.ctx, &lin.path, &host, None)?,
+        };
         self.uploaded += m.bytes();
         let name = match format {
             WeightFormat::F32 => "f32".to_string(),
@@ -594,6 +597,10 @@ struct Builder<'a, S: Sink> {
 }
 
 impl<S: Sink> Builder<'_, S> {
+    fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
     fn get(&self, key: &str) -> Option<&StoredTensor> {
         self.ck
             .canon
@@ -635,6 +642,27 @@ impl<S: Sink> Builder<'_, S> {
             });
         }
         let data = t.to_f32()?;
+        self.sink.vector(key, shape, data)
+    }
+
+    /// [`vector`](Self::vector) with every value multiplied by `factor` on the host.
+    fn vector_scaled(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        module: &str,
+        factor: f32,
+    ) -> Result<S::V, LoadError> {
+        let t = self.require(key, module, false)?;
+        if t.shape != shape {
+            return Err(LoadError::ShapeMismatch {
+                key: t.key.clone(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        let mut data = t.to_f32()?;
+        data.iter_mut().for_each(|v| *v *= factor);
         self.sink.vector(key, shape, data)
     }
 
@@ -727,9 +755,98 @@ impl<S: Sink> Builder<'_, S> {
             cols,
             weight: w,
             quant,
+            rows_per_expert: None,
         };
         *self.formats.entry(lin.format_name()).or_default() += 1;
         Ok(lin)
+    }
+
+    /// Validates module `path` as a stacked expert tensor `[experts, rows, cols]`: HF's bare
+    /// float parameter (`experts.gate_up_proj`, no `.weight`), or `path.weight` (float, or u32
+    /// codes with `.scales`/`.biases` of shape `[experts, rows, groups]`: MLX `switch_glu`),
+    /// and hands it to the sink as one matrix of `experts · rows` rows.
+    fn stacked(
+        &mut self,
+        path: &str,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+        role: MatrixRole,
+    ) -> Result<S::M, LoadError> {
+        let wkey = format!("{path}.weight");
+        let wkey = if self.get(&wkey).is_some() {
+            wkey
+        } else {
+            path.to_string()
+        };
+        let mut w = self.require(&wkey, path, false)?;
+        let skey = format!("{path}.scales");
+        let quant = if self.get(&skey).is_some() {
+            let p = self.ck.rules.params_for(path)?;
+            let mut sc = self.require(&skey, path, false)?;
+            let mut bi = self.require(&format!("{path}.biases"), path, false)?;
+            if w.dtype != StDType::U32 {
+                return Err(LoadError::WrongDtype {
+                    key: w.key.clone(),
+                    expected: "u32 (packed codes of a quantized weight)".into(),
+                    found: w.dtype.name().into(),
+                });
+            }
+            for t in [&sc, &bi] {
+                host::scale_dtype(t)?;
+            }
+            for t in [&mut w, &mut sc, &mut bi] {
+                let [e, r, c] = t.shape[..] else {
+                    return Err(LoadError::ShapeMismatch {
+                        key: t.key.clone(),
+                        expected: vec![experts, rows, 0],
+                        found: t.shape.clone(),
+                    });
+                };
+                if e != experts || r != rows {
+                    return Err(LoadError::ShapeMismatch {
+                        key: t.key.clone(),
+                        expected: vec![experts, rows, c],
+                        found: t.shape.clone(),
+                    });
+                }
+                t.shape = vec![experts * rows, c];
+            }
+            quant::check_shapes(&w.key, experts * rows, cols, p, &w.shape, &sc.shape, &bi.shape)?;
+            Some(HostQuant {
+                bits: p.bits,
+                group: p.group_size as usize,
+                scales: sc,
+                biases: bi,
+            })
+        } else {
+            if !w.dtype.is_model_float() {
+                return Err(LoadError::WrongDtype {
+                    key: w.key.clone(),
+                    expected: "f32, f16 or bf16 (or u32 with .scales/.biases)".into(),
+                    found: w.dtype.name().into(),
+                });
+            }
+            if w.shape != [experts, rows, cols] {
+                return Err(LoadError::ShapeMismatch {
+                    key: w.key.clone(),
+                    expected: vec![experts, rows, cols],
+                    found: w.shape.clone(),
+                });
+            }
+            w.shape = vec![experts * rows, cols];
+            None
+        };
+        let lin = HostLinear {
+            path: path.to_string(),
+            rows: experts * rows,
+            cols,
+            weight: w,
+            quant,
+            rows_per_expert: Some(rows),
+        };
+        *self.formats.entry(lin.format_name()).or_default() += 1;
+        self.sink.matrix(&lin, role)
     }
 
     fn linear(

@@ -67,6 +67,31 @@ impl<'b, 'a, S: Sink> VarBuilder<'b, 'a, S> {
         self.b.linear(&path, rows, cols, self.kv_shared, self.role)
     }
 
+    /// Validates sub-module `name` as a stacked expert tensor `[experts, rows, cols]` (HF's bare
+    /// parameter or `name.weight`, float or MLX-quantized) and hands it to the sink as one
+    /// matrix of `experts · rows` rows whose row windows hold whole experts.
+    pub(crate) fn stacked(
+        &mut self,
+        name: &str,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<S::M, LoadError> {
+        let path = self.path(name);
+        self.b.stacked(&path, experts, rows, cols, self.role)
+    }
+
+    /// The tensor `prefix.name` of `shape` times `factor` (folded on the host).
+    pub(crate) fn vector_scaled(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        factor: f32,
+    ) -> Result<S::V, LoadError> {
+        let key = self.path(name);
+        self.b.vector_scaled(&key, shape, &self.prefix, factor)
+    }
+
     /// Validates sub-module `name` as a `[rows, cols]` Linear/Embedding, kept on the host.
     pub(crate) fn host_linear(
         &mut self,
@@ -76,6 +101,12 @@ impl<'b, 'a, S: Sink> VarBuilder<'b, 'a, S> {
     ) -> Result<HostLinear, LoadError> {
         let path = self.path(name);
         self.b.host_linear(&path, rows, cols, self.kv_shared)
+    }
+
+    /// Whether the checkpoint has tensor `prefix.name` or `prefix.name.weight`.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        let path = self.path(name);
+        self.b.has(&path) || self.b.has(&format!("{path}.weight"))
     }
 
     /// The `[len]` weight of norm sub-module `name` (`prefix.name.weight`).

@@ -30,7 +30,10 @@ use serde::Deserialize;
 pub use embedder::VisionEmbedderConfig;
 pub use error::ConfigError;
 pub use quant::{ModuleQuant, QuantParams, QuantizationConfig};
-pub use text::{ImageBlockMask, LayerType, PerLayerOverride, RopeParameters, TextConfig, TokenIds};
+pub use text::{
+    ImageBlockMask, LayerType, MAX_EXPERTS, MoeShape, PerLayerOverride, RopeParameters, TextConfig,
+    TokenIds,
+};
 pub use vision::{VisionConfig, VisionRope};
 
 /// The `model_type`s this crate loads. Anything else is [`ConfigError::UnsupportedModelType`]

@@ -455,10 +455,7 @@ impl TextConfig {
             }
             let (e, k) = (t.num_experts.unwrap_or(0), t.top_k_experts.unwrap_or(0));
             if k > e {
-                return Err(bad(
-                    "top_k_experts",
-                    format!("{k} exceeds num_experts {e}"),
-                ));
+                return Err(bad("top_k_experts", format!("{k} exceeds num_experts {e}")));
             }
             if e > MAX_EXPERTS {
                 return Err(refuse(

@@ -219,6 +219,50 @@ impl TextDecoder {
         Ok((cache, ws))
     }
 
+    /// The routing decisions of every MoE layer for the prompt `ids` (run in one chunk from
+    /// position 0): per layer, the chosen expert ids `[L, k]` and their weights `[L, k]`
+    /// (renormalised and scaled by `per_expert_scale`), in the router's order. An error on a
+    /// dense model.
+    pub fn router_trace(
+        &self,
+        ids: &[u32],
+        media: Option<&MediaRuns>,
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        let shape = self
+            .cfg
+            .moe()
+            .ok_or_else(|| Error::InvalidArgument("not a mixture-of-experts model".into()))?;
+        let l = ids.len().max(1);
+        let (mut cache, mut ws) = self.new_session(l + 1, l)?;
+        if ws.chunk < l {
+            return Err(Error::InvalidArgument(format!(
+                "a router trace runs the prompt in one chunk; {l} tokens exceed the largest \
+                 chunk of this device ({})",
+                ws.chunk
+            )));
+        }
+        let layers = self.cfg.num_hidden_layers;
+        ws.moe
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("the workspace has no MoE buffers".into()))?
+            .enable_trace(&self.ctx, layers)?;
+        self.forward(&mut cache, &mut ws, ids, media, Logits::Last)?;
+        let Some((tid, tw)) = ws.moe.as_ref().and_then(|m| m.trace.as_ref()) else {
+            return Err(Error::InvalidArgument("no router trace".into()));
+        };
+        let (all_ids, all_w) = (tid.to_u32(&self.ctx)?, tw.to_f32(&self.ctx)?);
+        let per = ws.chunk * shape.top_k;
+        let n = ids.len() * shape.top_k;
+        Ok((0..layers)
+            .map(|i| {
+                (
+                    all_ids[i * per..i * per + n].to_vec(),
+                    all_w[i * per..i * per + n].to_vec(),
+                )
+            })
+            .collect())
+    }
+
     /// Runs `ids` through the decoder at the cache's current position, in chunks of the
     /// workspace size, and advances the cache. Returns the requested logits (`[rows, vocab]`,
     /// flattened) read back to the host.

@@ -32,7 +32,7 @@ pub struct DecoderLayer<M = Matrix, V = GpuTensor> {
     /// `self_attn`.
     pub self_attn: Attention<M, V>,
     /// `mlp`.
-    pub mlp: FeedForward<M>,
+    pub mlp: FeedForward<M, V>,
     /// The per-layer-input block (PLE models).
     pub per_layer_input: Option<PerLayerInput<M, V>>,
     /// `layer_scalar`: the layer's output scale.
@@ -99,7 +99,8 @@ impl DecoderLayer {
         // h += post_attention_norm(o); xn = pre_feedforward_norm(h)
         let pre_ff = Some((&self.pre_feedforward_layernorm, xn));
         ops::residual_norm(rec, h, &o, &self.post_attention_layernorm, 1.0, pre_ff, eps)?;
-        self.mlp.record(rec, env.ws, xn, &o)?;
+        let layer = self.self_attn.layer;
+        self.mlp.record(rec, env.ws, layer, h, xn, &o, eps)?;
         // The layer's last residual add carries `* layer_scalar` and the next norm.
         let next = next_norm.map(|w| (w, xn));
         let (post_ff, scalar) = (&self.post_feedforward_layernorm, self.layer_scalar);

@@ -1,6 +1,6 @@
 //! The feed-forward block of a decoder layer (spec §1.7): `down(gelu_tanh(gate(x)) * up(x))`.
-//! [`FeedForward`] is the layer's choice of block: dense today; the MoE variant (§1.8, a dense
-//! MLP plus routed experts) becomes a second arm.
+//! [`FeedForward`] is the layer's choice of block: dense, or the MoE block (§1.8, a dense MLP
+//! plus routed experts; [`super::moe`]).
 
 use crate::config::TextConfig;
 use crate::error::Result;
@@ -9,6 +9,7 @@ use crate::gpu::{GpuTensor, Matrix, Recorder};
 use crate::checkpoint::var_builder::VarBuilder;
 use crate::checkpoint::{LoadError, Sink};
 
+use super::moe::MoeBlock;
 use super::workspace::Workspace;
 
 /// The gelu_tanh-gated MLP (module `mlp`).
@@ -56,18 +57,25 @@ impl Mlp {
 
 /// The feed-forward block of a decoder layer.
 #[derive(Debug)]
-pub enum FeedForward<M = Matrix> {
-    /// One dense MLP (E2B / E4B / 31B).
+pub enum FeedForward<M = Matrix, V = GpuTensor> {
+    /// One dense MLP (E2B / E4B / 12B / 31B).
     Dense(Mlp<M>),
+    /// A dense MLP plus routed experts (26B-A4B).
+    DenseAndExperts(Box<MoeBlock<M, V>>),
 }
 
-impl<M> FeedForward<M> {
+impl<M, V> FeedForward<M, V> {
     /// Loads layer `i`'s block from the layer's module (`language_model.layers.{i}`).
-    pub(crate) fn load<S: Sink<M = M>>(
+    pub(crate) fn load<S: Sink<M = M, V = V>>(
         cfg: &TextConfig,
         i: usize,
         vb: &mut VarBuilder<'_, '_, S>,
     ) -> Result<Self, LoadError> {
+        if let Some(shape) = cfg.moe() {
+            return Ok(FeedForward::DenseAndExperts(Box::new(MoeBlock::load(
+                cfg, i, shape, vb,
+            )?)));
+        }
         let mlp = Mlp::load(&mut vb.pp("mlp"), cfg.hidden_size, cfg.intermediate(i))?;
         Ok(FeedForward::Dense(mlp))
     }
@@ -76,22 +84,37 @@ impl<M> FeedForward<M> {
     pub fn dense(&self) -> &Mlp<M> {
         match self {
             FeedForward::Dense(m) => m,
+            FeedForward::DenseAndExperts(b) => &b.mlp,
+        }
+    }
+
+    /// The MoE block, if the layer has one.
+    pub fn moe(&self) -> Option<&MoeBlock<M, V>> {
+        match self {
+            FeedForward::Dense(_) => None,
+            FeedForward::DenseAndExperts(b) => Some(b),
         }
     }
 }
 
 impl FeedForward {
     /// Records the block's output `out` (`[L, H]`, before the post-feed-forward norm) for the
-    /// pre-normed input `x`.
+    /// pre-normed input `x` of the residual `r` (the router and experts read `r`; `x` may be
+    /// overwritten).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         rec: &mut Recorder,
         ws: &Workspace,
+        layer: usize,
+        r: &GpuTensor,
         x: &GpuTensor,
         out: &GpuTensor,
+        eps: f32,
     ) -> Result<()> {
         match self {
             FeedForward::Dense(mlp) => mlp.record(rec, ws, x, out),
+            FeedForward::DenseAndExperts(b) => b.record(rec, ws, layer, r, x, out, eps),
         }
     }
 }

@@ -7,7 +7,8 @@
 //!   DecoderLayer         layer.rs       norms and residuals of one layer
 //!     Attention          attention.rs   q/k/v, norms + RoPE + cache write, attention, o_proj
 //!       KvSource                        owns K/V | owns K with V = K | reads layer j's cache
-//!     FeedForward        mlp.rs         Dense(Mlp) (room for dense + experts)
+//!     FeedForward        mlp.rs         Dense(Mlp) | DenseAndExperts(MoeBlock)
+//!       MoeBlock         moe.rs         dense MLP + router (GPU top-k) + routed experts
 //!     PerLayerInput      per_layer.rs   h += norm(proj(gelu(gate(h)) * PLE_i))
 //!   LmHead               head.rs        final norm, tied projection, softcap
 //! KvCache                cache.rs       per-session K/V rings
@@ -26,6 +27,7 @@ mod embedding;
 mod head;
 mod layer;
 mod mlp;
+mod moe;
 mod per_layer;
 mod workspace;
 
@@ -36,5 +38,6 @@ pub use embedding::TokenEmbedding;
 pub use head::LmHead;
 pub use layer::DecoderLayer;
 pub use mlp::{FeedForward, Mlp};
+pub use moe::{ExpertWeights, MoeBlock, MoeWorkspace, Router};
 pub use per_layer::{PerLayerEmbedding, PerLayerInput, PerLayerTable};
 pub use workspace::{MAX_LOGITS_BYTES, Workspace};

@@ -40,6 +40,8 @@ pub struct Workspace {
     /// The online-softmax state of prefill attention over a windowed KV cache (`None` when
     /// every ring fits one binding).
     pub(crate) prefill_scratch: Option<AttnScratch>,
+    /// The MoE layers' routing and expert buffers (MoE models).
+    pub(crate) moe: Option<super::moe::MoeWorkspace>,
     pub(crate) sample_scratch: SampleScratch,
     pub(crate) readback: Readback,
     pub(crate) host_ple: Vec<f32>,
@@ -59,6 +61,8 @@ fn widest_row(c: &TextConfig) -> usize {
             c.hidden_size,
             c.num_hidden_layers * c.hidden_size_per_layer_input,
         ])
+        // MoE prefill: per token k rows of the expert width and of H (grouped GEMM scratch)
+        .chain(c.moe().map(|m| m.top_k * c.hidden_size.max(m.intermediate)))
         .max()
         .unwrap_or(1)
         .max(1)
@@ -143,6 +147,10 @@ impl Workspace {
             } else {
                 None
             },
+            moe: match c.moe() {
+                Some(shape) => Some(super::moe::MoeWorkspace::new(ctx, c, shape, chunk)?),
+                None => None,
+            },
             sample_scratch: SampleScratch::new(ctx, c.vocab_size)?,
             readback: Readback::new(ctx, 4)?,
             host_ple: vec![0.0; chunk * np],
@@ -179,6 +187,7 @@ impl Workspace {
         tensors.iter().map(|t| t.buffer_size()).sum::<u64>()
             + self.attn_scratch.bytes()
             + self.prefill_scratch.as_ref().map_or(0, AttnScratch::bytes)
+            + self.moe.as_ref().map_or(0, super::moe::MoeWorkspace::bytes)
             + self.sample_scratch.bytes()
     }
 }
