@@ -327,12 +327,15 @@ mod tests {
     }
 
     #[test]
-    fn the_dense_family_resolves_by_name_and_repo() {
+    fn the_family_resolves_by_name_and_repo() {
         for (name, repo) in [
             ("gemma-4-31B-it", "google/gemma-4-31B-it"),
             ("gemma-4-31B-it-4bit", "mlx-community/gemma-4-31B-it-4bit"),
             ("gemma-4-12B-it", "google/gemma-4-12B-it"),
             ("gemma-4-12B-it-qat-4bit", "mlx-community/gemma-4-12B-it-qat-4bit"),
+            ("gemma-4-26B-A4B-it", "google/gemma-4-26B-A4B-it"),
+            ("gemma-4-26B-A4B-it-4bit", "mlx-community/gemma-4-26B-A4B-it-4bit"),
+            ("gemma-4-26B-A4B-it-qat-4bit", "mlx-community/gemma-4-26B-A4B-it-qat-4bit"),
         ] {
             match resolve(name) {
                 Ok(Resolved::Registry(e)) => assert_eq!(e.repo, repo),

@@ -21,6 +21,8 @@ const CASES: &[&str] = &[
     "two-images",
     "dense31-like",
     "dense31-like-mlx",
+    "moe26-like",
+    "moe26-like-mlx",
 ];
 const GREEDY: usize = 16;
 
@@ -468,7 +470,12 @@ fn config_forms_agree() {
 /// and the block the crate derives from the ids is transformers' (mm_token_type_ids runs).
 #[test]
 fn dense31_like_covers_the_variant() {
-    for case in ["dense31-like", "dense31-like-mlx"] {
+    for case in [
+        "dense31-like",
+        "dense31-like-mlx",
+        "moe26-like",
+        "moe26-like-mlx",
+    ] {
         let fx = Fixture::open(case);
         let cfg = fx.config();
         let tc = &cfg["text_config"];
@@ -514,6 +521,48 @@ fn dense31_like_covers_the_variant() {
             blocks.iter().any(|(s, e)| e - s > window),
             "{case}: an image block longer than the window {window}"
         );
+    }
+}
+
+/// The MoE fixtures exercise what the MoE kernels must get right: an expert count that is not a
+/// multiple of 4, top-k above 1 and below E, an expert width not a multiple of 64, every expert
+/// chosen somewhere in every layer (a wrong expert's rows would show), the router golden for
+/// every layer and prompt position, and (MLX) the experts quantized with the router at 8 bits.
+#[test]
+fn moe26_like_covers_the_variant() {
+    for case in ["moe26-like", "moe26-like-mlx"] {
+        let fx = Fixture::open(case);
+        let cfg = fx.config();
+        let tc = &cfg["text_config"];
+        assert_eq!(tc["enable_moe_block"], true, "{case}");
+        let e = u(&tc["num_experts"], "num_experts");
+        let k = u(&tc["top_k_experts"], "top_k_experts");
+        let i = u(&tc["moe_intermediate_size"], "moe_intermediate_size");
+        assert!(
+            !e.is_multiple_of(4) && k > 1 && k < e,
+            "{case}: {e} experts, top-{k}"
+        );
+        assert!(!i.is_multiple_of(64), "{case}: expert width {i}");
+        let layers = u(&tc["num_hidden_layers"], "num_hidden_layers");
+        let g = fx.golden();
+        let t = g.i64("input_ids").data.len();
+        for l in 0..layers {
+            let ids = g.i64(&format!("router.L{l}.ids"));
+            assert_eq!(ids.shape, vec![t, k], "{case} layer {l}");
+            let mut seen = vec![false; e];
+            ids.data.iter().for_each(|&x| seen[x as usize] = true);
+            assert!(
+                seen.iter().all(|&s| s),
+                "{case} layer {l}: some expert never chosen"
+            );
+            assert_eq!(g.f32(&format!("router.L{l}.weights")).shape, vec![t, k]);
+        }
+        if case.ends_with("mlx") {
+            let q = &cfg["quantization"];
+            let router = &q["language_model.model.layers.0.router.proj"];
+            assert_eq!(router["bits"], 8, "{case}: router at 8 bits");
+            assert_eq!(q["bits"], 4, "{case}: experts at 4 bits");
+        }
     }
 }
 

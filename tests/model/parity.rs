@@ -255,7 +255,17 @@ fn dense31_like_mlx_multimodal() {
 /// reference processor's, and the logits and greedy tokens the golden.
 #[test]
 fn dense31_like_image_file() {
-    let fx = Fixture::open("dense31-like");
+    image_file("dense31-like");
+}
+
+/// The MoE model from its image file.
+#[test]
+fn moe26_like_image_file() {
+    image_file("moe26-like");
+}
+
+fn image_file(case: &str) {
+    let fx = Fixture::open(case);
     let Some(model) = load(&fx, 512) else {
         return;
     };
@@ -268,7 +278,7 @@ fn dense31_like_image_file() {
     assert_eq!(image.positions, want.positions, "patch positions");
     let pv = g.f32("pixel_values");
     let r = compare(
-        "dense31-like pixel_values from image.png",
+        &format!("{case} pixel_values from image.png"),
         &image.pixel_values,
         &pv,
         TOL,
@@ -277,7 +287,7 @@ fn dense31_like_image_file() {
     let prompt = ids(&g.i64("input_ids").data);
     let out = model.logits_and_greedy(&prompt, &[image], 16).unwrap();
     let r = compare(
-        "dense31-like logits from image.png",
+        &format!("{case} logits from image.png"),
         &out.logits,
         &g.f32("logits"),
         TOL,
