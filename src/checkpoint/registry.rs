@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn registry_parses_and_has_the_known_models() {
-        assert_eq!(entries().len(), 14);
+        assert_eq!(entries().len(), 17);
         for e in entries() {
             assert!(e.approx_size_gb > 0.0);
             assert!(e.weights.starts_with("model.safetensors"));
