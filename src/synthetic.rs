@@ -1305,6 +1305,27 @@ mod tests {
     }
 
     #[test]
+    fn dense31_sizes_are_the_mlx_community_sizes() {
+        // The registry's sizes of the uniform 4-bit and 8-bit 31B uploads (tower in bf16,
+        // everything else quantized): the real 31B dims give the same totals.
+        let size = |repo: &str| {
+            crate::registry::entries()
+                .iter()
+                .find(|e| e.repo == repo)
+                .map(|e| e.approx_size_gb)
+                .unwrap()
+        };
+        for (bits, repo) in [
+            (4, "mlx-community/gemma-4-31B-it-4bit"),
+            (8, "mlx-community/gemma-4-31B-it-8bit"),
+        ] {
+            let gb = SyntheticSpec::dense31().with_bits(bits, bits).total_bytes() as f64 / 1e9;
+            let want = size(repo);
+            assert!((gb / want - 1.0).abs() < 0.01, "{bits}-bit: {gb} GB vs {want}");
+        }
+    }
+
+    #[test]
     fn e2b_size_is_the_qat_size() {
         // Text ≈ 0.4 GB 4-bit attention/PLE/embeddings + 1.65 GB 8-bit MLP + 1.3 GB PLE table.
         let s = SyntheticSpec::e2b().without_vision();
