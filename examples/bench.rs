@@ -151,6 +151,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// A rate with one decimal, or three below 1 (slow CPU adapters).
+fn rate(x: f64) -> String {
+    if x >= 1.0 || x == 0.0 || !x.is_finite() {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
 fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -437,7 +446,7 @@ fn main() -> Result<(), failure::Failure> {
         let t = Instant::now();
         text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
         let s = t.elapsed().as_secs_f64();
-        eprintln!("prefill {p}: {:.1} tok/s ({:.2} s)", p as f64 / s, s);
+        eprintln!("prefill {p}: {} tok/s ({:.2} s)", rate(p as f64 / s), s);
         prefill.push((p, p as f64 / s, s));
     }
 
@@ -552,7 +561,7 @@ fn main() -> Result<(), failure::Failure> {
     for (p, tps, s) in &prefill {
         rows.push((
             format!("prefill {p} tokens"),
-            format!("{tps:.1} tok/s ({s:.2} s)"),
+            format!("{} tok/s ({s:.2} s)", rate(*tps)),
         ));
     }
     rows.push((
