@@ -7,6 +7,8 @@
 //! cargo run --release --example bench -- --synthetic e2b            # real E2B shapes, random weights
 //! cargo run --release --example bench -- --synthetic e2b --layers 2 --vocab 32768 \
 //!     --prefill 128 --decode-tokens 16 --vision-budgets 70 --vision-layers 2   # quick (lavapipe)
+//! cargo run --release --example bench -- --synthetic 31b --layers 6   # 31B widths, 6 of 60 layers
+//! cargo run --release --example bench -- --synthetic 12b --layers 6   # 12B unified widths
 //! cargo run --release --example bench -- --model path/to/checkpoint --profile
 //! ```
 //!
@@ -34,7 +36,7 @@ use clap::Parser;
 use gemma_wgpu::checkpoint::{Checkpoint, PerLayerTable};
 use gemma_wgpu::gpu::ops::streaming;
 use gemma_wgpu::gpu::{GpuContext, Profile};
-use gemma_wgpu::prompt::preprocess::{self, ImageOptions};
+use gemma_wgpu::prompt::preprocess;
 use gemma_wgpu::synthetic::SyntheticSpec;
 use gemma_wgpu::text::{Logits, argmax_host};
 use gemma_wgpu::vision::ImagePatches;
@@ -44,7 +46,8 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(about = "gemma-wgpu end-to-end benchmark")]
 struct Args {
-    /// Benchmark a synthetic checkpoint with real dimensions: e2b, e4b (or tiny).
+    /// Benchmark a synthetic checkpoint with real dimensions: e2b, e4b, 31b, 12b (or tiny,
+    /// tiny-31b, tiny-12b).
     #[arg(long, conflicts_with = "model")]
     synthetic: Option<String>,
     /// Benchmark a real checkpoint directory instead.
@@ -56,9 +59,14 @@ struct Args {
     /// Synthetic: vocabulary size (embeddings and PLE table).
     #[arg(long)]
     vocab: Option<usize>,
-    /// Synthetic: vision encoder layers (default 16, as the real tower).
+    /// Synthetic: vision encoder layers (default: the real tower's, 16 on E2B/E4B, 27 on
+    /// 31B; the 12B embedder has none).
     #[arg(long)]
     vision_layers: Option<usize>,
+    /// Synthetic: MLX bits of the MLP projections (default 8, the QAT uploads' mixed precision;
+    /// 4: a uniform 4-bit file like the non-QAT mlx-community uploads).
+    #[arg(long)]
+    mlp_bits: Option<u32>,
     /// Synthetic: no vision tower.
     #[arg(long)]
     no_vision: bool,
@@ -141,6 +149,15 @@ fn mib(b: u64) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// A rate with one decimal, or three below 1 (slow CPU adapters).
+fn rate(x: f64) -> String {
+    if x >= 1.0 || x == 0.0 || !x.is_finite() {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -255,8 +272,12 @@ fn main() -> Result<(), failure::Failure> {
     let mut write_s = None;
     let (dir, model_desc) = match (&args.synthetic, &args.model) {
         (Some(name), _) => {
-            let mut spec = SyntheticSpec::preset(name)
-                .ok_or_else(|| format!("unknown --synthetic {name} (e2b, e4b, tiny)"))?;
+            let mut spec = SyntheticSpec::preset(name).ok_or_else(|| {
+                format!(
+                    "unknown --synthetic {name} ({})",
+                    SyntheticSpec::PRESETS.join(", ")
+                )
+            })?;
             if let Some(n) = args.layers {
                 spec = spec.with_layers(n);
             }
@@ -264,7 +285,14 @@ fn main() -> Result<(), failure::Failure> {
                 spec = spec.with_vocab(v);
             }
             if let Some(n) = args.vision_layers {
+                if spec.vision.is_none() {
+                    eprintln!("--vision-layers ignored: {name} has no vision tower");
+                }
                 spec = spec.with_vision_layers(n);
+            }
+            if let Some(b) = args.mlp_bits {
+                let bits = spec.bits;
+                spec = spec.with_bits(bits, b);
             }
             if args.no_vision {
                 spec = spec.without_vision();
@@ -288,7 +316,7 @@ fn main() -> Result<(), failure::Failure> {
             (dir, format!("synthetic {}", spec.dir_name()))
         }
         (None, Some(dir)) => (dir.clone(), format!("{}", dir.display())),
-        (None, None) => return Err("pass --synthetic e2b|e4b or --model DIR".into()),
+        (None, None) => return Err("pass --synthetic e2b|e4b|31b|12b or --model DIR".into()),
     };
 
     // Load.
@@ -418,7 +446,7 @@ fn main() -> Result<(), failure::Failure> {
         let t = Instant::now();
         text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
         let s = t.elapsed().as_secs_f64();
-        eprintln!("prefill {p}: {:.1} tok/s ({:.2} s)", p as f64 / s, s);
+        eprintln!("prefill {p}: {} tok/s ({:.2} s)", rate(p as f64 / s), s);
         prefill.push((p, p as f64 / s, s));
     }
 
@@ -443,16 +471,22 @@ fn main() -> Result<(), failure::Failure> {
     // Vision encode at each soft-token budget, after a warm-up.
     let mut vision = Vec::new();
     let mut vision_profile: Option<(u32, Profile)> = None;
-    if let (Some(enc), Some(vc), false) =
-        (model.vision(), cfg.vision_config.as_ref(), args.skip_vision)
+    // The warm-up grid: the smallest poolable grid of the tower (k x k patches), one model
+    // patch of the unified model's embedder (no pooling).
+    let warm_grid = match (&cfg.vision_config, &cfg.vision_embedder) {
+        (Some(vc), _) => Some((vc.pooling_kernel_size as u32, vc.patch_values())),
+        (None, Some(ec)) => Some((1, ec.patch_values())),
+        (None, None) => None,
+    };
+    if let (Some(enc), Some((k, patch_values)), false) =
+        (model.vision(), warm_grid, args.skip_vision)
     {
         let img = test_image(1024, 768);
+        // The model's own preprocessing (the E-series PIL path or the unified model's
+        // torchvision path and 48-px model patches) at each budget.
+        let base = model.image_options()?;
         let patches = |budget: u32| -> Result<ImagePatches, BoxErr> {
-            let o = ImageOptions::from_vision_config(
-                vc.patch_size as u32,
-                vc.pooling_kernel_size as u32,
-                budget,
-            )?;
+            let o = base.with_max_soft_tokens(budget)?;
             let p = preprocess::preprocess(&img, &o)?;
             Ok(ImagePatches {
                 pixel_values: p.pixel_values,
@@ -461,11 +495,10 @@ fn main() -> Result<(), failure::Failure> {
             })
         };
         if !args.vision_budgets.is_empty() {
-            // Warm-up on the smallest poolable grid (k x k patches): the same pipelines.
-            let k = vc.pooling_kernel_size as u32;
+            // Warm-up on the smallest grid: the same pipelines.
             let n = (k * k) as usize;
             let warm = ImagePatches {
-                pixel_values: vec![0.5; n * vc.patch_values()],
+                pixel_values: vec![0.5; n * patch_values],
                 positions: (0..k * k).map(|i| [i % k, i / k]).collect(),
                 grid: (k, k),
             };
@@ -528,7 +561,7 @@ fn main() -> Result<(), failure::Failure> {
     for (p, tps, s) in &prefill {
         rows.push((
             format!("prefill {p} tokens"),
-            format!("{tps:.1} tok/s ({s:.2} s)"),
+            format!("{} tok/s ({s:.2} s)", rate(*tps)),
         ));
     }
     rows.push((
@@ -665,6 +698,12 @@ fn main() -> Result<(), failure::Failure> {
         "hidden_size": tc.hidden_size,
         "vocab": tc.vocab_size,
         "vision_layers": cfg.vision_config.as_ref().map(|v| v.num_hidden_layers),
+        "vision_kind": match (&cfg.vision_config, &cfg.vision_embedder) {
+            (Some(_), _) => json!("tower"),
+            (None, Some(_)) => json!("embedder"),
+            (None, None) => Value::Null,
+        },
+        "model_type": cfg.model_type,
         "load_s": load_s,
         "ttft_ms": ttft_ms,
         "ttft_prompt_tokens": args.ttft_prompt,

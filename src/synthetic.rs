@@ -1,6 +1,6 @@
-//! Synthetic checkpoints: the real Gemma 4 E2B / E4B shapes (or custom ones) with deterministic
-//! random weights, written in the MLX layout that the mlx-community QAT uploads use, for
-//! benchmarks and tests that need a full-size model without downloading one.
+//! Synthetic checkpoints: the real Gemma 4 E2B / E4B / 31B / 12B-unified shapes (or custom ones)
+//! with deterministic random weights, written in the MLX layout that the mlx-community QAT uploads
+//! use, for benchmarks and tests that need a full-size model without downloading one.
 //!
 //! What is written (spec: `gemma4-architecture.md` §0, §2.4):
 //! - `config.json` with `text_config`, `vision_config` and a `quantization` block (duplicated as
@@ -10,7 +10,15 @@
 //!   `embed_tokens_per_layer` and every Linear (`.weight` u32 codes + bf16 `.scales` / `.biases`),
 //!   bf16 norms and `layer_scalar`; KV-shared layers carry no k/v projections (as QAT files);
 //! - the vision tower under `vision_tower.…` in bf16 with clip scalars (mlx-vlm does not
-//!   quantize the towers), and a quantized `embed_vision.embedding_projection`.
+//!   quantize the towers), and a quantized `embed_vision.embedding_projection`;
+//! - 31B ([`SyntheticSpec::dense31`]): no v_proj on full layers (`attention_k_eq_v`), their own
+//!   KV-head count (`num_global_key_value_heads`), `use_bidirectional_attention: "vision"`, and
+//!   the large tower without clip scalars but with `vision_tower.std_bias` / `std_scale`
+//!   (`standardize: true`);
+//! - 12B unified ([`SyntheticSpec::unified12`], `model_type: gemma4_unified`): no tower but the
+//!   encoder-free `vision_embedder.{patch_ln1, patch_dense (+ bias), patch_ln2, pos_embedding,
+//!   pos_norm}` in bf16 (mlx-vlm's converter skips modules named "vision"), and a quantized
+//!   `embed_vision.embedding_projection`.
 //!
 //! Weights are random codes with bf16 scales chosen so that every matrix has an output of about
 //! unit variance for unit-variance input (norm weights ≈ 1), so activations stay finite.
@@ -56,10 +64,38 @@ pub struct SyntheticVision {
     pub pooling_kernel_size: usize,
     /// Rows of each position table (10240).
     pub position_embedding_size: usize,
+    /// E-series clipped linears (clip scalars next to every projection).
+    pub use_clipped_linears: bool,
+    /// 26B/31B `standardize`: `vision_tower.std_bias` / `std_scale` after pooling.
+    pub standardize: bool,
+    /// Default soft-token budget (`default_output_length`, 280).
+    pub default_output_length: usize,
+}
+
+/// The 12B unified model's encoder-free vision embedder (`vision_config` of a `gemma4_unified`
+/// checkpoint) of a [`SyntheticSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntheticEmbedder {
+    /// Teacher patch side (16); a model patch is `patch_size · pooling_kernel_size` pixels.
+    pub patch_size: usize,
+    /// Teacher patches per model-patch side (3).
+    pub pooling_kernel_size: usize,
+    /// Width of the patch projection and the position table (3840 on 12B).
+    pub mm_embed_dim: usize,
+    /// Rows of the factorized position table `[mm_posemb_size, 2, mm_embed_dim]` (1120).
+    pub mm_posemb_size: usize,
+}
+
+impl SyntheticEmbedder {
+    /// Values per model patch (`3 · (patch_size · pooling_kernel_size)²`, 6912).
+    pub fn patch_values(&self) -> usize {
+        let m = self.patch_size * self.pooling_kernel_size;
+        3 * m * m
+    }
 }
 
 /// Shape and quantization of a synthetic checkpoint (see the [module docs](self)).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticSpec {
     /// Short name used in [`dir_name`](Self::dir_name) ("e2b", "e4b", "custom").
     pub name: String,
@@ -74,8 +110,13 @@ pub struct SyntheticSpec {
     pub use_double_wide_mlp: bool,
     /// Query heads.
     pub num_attention_heads: usize,
-    /// KV heads.
+    /// KV heads (of the sliding layers when `attention_k_eq_v` with `num_global_key_value_heads`).
     pub num_key_value_heads: usize,
+    /// KV heads of the full-attention layers of a k_eq_v model (`num_global_key_value_heads`:
+    /// 4 on 31B, 1 on 12B); `None`: `num_key_value_heads` everywhere.
+    pub num_global_key_value_heads: Option<usize>,
+    /// `attention_k_eq_v`: full-attention layers have no v_proj (V is the raw K projection).
+    pub attention_k_eq_v: bool,
     /// Head size of sliding layers.
     pub head_dim: usize,
     /// Head size of full layers.
@@ -88,8 +129,22 @@ pub struct SyntheticSpec {
     pub vocab_size: usize,
     /// Sliding window.
     pub sliding_window: usize,
-    /// Vision tower, if any.
+    /// `max_position_embeddings` (131072 on E2B/E4B, 262144 on 31B/12B).
+    pub max_position_embeddings: usize,
+    /// `final_logit_softcapping` (30 on every released variant).
+    pub final_logit_softcapping: f64,
+    /// `use_bidirectional_attention: "vision"` (31B / 12B) instead of `null` (E-series).
+    pub bidirectional_vision: bool,
+    /// The 12B unified model (`model_type: gemma4_unified`, text `gemma4_unified_text`).
+    pub unified: bool,
+    /// Vision tower, if any (E-series / 31B).
     pub vision: Option<SyntheticVision>,
+    /// Encoder-free vision embedder, if any (12B unified).
+    pub embedder: Option<SyntheticEmbedder>,
+    /// Special token ids (boi, boa, image, audio, eoi, eoa, video) written to `config.json`;
+    /// `None`: [`special_ids`](Self::special_ids)' default for the vocabulary size. Set it to
+    /// match a tokenizer copied next to the weights.
+    pub token_ids: Option<[u32; 7]>,
     /// Bits of the quantized text matrices and embeddings (4).
     pub bits: u32,
     /// Bits of the MLP projections (8, as the QAT uploads; equal to `bits` for a uniform file).
@@ -130,6 +185,26 @@ fn e_vision() -> SyntheticVision {
         patch_size: 16,
         pooling_kernel_size: 3,
         position_embedding_size: 10240,
+        use_clipped_linears: true,
+        standardize: false,
+        default_output_length: 280,
+    }
+}
+
+/// The large tower of 26B-A4B / 31B (`gemma4-architecture.md` §0: 27 layers, Hv 1152, MLP 4304,
+/// 16 heads × 72, no clipped linears, `standardize`). Patch 16, pooling 3, position table 10240
+/// rows and budget 280 are not in the docs' 31B column: transformers' `Gemma4VisionConfig`
+/// defaults, as the E-series tower.
+fn large_vision() -> SyntheticVision {
+    SyntheticVision {
+        hidden_size: 1152,
+        intermediate_size: 4304,
+        num_hidden_layers: 27,
+        num_attention_heads: 16,
+        head_dim: 72,
+        use_clipped_linears: false,
+        standardize: true,
+        ..e_vision()
     }
 }
 
@@ -145,13 +220,21 @@ impl SyntheticSpec {
             use_double_wide_mlp: true,
             num_attention_heads: 8,
             num_key_value_heads: 1,
+            num_global_key_value_heads: None,
+            attention_k_eq_v: false,
             head_dim: 256,
             global_head_dim: 512,
             num_kv_shared_layers: 20,
             hidden_size_per_layer_input: 256,
             vocab_size: REAL_VOCAB,
             sliding_window: 512,
+            max_position_embeddings: 131_072,
+            final_logit_softcapping: 30.0,
+            bidirectional_vision: false,
+            unified: false,
             vision: Some(e_vision()),
+            embedder: None,
+            token_ids: None,
             bits: 4,
             mlp_bits: 8,
             group_size: 64,
@@ -204,17 +287,142 @@ impl SyntheticSpec {
                 patch_size: 4,
                 pooling_kernel_size: 3,
                 position_embedding_size: 64,
+                ..e_vision()
             }),
             ..Self::e2b()
         }
     }
 
-    /// The named preset: "e2b", "e4b" or "tiny".
+    /// Gemma 4 31B (`gemma4-architecture.md` §0, `gemma4-variants.md` §1.1): H 5376, 60 layers
+    /// ((5 sliding + 1 full) × 10), MLP 21504, 32 heads, 16 KV heads on sliding and 4
+    /// (`num_global_key_value_heads`) on full layers, head dims 256 / 512, `attention_k_eq_v`
+    /// (no v_proj on full layers), no PLE, no KV sharing, vocab 262144, window 1024,
+    /// max positions 262144, softcap 30, `use_bidirectional_attention: "vision"`, and the large
+    /// vision tower (27 layers, Hv 1152, MLP 4304, 16 heads × 72, no clipped linears,
+    /// `standardize`).
+    pub fn dense31() -> Self {
+        SyntheticSpec {
+            name: "dense31".into(),
+            hidden_size: 5376,
+            layer_types: pattern(60, 6),
+            intermediate_size: 21504,
+            use_double_wide_mlp: false,
+            num_attention_heads: 32,
+            num_key_value_heads: 16,
+            num_global_key_value_heads: Some(4),
+            attention_k_eq_v: true,
+            head_dim: 256,
+            global_head_dim: 512,
+            num_kv_shared_layers: 0,
+            hidden_size_per_layer_input: 0,
+            sliding_window: 1024,
+            max_position_embeddings: 262_144,
+            bidirectional_vision: true,
+            vision: Some(large_vision()),
+            ..Self::e2b()
+        }
+    }
+
+    /// Gemma 4 12B unified (`gemma4_unified`; `gemma4-variants.md` §1.1): H 3840, 48 layers
+    /// ((5 sliding + 1 full) × 8), MLP 15360, 16 heads, 8 KV heads on sliding and 1 on full
+    /// layers, head dims 256 / 512, `attention_k_eq_v`, no PLE, no KV sharing, vocab 262144,
+    /// window 1024, max positions 262144, softcap 30 (written: the unified text config's
+    /// default is none), bidirectional image attention, and the encoder-free vision embedder
+    /// (48-px model patches of 6912 values, embed dim 3840, position table 1120 rows).
+    pub fn unified12() -> Self {
+        SyntheticSpec {
+            name: "unified12".into(),
+            hidden_size: 3840,
+            layer_types: pattern(48, 6),
+            intermediate_size: 15360,
+            num_attention_heads: 16,
+            num_key_value_heads: 8,
+            num_global_key_value_heads: Some(1),
+            unified: true,
+            vision: None,
+            embedder: Some(SyntheticEmbedder {
+                patch_size: 16,
+                pooling_kernel_size: 3,
+                mm_embed_dim: 3840,
+                mm_posemb_size: 1120,
+            }),
+            ..Self::dense31()
+        }
+    }
+
+    /// A tiny 31B-like model for tests: H 128, 4 layers (sliding, full, sliding, full), 4 heads,
+    /// 2 KV heads on sliding / 1 on full layers (k_eq_v), head dims 32 / 64, vocab 512, window
+    /// 16, and a 2-layer standardized tower with Hv 144 = 2 heads × 72 (the real, not a power
+    /// of two, head size) on 4-pixel patches.
+    pub fn tiny_dense31() -> Self {
+        SyntheticSpec {
+            name: "tiny-dense31".into(),
+            hidden_size: 128,
+            layer_types: pattern(4, 2),
+            intermediate_size: 256,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            num_global_key_value_heads: Some(1),
+            head_dim: 32,
+            global_head_dim: 64,
+            vocab_size: 512,
+            sliding_window: 16,
+            max_position_embeddings: 4096,
+            vision: Some(SyntheticVision {
+                hidden_size: 144,
+                intermediate_size: 136,
+                num_hidden_layers: 2,
+                num_attention_heads: 2,
+                head_dim: 72,
+                patch_size: 4,
+                pooling_kernel_size: 3,
+                position_embedding_size: 64,
+                ..large_vision()
+            }),
+            ..Self::dense31()
+        }
+    }
+
+    /// A tiny 12B-unified-like model for tests: the text side of
+    /// [`tiny_dense31`](Self::tiny_dense31) and an embedder on 12-pixel model patches
+    /// (4 × 3; 432 values) with embed dim 64 and a 32-row position table.
+    pub fn tiny_unified12() -> Self {
+        SyntheticSpec {
+            name: "tiny-unified12".into(),
+            unified: true,
+            vision: None,
+            embedder: Some(SyntheticEmbedder {
+                patch_size: 4,
+                pooling_kernel_size: 3,
+                mm_embed_dim: 64,
+                mm_posemb_size: 32,
+            }),
+            ..Self::tiny_dense31()
+        }
+    }
+
+    /// The names [`preset`](Self::preset) takes.
+    pub const PRESETS: &'static [&'static str] = &[
+        "e2b",
+        "e4b",
+        "31b",
+        "12b",
+        "tiny",
+        "tiny-31b",
+        "tiny-12b",
+    ];
+
+    /// The named preset: "e2b", "e4b", "31b" (also "dense31"), "12b" (also "unified12"),
+    /// "tiny", "tiny-31b" (also "tiny-dense31") or "tiny-12b" (also "tiny-unified12").
     pub fn preset(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
             "e2b" => Some(Self::e2b()),
             "e4b" => Some(Self::e4b()),
+            "31b" | "dense31" => Some(Self::dense31()),
+            "12b" | "unified12" => Some(Self::unified12()),
             "tiny" => Some(Self::tiny()),
+            "tiny-31b" | "tiny-dense31" => Some(Self::tiny_dense31()),
+            "tiny-12b" | "tiny-unified12" => Some(Self::tiny_unified12()),
             _ => None,
         }
     }
@@ -266,29 +474,62 @@ impl SyntheticSpec {
         self
     }
 
-    /// Drops the vision tower (a text-only checkpoint).
+    /// Drops the vision tower or embedder (a text-only checkpoint).
     pub fn without_vision(mut self) -> Self {
         self.vision = None;
+        self.embedder = None;
+        self
+    }
+
+    /// Writes these special token ids (boi, boa, image, audio, eoi, eoa, video) instead of
+    /// [`special_ids`](Self::special_ids)' default, e.g. those of a tokenizer copied next to
+    /// the weights.
+    pub fn with_token_ids(mut self, ids: [u32; 7]) -> Self {
+        self.token_ids = Some(ids);
+        self
+    }
+
+    /// MLX bits of the text matrices and embeddings (`bits`) and of the MLP projections
+    /// (`mlp_bits`; equal: a uniform file like the non-QAT mlx-community uploads).
+    pub fn with_bits(mut self, bits: u32, mlp_bits: u32) -> Self {
+        self.bits = bits;
+        self.mlp_bits = mlp_bits;
         self
     }
 
     /// Directory name encoding the shape: `<name>-L<layers>-V<vocab>` plus `-vis<layers>` /
-    /// `-novis` when the vision tower differs from the preset's.
+    /// `-novis` when the vision tower (or embedder) differs from the preset's, and
+    /// `-q<bits>` / `-q<bits>m<mlp bits>` when the bits differ from the default 4 / 8.
     pub fn dir_name(&self) -> String {
         let mut s = format!("{}-L{}-V{}", self.name, self.num_layers(), self.vocab_size);
-        match &self.vision {
-            None => s.push_str("-novis"),
-            Some(v) if v.num_hidden_layers != 16 => {
+        let preset_vision = Self::preset(&self.name).and_then(|p| p.vision);
+        match (&self.vision, &self.embedder) {
+            (None, None) => s.push_str("-novis"),
+            (Some(v), _)
+                if preset_vision.as_ref().map(|p| p.num_hidden_layers)
+                    != Some(v.num_hidden_layers) =>
+            {
                 s.push_str(&format!("-vis{}", v.num_hidden_layers))
             }
             _ => {}
         }
+        if (self.bits, self.mlp_bits) != (4, 8) {
+            if self.bits == self.mlp_bits {
+                s.push_str(&format!("-q{}", self.bits));
+            } else {
+                s.push_str(&format!("-q{}m{}", self.bits, self.mlp_bits));
+            }
+        }
         s
     }
 
-    /// Special token ids (boi, boa, image, audio, eoi, eoa, video): the real ones when the
-    /// vocabulary is the real size, else the top seven ids of the vocabulary.
+    /// Special token ids (boi, boa, image, audio, eoi, eoa, video): [`token_ids`](Self::token_ids)
+    /// if set, else the real ones when the vocabulary is the real size, else the top seven ids
+    /// of the vocabulary.
     pub fn special_ids(&self) -> [u32; 7] {
+        if let Some(ids) = self.token_ids {
+            return ids;
+        }
         if self.vocab_size >= REAL_VOCAB {
             [
                 255_999, 256_000, 258_880, 258_881, 258_882, 258_883, 258_884,
@@ -320,6 +561,24 @@ impl SyntheticSpec {
         }
     }
 
+    fn is_full(&self, i: usize) -> bool {
+        self.layer_types[i] == "full_attention"
+    }
+
+    /// Whether layer `i` has no v_proj (a full layer of a k_eq_v model).
+    fn k_eq_v(&self, i: usize) -> bool {
+        self.attention_k_eq_v && self.is_full(i)
+    }
+
+    /// KV heads of layer `i` (the rule of
+    /// [`TextConfig::layer_kv_heads`](crate::config::TextConfig::layer_kv_heads)).
+    fn layer_kv_heads(&self, i: usize) -> usize {
+        match self.num_global_key_value_heads {
+            Some(g) if self.k_eq_v(i) => g,
+            _ => self.num_key_value_heads,
+        }
+    }
+
     fn quant_block(&self) -> Value {
         let mut q = serde_json::Map::new();
         q.insert("group_size".into(), json!(self.group_size));
@@ -342,28 +601,24 @@ impl SyntheticSpec {
     pub fn config_json(&self) -> Value {
         let [boi, boa, image, audio, eoi, eoa, video] = self.special_ids();
         let eos = [1, 106.min(self.vocab_size - 1)];
-        let text = json!({
+        let mut text = json!({
             "attention_bias": false,
             "attention_dropout": 0.0,
-            "attention_k_eq_v": false,
+            "attention_k_eq_v": self.attention_k_eq_v,
             "bos_token_id": 2,
             "dtype": "bfloat16",
-            "enable_moe_block": false,
             "eos_token_id": 1,
-            "final_logit_softcapping": 30.0,
+            "final_logit_softcapping": self.final_logit_softcapping,
             "global_head_dim": self.global_head_dim,
             "head_dim": self.head_dim,
             "hidden_activation": "gelu_pytorch_tanh",
             "hidden_size": self.hidden_size,
-            "hidden_size_per_layer_input": self.hidden_size_per_layer_input,
             "initializer_range": 0.02,
             "intermediate_size": self.intermediate_size,
             "layer_types": self.layer_types,
-            "max_position_embeddings": 131072,
-            "model_type": "gemma4_text",
-            "moe_intermediate_size": null,
+            "max_position_embeddings": self.max_position_embeddings,
+            "model_type": if self.unified { "gemma4_unified_text" } else { "gemma4_text" },
             "num_attention_heads": self.num_attention_heads,
-            "num_experts": null,
             "num_hidden_layers": self.num_layers(),
             "num_key_value_heads": self.num_key_value_heads,
             "num_kv_shared_layers": self.num_kv_shared_layers,
@@ -379,18 +634,34 @@ impl SyntheticSpec {
             },
             "sliding_window": self.sliding_window,
             "tie_word_embeddings": true,
-            "top_k_experts": null,
-            "use_bidirectional_attention": null,
+            "use_bidirectional_attention": if self.bidirectional_vision { json!("vision") } else { Value::Null },
             "use_cache": true,
             "use_double_wide_mlp": self.use_double_wide_mlp,
             "vocab_size": self.vocab_size,
-            "vocab_size_per_layer_input": self.vocab_size
         });
+        if let Some(o) = text.as_object_mut() {
+            if let Some(g) = self.num_global_key_value_heads {
+                o.insert("num_global_key_value_heads".into(), json!(g));
+            }
+            if !self.unified {
+                // Fields of `Gemma4TextConfig` the unified text config does not have.
+                for (k, v) in [
+                    ("enable_moe_block", json!(false)),
+                    ("hidden_size_per_layer_input", json!(self.hidden_size_per_layer_input)),
+                    ("moe_intermediate_size", Value::Null),
+                    ("num_experts", Value::Null),
+                    ("top_k_experts", Value::Null),
+                    ("vocab_size_per_layer_input", json!(self.vocab_size)),
+                ] {
+                    o.insert(k.into(), v);
+                }
+            }
+        }
         let vision = self.vision.as_ref().map(|v| {
             json!({
                 "attention_bias": false,
                 "attention_dropout": 0.0,
-                "default_output_length": 280,
+                "default_output_length": v.default_output_length,
                 "dtype": "bfloat16",
                 "head_dim": v.head_dim,
                 "hidden_activation": "gelu_pytorch_tanh",
@@ -407,12 +678,30 @@ impl SyntheticSpec {
                 "position_embedding_size": v.position_embedding_size,
                 "rms_norm_eps": 1e-06,
                 "rope_parameters": {"rope_theta": 100.0, "rope_type": "default"},
-                "standardize": false,
-                "use_clipped_linears": true
+                "standardize": v.standardize,
+                "use_clipped_linears": v.use_clipped_linears
             })
         });
+        let embedder = self.embedder.as_ref().map(|e| {
+            json!({
+                "dtype": "bfloat16",
+                "initializer_range": 0.02,
+                "mm_embed_dim": e.mm_embed_dim,
+                "mm_posemb_size": e.mm_posemb_size,
+                "model_type": "gemma4_unified_vision",
+                "output_proj_dims": e.mm_embed_dim,
+                "patch_size": e.patch_size,
+                "pooling_kernel_size": e.pooling_kernel_size,
+                "rms_norm_eps": 1e-06
+            })
+        });
+        let (model_type, arch) = if self.unified {
+            ("gemma4_unified", "Gemma4UnifiedForConditionalGeneration")
+        } else {
+            ("gemma4", "Gemma4ForConditionalGeneration")
+        };
         json!({
-            "architectures": ["Gemma4ForConditionalGeneration"],
+            "architectures": [arch],
             "audio_config": null,
             "audio_token_id": audio,
             "boa_token_id": boa,
@@ -423,14 +712,14 @@ impl SyntheticSpec {
             "eos_token_id": eos,
             "image_token_id": image,
             "initializer_range": 0.02,
-            "model_type": "gemma4",
+            "model_type": model_type,
             "quantization": self.quant_block(),
             "quantization_config": self.quant_block(),
             "synthetic": {"generator": "gemma_wgpu::synthetic", "seed": self.seed},
             "text_config": text,
             "tie_word_embeddings": true,
             "video_token_id": video,
-            "vision_config": vision
+            "vision_config": vision.or(embedder)
         })
     }
 
@@ -483,7 +772,7 @@ impl SyntheticSpec {
             let l = |s: &str| t(&format!("layers.{i}.{s}"));
             let hd = self.layer_head_dim(i);
             let nh = self.num_attention_heads;
-            let nkv = self.num_key_value_heads;
+            let nkv = self.layer_kv_heads(i);
             let mi = self.intermediate(i);
             for s in [
                 "input_layernorm",
@@ -498,7 +787,9 @@ impl SyntheticSpec {
             out.push(norm(l("self_attn.q_norm.weight"), hd, seed));
             if !self.is_shared(i) {
                 quant(&mut out, l("self_attn.k_proj"), nkv * hd, h, self.bits, 1.0);
-                quant(&mut out, l("self_attn.v_proj"), nkv * hd, h, self.bits, 1.0);
+                if !self.k_eq_v(i) {
+                    quant(&mut out, l("self_attn.v_proj"), nkv * hd, h, self.bits, 1.0);
+                }
                 out.push(norm(l("self_attn.k_norm.weight"), hd, seed));
             }
             quant(&mut out, l("self_attn.o_proj"), h, nh * hd, self.bits, 1.0);
@@ -553,6 +844,9 @@ impl SyntheticSpec {
                         &[rows, cols],
                         seed,
                     ));
+                    if !v.use_clipped_linears {
+                        continue;
+                    }
                     for (b, val) in [
                         ("input_min", -64.0),
                         ("input_max", 64.0),
@@ -563,14 +857,60 @@ impl SyntheticSpec {
                     }
                 }
             }
-            let name = "embed_vision.embedding_projection".to_string();
-            if hv.is_multiple_of(g) {
-                quant(&mut out, name, h, hv, self.bits, 1.0);
-            } else {
-                out.push(dense_bf16(format!("{name}.weight"), &[h, hv], seed));
+            if v.standardize {
+                // `(pooled − std_bias) · std_scale`: a small shift and a scale near 1.
+                out.push(uniform_bf16(
+                    "vision_tower.std_bias".into(),
+                    &[hv],
+                    0.05,
+                    seed,
+                ));
+                out.push(norm("vision_tower.std_scale".into(), hv, seed));
             }
+            self.embed_vision(&mut out, hv);
+        }
+        if let Some(e) = &self.embedder {
+            let w = e.patch_values();
+            let d = e.mm_embed_dim;
+            let v = |s: &str| format!("vision_embedder.{s}");
+            let layer_norm = |out: &mut Vec<(String, Lazy)>, name: &str, n: usize| {
+                out.push(norm(v(&format!("{name}.weight")), n, seed));
+                out.push(uniform_bf16(v(&format!("{name}.bias")), &[n], 0.05, seed));
+            };
+            layer_norm(&mut out, "patch_ln1", w);
+            out.push(dense_bf16(v("patch_dense.weight"), &[d, w], seed));
+            out.push(uniform_bf16(v("patch_dense.bias"), &[d], 0.05, seed));
+            layer_norm(&mut out, "patch_ln2", d);
+            out.push(uniform_bf16(
+                v("pos_embedding"),
+                &[e.mm_posemb_size, 2, d],
+                0.1,
+                seed,
+            ));
+            layer_norm(&mut out, "pos_norm", d);
+            self.embed_vision(&mut out, d);
         }
         out
+    }
+
+    /// `embed_vision.embedding_projection` `[H, width]`: quantized when `width` is a multiple
+    /// of the group size (mlx-vlm's rule), else bf16.
+    fn embed_vision(&self, out: &mut Vec<(String, Lazy)>, width: usize) {
+        let name = "embed_vision.embedding_projection".to_string();
+        let h = self.hidden_size;
+        if width.is_multiple_of(self.group_size) {
+            out.extend(quantized(
+                &name,
+                h,
+                width,
+                self.bits,
+                self.group_size,
+                1.0,
+                self.seed,
+            ));
+        } else {
+            out.push(dense_bf16(format!("{name}.weight"), &[h, width], self.seed));
+        }
     }
 
     /// Total bytes of the tensors this spec writes.
@@ -723,6 +1063,21 @@ impl SyntheticSpec {
         }
         if self.vocab_size < 16 {
             return bad("the vocabulary needs at least 16 ids".into());
+        }
+        match (self.unified, &self.vision, &self.embedder) {
+            (true, Some(_), _) => {
+                return bad("the unified model has no vision tower (an embedder instead)".into());
+            }
+            (false, _, Some(_)) => {
+                return bad("only the unified model (`unified: true`) has a vision embedder".into());
+            }
+            _ => {}
+        }
+        if self.num_global_key_value_heads.is_some() && !self.attention_k_eq_v {
+            return bad(
+                "num_global_key_value_heads only applies with attention_k_eq_v (as transformers)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -947,6 +1302,27 @@ mod tests {
             SyntheticSpec::e4b().with_layers(42).num_kv_shared_layers,
             18
         );
+    }
+
+    #[test]
+    fn dense31_sizes_are_the_mlx_community_sizes() {
+        // The registry's sizes of the uniform 4-bit and 8-bit 31B uploads (tower in bf16,
+        // everything else quantized): the real 31B dims give the same totals.
+        let size = |repo: &str| {
+            crate::registry::entries()
+                .iter()
+                .find(|e| e.repo == repo)
+                .map(|e| e.approx_size_gb)
+                .unwrap()
+        };
+        for (bits, repo) in [
+            (4, "mlx-community/gemma-4-31B-it-4bit"),
+            (8, "mlx-community/gemma-4-31B-it-8bit"),
+        ] {
+            let gb = SyntheticSpec::dense31().with_bits(bits, bits).total_bytes() as f64 / 1e9;
+            let want = size(repo);
+            assert!((gb / want - 1.0).abs() < 0.01, "{bits}-bit: {gb} GB vs {want}");
+        }
     }
 
     #[test]
