@@ -1288,25 +1288,6 @@ fn unsupported_configs_are_refused_naming_the_field() {
             "text_config.use_bidirectional_attention",
         ),
         (
-            "moe-without-top-k",
-            Box::new(|v| {
-                set(v, &["text_config", "enable_moe_block"], true.into());
-                set(v, &["text_config", "num_experts"], 128.into());
-                set(v, &["text_config", "moe_intermediate_size"], 64.into());
-            }),
-            "text_config.top_k_experts",
-        ),
-        (
-            "moe-top-k-over-experts",
-            Box::new(|v| {
-                set(v, &["text_config", "enable_moe_block"], true.into());
-                set(v, &["text_config", "num_experts"], 4.into());
-                set(v, &["text_config", "top_k_experts"], 5.into());
-                set(v, &["text_config", "moe_intermediate_size"], 64.into());
-            }),
-            "text_config.top_k_experts",
-        ),
-        (
             "moe-too-many-experts",
             Box::new(|v| {
                 set(v, &["text_config", "enable_moe_block"], true.into());
@@ -1397,6 +1378,49 @@ fn unsupported_configs_are_refused_naming_the_field() {
         match Gemma4Config::from_dir(&d) {
             Err(ConfigError::Unsupported { field, .. }) => assert_eq!(field, want, "{name}"),
             other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn inconsistent_moe_configs_are_refused_naming_the_field() {
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "moe-without-top-k",
+            Box::new(|v| {
+                set(v, &["text_config", "enable_moe_block"], true.into());
+                set(v, &["text_config", "num_experts"], 128.into());
+                set(v, &["text_config", "moe_intermediate_size"], 64.into());
+            }),
+            "text_config.top_k_experts",
+        ),
+        (
+            "moe-top-k-over-experts",
+            Box::new(|v| {
+                set(v, &["text_config", "enable_moe_block"], true.into());
+                set(v, &["text_config", "num_experts"], 4.into());
+                set(v, &["text_config", "top_k_experts"], 5.into());
+                set(v, &["text_config", "moe_intermediate_size"], 64.into());
+            }),
+            "text_config.top_k_experts",
+        ),
+        (
+            "moe-zero-width",
+            Box::new(|v| {
+                set(v, &["text_config", "enable_moe_block"], true.into());
+                set(v, &["text_config", "num_experts"], 4.into());
+                set(v, &["text_config", "top_k_experts"], 2.into());
+                set(v, &["text_config", "moe_intermediate_size"], 0.into());
+            }),
+            "text_config.moe_intermediate_size",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let d = fixture_config_with(&format!("bad-{name}"), &*edit);
+        match expect_err(&d) {
+            LoadError::MalformedConfig { field, .. } => assert_eq!(field, want, "{name}"),
+            e => panic!("{name}: {e:?}"),
         }
     }
 }
@@ -1765,5 +1789,104 @@ fn unified_embedder_keys_and_errors() {
             assert_eq!(key, "vision_embedder.patch_dense.bias")
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// The MoE checkpoints (moe26-like HF, moe26-like-mlx): every tensor is claimed (router,
+/// stacked experts of both layouts, the three extra norms), the stacked experts become one matrix
+/// of E·rows rows each, and a wrong stacked shape, a wrong expert count in the scales, or a
+/// missing expert tensor is a typed error naming the stored key.
+#[test]
+fn moe_expert_keys_and_errors() {
+    use gemma_wgpu::model::text::ExpertWeights;
+    for case in ["moe26-like", "moe26-like-mlx"] {
+        let src = common::golden::fixtures_dir().join(case);
+        let plan = Checkpoint::open(&src).unwrap().plan().unwrap();
+        assert!(
+            plan.roles.values().all(|r| !matches!(r, Role::Unexpected)),
+            "{case}: unclaimed tensors"
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        let tc = &cfg["text_config"];
+        let n = |k: &str| tc[k].as_u64().unwrap() as usize;
+        let (e, i, h) = (
+            n("num_experts"),
+            n("moe_intermediate_size"),
+            n("hidden_size"),
+        );
+        for layer in &plan.weights.text.layers {
+            let moe = layer.mlp.moe().expect("every layer is an MoE layer");
+            match (&moe.experts, case.ends_with("mlx")) {
+                (ExpertWeights::GateUp { gate_up, down }, false) => {
+                    assert_eq!((gate_up.rows, gate_up.cols), (e * 2 * i, h));
+                    assert_eq!((down.rows, down.cols), (e * h, i));
+                    assert_eq!(gate_up.rows_per_expert, Some(2 * i));
+                }
+                (ExpertWeights::Split { gate, up, down }, true) => {
+                    assert_eq!((gate.rows, up.rows, down.rows), (e * i, e * i, e * h));
+                    assert!(gate.quant.is_some() && down.quant.is_some());
+                    assert_eq!(down.rows_per_expert, Some(h));
+                }
+                (_, mlx) => panic!("{case}: wrong expert layout (mlx {mlx})"),
+            }
+            assert_eq!((moe.router.proj.rows, moe.router.proj.cols), (e, h));
+        }
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let stored: Vec<W> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        let with = |name: &str, edit: &dyn Fn(&mut Vec<W>)| -> PathBuf {
+            let d = tmpdir(name);
+            std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
+            let mut t = stored.clone();
+            edit(&mut t);
+            write_st(&d.join("model.safetensors"), &t);
+            d
+        };
+        let key = if case.ends_with("mlx") {
+            "language_model.model.layers.2.experts.switch_glu.up_proj.scales"
+        } else {
+            "model.language_model.layers.2.experts.down_proj"
+        };
+        // one expert fewer in one stacked tensor: its bytes shrink with it
+        let d = with(&format!("{case}-bad-experts"), &|t| {
+            let w = t.iter_mut().find(|w| w.0 == key).unwrap();
+            let per = w.3.len() / w.2[0];
+            w.2[0] -= 1;
+            w.3.truncate(per * w.2[0]);
+        });
+        match Checkpoint::open(&d).unwrap().plan() {
+            Err(LoadError::ShapeMismatch {
+                key: k,
+                expected,
+                found,
+            }) => {
+                assert_eq!(k, key, "{case}");
+                assert_eq!(
+                    expected[0], e,
+                    "{case}: expected {expected:?} found {found:?}"
+                );
+            }
+            other => panic!("{case}: {other:?}"),
+        }
+        let missing = if case.ends_with("mlx") {
+            "language_model.model.layers.1.experts.switch_glu.gate_proj.weight"
+        } else {
+            "model.language_model.layers.1.experts.gate_up_proj"
+        };
+        let d = with(&format!("{case}-missing"), &|t| {
+            t.retain(|w| w.0 != missing)
+        });
+        match Checkpoint::open(&d).unwrap().plan() {
+            Err(LoadError::MissingTensor { key, .. }) => {
+                assert!(key.contains("layers.1.experts"), "{case}: {key}")
+            }
+            other => panic!("{case}: {other:?}"),
+        }
     }
 }
