@@ -1935,6 +1935,23 @@ fn quantize_on_load_quantizes_the_experts() {
         }
     }
     let rows = prompt.len();
+    // how many routing slots the rounding moved (the text golden has the router's choices)
+    let tg = common::golden::Golden::load(fx.dir.join(fx.json["text_golden"].as_str().unwrap()));
+    let tprompt: Vec<u32> = tg.i64("input_ids").data.iter().map(|&x| x as u32).collect();
+    let moved: usize = model
+        .router_trace(&tprompt, &[])
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(l, (ids, _))| {
+            let want = tg.i64(&format!("router.L{l}.ids")).data;
+            ids.iter()
+                .zip(&want)
+                .filter(|(a, b)| i64::from(**a) != **b)
+                .count()
+        })
+        .sum();
+    eprintln!("routing slots moved by the 8-bit rounding: {moved}");
     eprintln!(
         "moe26-like quantized on load to 8 bits: top-1 {agree}/{rows}, max |Δlogits| {max_abs}"
     );
