@@ -456,13 +456,7 @@ impl Model {
         images: &[ImagePatches],
         greedy: usize,
     ) -> Result<LogitsOutput> {
-        let parts = media::encode_each(self.vision(), images, Ok)?;
-        let placed = media::MediaRuns::place(
-            &self.inner.ctx,
-            ids,
-            self.inner.checkpoint.config.image_token_id,
-            &parts,
-        )?;
+        let placed = self.place_images(ids, images)?;
         let (mut cache, mut ws) = self.inner.text.new_session(
             self.inner.options.max_context.max(ids.len() + greedy + 1),
             self.session_chunk().max(self.inner.text.min_chunk(ids)),
@@ -491,6 +485,17 @@ impl Model {
 }
 
 impl Model {
+    /// Encodes `images` and pairs their feature rows with the soft tokens of `ids`.
+    fn place_images(&self, ids: &[u32], images: &[ImagePatches]) -> Result<Option<media::MediaRuns>> {
+        let parts = media::encode_each(self.vision(), images, Ok)?;
+        media::MediaRuns::place(
+            &self.inner.ctx,
+            ids,
+            self.inner.checkpoint.config.image_token_id,
+            &parts,
+        )
+    }
+
     /// The routing decisions of every MoE layer for the fully expanded prompt `ids` with its
     /// images (see [`TextDecoder::router_trace`]).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
@@ -499,13 +504,7 @@ impl Model {
         ids: &[u32],
         images: &[ImagePatches],
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        let parts = media::encode_each(self.vision(), images, Ok)?;
-        let placed = media::MediaRuns::place(
-            &self.inner.ctx,
-            ids,
-            self.inner.checkpoint.config.image_token_id,
-            &parts,
-        )?;
+        let placed = self.place_images(ids, images)?;
         self.inner.text.router_trace(ids, placed.as_ref())
     }
 }

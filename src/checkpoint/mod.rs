@@ -588,6 +588,43 @@ impl Sink for GpuSink<'_> {
     }
 }
 
+/// A quantized weight's dtypes: u32 codes with f16 / bf16 / f32 scales and biases.
+fn check_quant_dtypes(
+    w: &StoredTensor,
+    scales: &StoredTensor,
+    biases: &StoredTensor,
+) -> Result<(), LoadError> {
+    if w.dtype != StDType::U32 {
+        return Err(LoadError::WrongDtype {
+            key: w.key.clone(),
+            expected: "u32 (packed codes of a quantized weight)".into(),
+            found: w.dtype.name().into(),
+        });
+    }
+    host::scale_dtype(scales)?;
+    host::scale_dtype(biases)?;
+    Ok(())
+}
+
+/// A float weight of `shape`.
+fn check_float(w: &StoredTensor, shape: &[usize]) -> Result<(), LoadError> {
+    if !w.dtype.is_model_float() {
+        return Err(LoadError::WrongDtype {
+            key: w.key.clone(),
+            expected: "f32, f16 or bf16 (or u32 with .scales/.biases)".into(),
+            found: w.dtype.name().into(),
+        });
+    }
+    if w.shape != shape {
+        return Err(LoadError::ShapeMismatch {
+            key: w.key.clone(),
+            expected: shape.to_vec(),
+            found: w.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
 struct Builder<'a, S: Sink> {
     ck: &'a Checkpoint,
     sink: &'a mut S,
@@ -715,16 +752,7 @@ impl<S: Sink> Builder<'_, S> {
             let p = self.ck.rules.params_for(path)?;
             let s = self.require(&skey, path, kv_shared)?;
             let b = self.require(&format!("{path}.biases"), path, kv_shared)?;
-            if w.dtype != StDType::U32 {
-                return Err(LoadError::WrongDtype {
-                    key: w.key.clone(),
-                    expected: "u32 (packed codes of a quantized weight)".into(),
-                    found: w.dtype.name().into(),
-                });
-            }
-            for t in [&s, &b] {
-                host::scale_dtype(t)?;
-            }
+            check_quant_dtypes(&w, &s, &b)?;
             quant::check_shapes(&w.key, rows, cols, p, &w.shape, &s.shape, &b.shape)?;
             Some(HostQuant {
                 bits: p.bits,
@@ -733,20 +761,7 @@ impl<S: Sink> Builder<'_, S> {
                 biases: b,
             })
         } else {
-            if !w.dtype.is_model_float() {
-                return Err(LoadError::WrongDtype {
-                    key: w.key.clone(),
-                    expected: "f32, f16 or bf16 (or u32 with .scales/.biases)".into(),
-                    found: w.dtype.name().into(),
-                });
-            }
-            if w.shape != [rows, cols] {
-                return Err(LoadError::ShapeMismatch {
-                    key: w.key.clone(),
-                    expected: vec![rows, cols],
-                    found: w.shape.clone(),
-                });
-            }
+            check_float(&w, &[rows, cols])?;
             None
         };
         let lin = HostLinear {
@@ -785,16 +800,7 @@ impl<S: Sink> Builder<'_, S> {
             let p = self.ck.rules.params_for(path)?;
             let mut sc = self.require(&skey, path, false)?;
             let mut bi = self.require(&format!("{path}.biases"), path, false)?;
-            if w.dtype != StDType::U32 {
-                return Err(LoadError::WrongDtype {
-                    key: w.key.clone(),
-                    expected: "u32 (packed codes of a quantized weight)".into(),
-                    found: w.dtype.name().into(),
-                });
-            }
-            for t in [&sc, &bi] {
-                host::scale_dtype(t)?;
-            }
+            check_quant_dtypes(&w, &sc, &bi)?;
             for t in [&mut w, &mut sc, &mut bi] {
                 let [e, r, c] = t.shape[..] else {
                     return Err(LoadError::ShapeMismatch {
@@ -820,20 +826,7 @@ impl<S: Sink> Builder<'_, S> {
                 biases: bi,
             })
         } else {
-            if !w.dtype.is_model_float() {
-                return Err(LoadError::WrongDtype {
-                    key: w.key.clone(),
-                    expected: "f32, f16 or bf16 (or u32 with .scales/.biases)".into(),
-                    found: w.dtype.name().into(),
-                });
-            }
-            if w.shape != [experts, rows, cols] {
-                return Err(LoadError::ShapeMismatch {
-                    key: w.key.clone(),
-                    expected: vec![experts, rows, cols],
-                    found: w.shape.clone(),
-                });
-            }
+            check_float(&w, &[experts, rows, cols])?;
             w.shape = vec![experts * rows, cols];
             None
         };
