@@ -9,6 +9,7 @@
 //!     --prefill 128 --decode-tokens 16 --vision-budgets 70 --vision-layers 2   # quick (lavapipe)
 //! cargo run --release --example bench -- --synthetic 31b --layers 6   # 31B widths, 6 of 60 layers
 //! cargo run --release --example bench -- --synthetic 12b --layers 6   # 12B unified widths
+//! cargo run --release --example bench -- --synthetic 26b-a4b --layers 6   # 26B-A4B MoE widths
 //! cargo run --release --example bench -- --model path/to/checkpoint --profile
 //! ```
 //!
@@ -21,7 +22,9 @@
 //! the per-kernel profiler; prefill tok/s per `--prefill` length, each in a fresh session; vision
 //! encode per `--vision-budgets` budget. Weight bytes per token come from the checkpoint's
 //! tensors (every multiplied matrix incl. scales/biases, the tied LM head, and the gathered
-//! embedding and PLE rows). GPU memory is the engine's own buffers (weights + one session) and,
+//! embedding and PLE rows); on a mixture-of-experts layer they count the dense MLP, the router
+//! and only the top-k of the E experts a token reads (k/E of each expert stack), not every
+//! expert held. GPU memory is the engine's own buffers (weights + one session) and,
 //! where the backend reports it, the driver allocator's live total.
 //!
 //! Prints a markdown table and one line `BENCH_JSON {...}`.
@@ -38,7 +41,7 @@ use gemma_wgpu::gpu::ops::streaming;
 use gemma_wgpu::gpu::{GpuContext, Profile};
 use gemma_wgpu::prompt::preprocess;
 use gemma_wgpu::synthetic::SyntheticSpec;
-use gemma_wgpu::text::{Logits, argmax_host};
+use gemma_wgpu::text::{ExpertWeights, Logits, argmax_host};
 use gemma_wgpu::vision::ImagePatches;
 use gemma_wgpu::{Model, ModelOptions};
 use serde_json::{Value, json};
@@ -46,8 +49,8 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(about = "gemma-wgpu end-to-end benchmark")]
 struct Args {
-    /// Benchmark a synthetic checkpoint with real dimensions: e2b, e4b, 31b, 12b (or tiny,
-    /// tiny-31b, tiny-12b).
+    /// Benchmark a synthetic checkpoint with real dimensions: e2b, e4b, 31b, 12b, 26b-a4b (or
+    /// tiny, tiny-31b, tiny-12b, tiny-26b-a4b).
     #[arg(long, conflicts_with = "model")]
     synthetic: Option<String>,
     /// Benchmark a real checkpoint directory instead.
@@ -63,8 +66,9 @@ struct Args {
     /// 31B; the 12B embedder has none).
     #[arg(long)]
     vision_layers: Option<usize>,
-    /// Synthetic: MLX bits of the MLP projections (default 8, the QAT uploads' mixed precision;
-    /// 4: a uniform 4-bit file like the non-QAT mlx-community uploads).
+    /// Synthetic: MLX bits of the (dense) MLP projections (default 8, the QAT uploads' mixed
+    /// precision and the 26B-A4B 4-bit upload's; 4: a uniform 4-bit file like the non-QAT
+    /// E-series / 31B mlx-community uploads). 26B-A4B experts stay at 4 bits, the router at 8.
     #[arg(long)]
     mlp_bits: Option<u32>,
     /// Synthetic: no vision tower.
@@ -177,12 +181,16 @@ fn median(v: &[f64]) -> f64 {
 /// Weight bytes multiplied per decoded token, from the checkpoint's tensors (stored format,
 /// scales and biases included): every layer's projections (KV-shared layers have no k/v), the
 /// PLE model projection, the tied LM head (embed_tokens), plus the gathered rows of the token
-/// embedding and the PLE table.
+/// embedding and the PLE table. A mixture-of-experts layer adds its router projection and the
+/// bytes of the `top_k` experts one token reads (`top_k / num_experts` of each stacked expert
+/// tensor: every expert of a stack has the same shape and format); all experts' bytes are
+/// reported apart (`experts_held`).
 fn weight_bytes_per_token(dir: &Path) -> Result<(u64, Value), BoxErr> {
     let plan = Checkpoint::open(dir)?.plan()?;
     let t = &plan.weights.text;
     let mut layers = 0u64;
     let (mut attn, mut mlp, mut ple) = (0u64, 0u64, 0u64);
+    let (mut moe_layers, mut router, mut experts_read, mut experts_held) = (0u64, 0u64, 0u64, 0u64);
     for l in &t.layers {
         let a = &l.self_attn;
         attn += a.q_proj.stored_bytes() + a.o_proj.stored_bytes();
@@ -190,6 +198,21 @@ fn weight_bytes_per_token(dir: &Path) -> Result<(u64, Value), BoxErr> {
         attn += a.kv.v_proj().map_or(0, |m| m.stored_bytes());
         let m = l.mlp.dense();
         mlp += m.gate_proj.stored_bytes() + m.up_proj.stored_bytes() + m.down_proj.stored_bytes();
+        if let Some(b) = l.mlp.moe() {
+            moe_layers += 1;
+            router += b.router.proj.stored_bytes();
+            let held: u64 = match &b.experts {
+                ExpertWeights::GateUp { gate_up, down } => {
+                    gate_up.stored_bytes() + down.stored_bytes()
+                }
+                ExpertWeights::Split { gate, up, down } => {
+                    gate.stored_bytes() + up.stored_bytes() + down.stored_bytes()
+                }
+            };
+            let (e, k) = (b.shape.experts as u64, b.shape.top_k as u64);
+            experts_held += held;
+            experts_read += held * k / e.max(1);
+        }
         if let Some(p) = &l.per_layer_input {
             ple += p.gate.stored_bytes() + p.projection.stored_bytes();
         }
@@ -206,12 +229,16 @@ fn weight_bytes_per_token(dir: &Path) -> Result<(u64, Value), BoxErr> {
         Some(PerLayerTable::Gpu(m)) => m.stored_bytes() / m.rows.max(1) as u64,
         None => 0,
     };
-    let total = attn + mlp + ple + head + embed_row + ple_row;
-    Ok((
-        total,
-        json!({"layers": layers, "attention": attn, "mlp": mlp, "ple": ple, "lm_head": head,
-               "gathered_rows": embed_row + ple_row}),
-    ))
+    let total = attn + mlp + router + experts_read + ple + head + embed_row + ple_row;
+    let mut parts = json!({"layers": layers, "attention": attn, "mlp": mlp, "ple": ple,
+                           "lm_head": head, "gathered_rows": embed_row + ple_row});
+    if moe_layers > 0 {
+        parts["moe_layers"] = json!(moe_layers);
+        parts["router"] = json!(router);
+        parts["experts_read"] = json!(experts_read);
+        parts["experts_held"] = json!(experts_held);
+    }
+    Ok((total, parts))
 }
 
 /// GB/s of the plain streaming-read kernel over a buffer of about `mib` MiB: 10 passes per
@@ -316,7 +343,9 @@ fn main() -> Result<(), failure::Failure> {
             (dir, format!("synthetic {}", spec.dir_name()))
         }
         (None, Some(dir)) => (dir.clone(), format!("{}", dir.display())),
-        (None, None) => return Err("pass --synthetic e2b|e4b|31b|12b or --model DIR".into()),
+        (None, None) => {
+            return Err("pass --synthetic e2b|e4b|31b|12b|26b-a4b or --model DIR".into());
+        }
     };
 
     // Load.
@@ -344,6 +373,26 @@ fn main() -> Result<(), failure::Failure> {
         mib(gpu_weights)
     );
     let (weight_bytes, weight_parts) = weight_bytes_per_token(&dir)?;
+    // The MoE layers' routed branch per decoded token (router norm, projection and top-k, the
+    // experts' input norm, the gathered experts, the output norms; the dense MLP and the
+    // attention are as on a dense layer).
+    let moe_info: Option<(usize, usize, usize, usize)> = {
+        let layers = &model.text().weights().layers;
+        let routed: Vec<usize> = layers
+            .iter()
+            .filter_map(|l| l.mlp.moe())
+            .map(|b| b.decode_dispatches())
+            .collect::<Result<_, _>>()?;
+        let shape = layers.iter().find_map(|l| l.mlp.moe()).map(|b| b.shape);
+        shape.map(|s| {
+            (
+                routed.len(),
+                routed.iter().sum::<usize>(),
+                s.top_k,
+                s.experts,
+            )
+        })
+    };
 
     // Prompt ids below every special id.
     let hi = [
@@ -608,8 +657,23 @@ fn main() -> Result<(), failure::Failure> {
             ),
         ),
         (
+            "per decoded token: dispatches / layer (average)".into(),
+            format!(
+                "{:.1}",
+                stats.dispatches as f64 / tc.num_hidden_layers.max(1) as f64
+            ),
+        ),
+        (
             "weight bytes per token".into(),
-            format!("{:.1} MiB", mib(weight_bytes)),
+            match (&moe_info, weight_parts["experts_read"].as_u64()) {
+                (Some((_, _, k, e)), Some(read)) => format!(
+                    "{:.1} MiB (experts: {:.1} MiB read = {k} of {e}, of {:.1} MiB held)",
+                    mib(weight_bytes),
+                    mib(read),
+                    mib(weight_parts["experts_held"].as_u64().unwrap_or(0))
+                ),
+                _ => format!("{:.1} MiB", mib(weight_bytes)),
+            },
         ),
         (
             "decode effective weight bandwidth".into(),
@@ -624,6 +688,16 @@ fn main() -> Result<(), failure::Failure> {
             format!("{:.1}%", 100.0 * frac),
         ),
     ]);
+    if let Some((n, routed, k, e)) = moe_info {
+        rows.push((
+            "per MoE layer: routed-branch dispatches per token".into(),
+            format!(
+                "{} (router norm, proj, top-{k} of {e}, experts' norm, gathered experts, \
+                 output norms; {n} MoE layers, {routed} per token)",
+                routed / n.max(1)
+            ),
+        ));
+    }
     if let Some(s) = write_s {
         rows.push(("(synthetic checkpoint written)".into(), format!("{s:.1} s")));
     }
@@ -724,6 +798,11 @@ fn main() -> Result<(), failure::Failure> {
         "rss_bytes": rss.map(|k| k * 1024),
         "rss_peak_bytes": hwm.map(|k| k * 1024),
         "dispatches_per_token": stats.dispatches,
+        "moe": moe_info.map(|(n, routed, k, e)| json!({
+            "layers": n, "experts": e, "top_k": k,
+            "routed_dispatches_per_token": routed,
+            "routed_dispatches_per_layer": routed / n.max(1),
+        })),
         "submits_per_token": stats.submits,
         "readback_bytes_per_token": stats.readback_bytes,
         "weight_bytes_per_token": weight_bytes,

@@ -1,4 +1,5 @@
-//! Synthetic checkpoints: the real Gemma 4 E2B / E4B / 31B / 12B-unified shapes (or custom ones)
+//! Synthetic checkpoints: the real Gemma 4 E2B / E4B / 31B / 12B-unified / 26B-A4B shapes (or
+//! custom ones)
 //! with deterministic random weights, written in the MLX layout that the mlx-community QAT uploads
 //! use, for benchmarks and tests that need a full-size model without downloading one.
 //!
@@ -21,9 +22,11 @@
 //!   `embed_vision.embedding_projection`.
 //!
 //! Weights are random codes with bf16 scales chosen so that every matrix has an output of about
-//! unit variance for unit-variance input (norm weights ≈ 1), so activations stay finite.
-//! Tensors are generated one at a time while the file is written (the largest one, the E2B PLE
-//! table, is ~1.3 GB); files over [`SyntheticSpec::shard_bytes`] are split into shards with a
+//! unit variance for unit-variance input (norm weights ≈ 1), so activations stay finite. The
+//! MoE router's projection has a larger gain ([`SyntheticMoe::router_logit_std`]) so that its
+//! logits (of a normed input scaled by H^-½) spread enough for different tokens to pick
+//! different experts. Tensors are generated one at a time while the file is written (the
+//! largest ones, the E2B PLE table, ~1.3 GB, and one 26B-A4B expert stack, ~143 MB); files over [`SyntheticSpec::shard_bytes`] are split into shards with a
 //! `model.safetensors.index.json`.
 //!
 //! ```no_run
@@ -94,6 +97,23 @@ impl SyntheticEmbedder {
     }
 }
 
+/// The mixture-of-experts block of a [`SyntheticSpec`] (26B-A4B; on every layer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticMoe {
+    /// Routed experts E (`num_experts`, 128 on 26B-A4B).
+    pub num_experts: usize,
+    /// Experts chosen per token (`top_k_experts`, 8).
+    pub top_k: usize,
+    /// One expert's GeGLU width (`moe_intermediate_size`, 704).
+    pub intermediate_size: usize,
+    /// Bits of `router.proj` (8: mlx-vlm's quantization predicate keeps the router at 8 bits).
+    pub router_bits: u32,
+    /// Standard deviation of the router logits the random `router.proj` gives (2.0): the
+    /// router's input is normed and scaled by H^-½, so a unit-gain projection would give
+    /// logits of std H^-½ and a near-uniform softmax.
+    pub router_logit_std: f32,
+}
+
 /// Shape and quantization of a synthetic checkpoint (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticSpec {
@@ -141,6 +161,9 @@ pub struct SyntheticSpec {
     pub vision: Option<SyntheticVision>,
     /// Encoder-free vision embedder, if any (12B unified).
     pub embedder: Option<SyntheticEmbedder>,
+    /// The MoE block on every layer (26B-A4B), beside the dense MLP of `intermediate_size`;
+    /// its experts are quantized at `bits`.
+    pub moe: Option<SyntheticMoe>,
     /// Special token ids (boi, boa, image, audio, eoi, eoa, video) written to `config.json`;
     /// `None`: [`special_ids`](Self::special_ids)' default for the vocabulary size. Set it to
     /// match a tokenizer copied next to the weights.
@@ -234,6 +257,7 @@ impl SyntheticSpec {
             unified: false,
             vision: Some(e_vision()),
             embedder: None,
+            moe: None,
             token_ids: None,
             bits: 4,
             mlp_bits: 8,
@@ -401,28 +425,81 @@ impl SyntheticSpec {
         }
     }
 
+    /// Gemma 4 26B-A4B (`gemma4-architecture.md` §0 and §1.8, `gemma4-variants.md` §1.1):
+    /// H 2816, 30 layers ((5 sliding + 1 full) × 5), 16 heads, 8 KV heads on sliding and 2
+    /// (`num_global_key_value_heads`) on full layers, head dims 256 / 512, `attention_k_eq_v`,
+    /// no PLE, no KV sharing, vocab 262144, window 1024, max positions 262144, softcap 30,
+    /// `use_bidirectional_attention: "vision"`, the large standardized tower of
+    /// [`dense31`](Self::dense31), and on every layer a dense MLP of width 2112 beside 128
+    /// routed experts of width 704, top-8. Quantized as the mlx-community 4-bit upload
+    /// (`gemma4-architecture.md` §2.4): attention, embeddings and experts at 4 bits, the dense
+    /// MLP and the router at 8 bits, group 64.
+    pub fn moe26() -> Self {
+        SyntheticSpec {
+            name: "moe26".into(),
+            hidden_size: 2816,
+            layer_types: pattern(30, 6),
+            intermediate_size: 2112,
+            num_attention_heads: 16,
+            num_key_value_heads: 8,
+            num_global_key_value_heads: Some(2),
+            moe: Some(SyntheticMoe {
+                num_experts: 128,
+                top_k: 8,
+                intermediate_size: 704,
+                router_bits: 8,
+                router_logit_std: 2.0,
+            }),
+            ..Self::dense31()
+        }
+    }
+
+    /// A tiny 26B-A4B-like model for tests: the text side of
+    /// [`tiny_dense31`](Self::tiny_dense31) (H 128, 4 layers, k_eq_v, the standardized
+    /// 72-wide-head tower) with a dense MLP of 128 and 10 experts (not a multiple of 4) of
+    /// width 64, top-3.
+    pub fn tiny_moe26() -> Self {
+        SyntheticSpec {
+            name: "tiny-moe26".into(),
+            intermediate_size: 128,
+            moe: Some(SyntheticMoe {
+                num_experts: 10,
+                top_k: 3,
+                intermediate_size: 64,
+                router_bits: 8,
+                router_logit_std: 2.0,
+            }),
+            ..Self::tiny_dense31()
+        }
+    }
+
     /// The names [`preset`](Self::preset) takes.
     pub const PRESETS: &'static [&'static str] = &[
         "e2b",
         "e4b",
         "31b",
         "12b",
+        "26b-a4b",
         "tiny",
         "tiny-31b",
         "tiny-12b",
+        "tiny-26b-a4b",
     ];
 
     /// The named preset: "e2b", "e4b", "31b" (also "dense31"), "12b" (also "unified12"),
-    /// "tiny", "tiny-31b" (also "tiny-dense31") or "tiny-12b" (also "tiny-unified12").
+    /// "26b-a4b" (also "26b", "moe26"), "tiny", "tiny-31b" (also "tiny-dense31"), "tiny-12b"
+    /// (also "tiny-unified12") or "tiny-26b-a4b" (also "tiny-moe26").
     pub fn preset(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
             "e2b" => Some(Self::e2b()),
             "e4b" => Some(Self::e4b()),
             "31b" | "dense31" => Some(Self::dense31()),
             "12b" | "unified12" => Some(Self::unified12()),
+            "26b-a4b" | "26b" | "moe26" => Some(Self::moe26()),
             "tiny" => Some(Self::tiny()),
             "tiny-31b" | "tiny-dense31" => Some(Self::tiny_dense31()),
             "tiny-12b" | "tiny-unified12" => Some(Self::tiny_unified12()),
+            "tiny-26b-a4b" | "tiny-moe26" => Some(Self::tiny_moe26()),
             _ => None,
         }
     }
@@ -594,6 +671,16 @@ impl SyntheticSpec {
                 }
             }
         }
+        if let Some(m) = self.moe.as_ref().filter(|m| m.router_bits != self.bits) {
+            // mlx-vlm's quantization predicate returns `{group_size, bits}` for the router
+            // (no `mode`), as the committed moe26-like-mlx fixture shows.
+            for i in 0..self.num_layers() {
+                q.insert(
+                    format!("language_model.model.layers.{i}.router.proj"),
+                    json!({"group_size": self.group_size, "bits": m.router_bits}),
+                );
+            }
+        }
         Value::Object(q)
     }
 
@@ -645,12 +732,13 @@ impl SyntheticSpec {
             }
             if !self.unified {
                 // Fields of `Gemma4TextConfig` the unified text config does not have.
+                let moe = self.moe.as_ref();
                 for (k, v) in [
-                    ("enable_moe_block", json!(false)),
+                    ("enable_moe_block", json!(moe.is_some())),
                     ("hidden_size_per_layer_input", json!(self.hidden_size_per_layer_input)),
-                    ("moe_intermediate_size", Value::Null),
-                    ("num_experts", Value::Null),
-                    ("top_k_experts", Value::Null),
+                    ("moe_intermediate_size", json!(moe.map(|m| m.intermediate_size))),
+                    ("num_experts", json!(moe.map(|m| m.num_experts))),
+                    ("top_k_experts", json!(moe.map(|m| m.top_k))),
                     ("vocab_size_per_layer_input", json!(self.vocab_size)),
                 ] {
                     o.insert(k.into(), v);
@@ -796,6 +884,9 @@ impl SyntheticSpec {
             quant(&mut out, l("mlp.gate_proj"), mi, h, self.mlp_bits, 1.0);
             quant(&mut out, l("mlp.up_proj"), mi, h, self.mlp_bits, 1.0);
             quant(&mut out, l("mlp.down_proj"), h, mi, self.mlp_bits, 1.0);
+            if let Some(m) = &self.moe {
+                self.moe_block(&mut out, &l(""), m);
+            }
             if p > 0 {
                 quant(&mut out, l("per_layer_input_gate"), p, h, self.bits, 1.0);
                 quant(&mut out, l("per_layer_projection"), h, p, self.bits, 1.0);
@@ -891,6 +982,48 @@ impl SyntheticSpec {
             self.embed_vision(&mut out, d);
         }
         out
+    }
+
+    /// The MoE tensors of the layer module `prefix` (ending in `.`): router, the stacked
+    /// `switch_glu` experts and the three extra norms.
+    fn moe_block(&self, out: &mut Vec<(String, Lazy)>, prefix: &str, m: &SyntheticMoe) {
+        let (h, e, mi, g, seed) = (
+            self.hidden_size,
+            m.num_experts,
+            m.intermediate_size,
+            self.group_size,
+            self.seed,
+        );
+        let l = |s: &str| format!("{prefix}{s}");
+        for s in [
+            "post_feedforward_layernorm_1",
+            "pre_feedforward_layernorm_2",
+            "post_feedforward_layernorm_2",
+        ] {
+            out.push(norm(l(&format!("{s}.weight")), h, seed));
+        }
+        // The router's input has unit rms times H^-½ per element: a gain of std · √H gives
+        // logits of that std.
+        let gain = m.router_logit_std * (h as f32).sqrt();
+        out.extend(quantized(&l("router.proj"), e, h, m.router_bits, g, gain, seed));
+        out.push(norm(l("router.scale"), h, seed));
+        out.push(norm(l("router.per_expert_scale"), e, seed));
+        for (p, rows, cols) in [
+            ("gate_proj", mi, h),
+            ("up_proj", mi, h),
+            ("down_proj", h, mi),
+        ] {
+            out.extend(quantized_stack(
+                &l(&format!("experts.switch_glu.{p}")),
+                Some(e),
+                rows,
+                cols,
+                self.bits,
+                g,
+                1.0,
+                seed,
+            ));
+        }
     }
 
     /// `embed_vision.embedding_projection` `[H, width]`: quantized when `width` is a multiple
@@ -1049,6 +1182,24 @@ impl SyntheticSpec {
         ];
         if self.hidden_size_per_layer_input > 0 {
             widths.push(self.hidden_size_per_layer_input);
+        }
+        if let Some(m) = &self.moe {
+            widths.push(m.intermediate_size);
+            if !matches!(m.router_bits, 2..=8) {
+                return bad(format!(
+                    "router bits {} are not a valid MLX affine format",
+                    m.router_bits
+                ));
+            }
+            if m.num_experts == 0 || m.top_k == 0 || m.top_k > m.num_experts {
+                return bad(format!(
+                    "top-{} of {} experts is not a routing",
+                    m.top_k, m.num_experts
+                ));
+            }
+            if self.unified {
+                return bad("the unified model has no MoE block".into());
+            }
         }
         if let Some(w) = widths.iter().find(|&&w| w == 0 || w % g != 0) {
             return bad(format!(
@@ -1219,6 +1370,28 @@ fn quantized(
     gain: f32,
     seed: u64,
 ) -> Vec<(String, Lazy)> {
+    quantized_stack(name, None, rows, cols, bits, group, gain, seed)
+}
+
+/// [`quantized`], or with `experts` a stack of that many `[rows, cols]` matrices as MLX
+/// `switch_glu` writes them: `weight` `[E, rows, cols·bits/32]`, `scales` / `biases`
+/// `[E, rows, cols/group]` (the flat data of an `[E·rows, cols]` matrix).
+#[allow(clippy::too_many_arguments)]
+fn quantized_stack(
+    name: &str,
+    experts: Option<usize>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group: usize,
+    gain: f32,
+    seed: u64,
+) -> Vec<(String, Lazy)> {
+    let shape = |last: usize| match experts {
+        Some(e) => vec![e, rows, last],
+        None => vec![rows, last],
+    };
+    let rows = rows * experts.unwrap_or(1);
     let words = cols * bits as usize / 32;
     let groups = cols / group;
     let levels = ((1u32 << bits) - 1) as f32;
@@ -1234,7 +1407,7 @@ fn quantized(
         let key = key_w.clone();
         Lazy {
             dtype: Dtype::U32,
-            shape: vec![rows, words],
+            shape: shape(words),
             len: rows * words * 4,
             make: Arc::new(move || {
                 let mut r = Rng::new(seed, &key);
@@ -1254,7 +1427,7 @@ fn quantized(
         let key = key_s.clone();
         Lazy {
             dtype: Dtype::BF16,
-            shape: vec![rows, groups],
+            shape: shape(groups),
             len: rows * groups * 2,
             make: Arc::new(move || bf16_bytes(scales(seed, &key), rows * groups)),
         }
@@ -1263,7 +1436,7 @@ fn quantized(
         let key = key_s.clone();
         Lazy {
             dtype: Dtype::BF16,
-            shape: vec![rows, groups],
+            shape: shape(groups),
             len: rows * groups * 2,
             // The same scale stream: bias = -scale · levels / 2 centres the codes on zero.
             make: Arc::new(move || {
