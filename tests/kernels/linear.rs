@@ -8,73 +8,11 @@ use gemma_wgpu::gpu::ops::{embedding, linear};
 use gemma_wgpu::gpu::{
     DType, GpuContext, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat, reference,
 };
-use gemma_wgpu::quant;
 
-/// Host storage of a matrix: data, scales, biases.
-struct Host {
-    rows: usize,
-    cols: usize,
-    format: WeightFormat,
-    data: Vec<u8>,
-    scales: Option<Vec<u8>>,
-    biases: Option<Vec<u8>>,
-}
-
-impl Host {
-    fn view(&self) -> HostMatrix<'_> {
-        HostMatrix {
-            rows: self.rows,
-            cols: self.cols,
-            format: self.format,
-            data: &self.data,
-            scales: self.scales.as_deref(),
-            biases: self.biases.as_deref(),
-        }
-    }
-    fn dequant(&self) -> Vec<f32> {
-        reference::host_matrix_f32(&self.view()).unwrap()
-    }
-}
-
-fn scale_bytes(v: &[f32], dt: ScaleDType) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &s in v {
-        match dt {
-            ScaleDType::F32 => out.extend_from_slice(&s.to_le_bytes()),
-            ScaleDType::F16 => out.extend_from_slice(&half::f16::from_f32(s).to_le_bytes()),
-            ScaleDType::BF16 => out.extend_from_slice(&half::bf16::from_f32(s).to_le_bytes()),
-        }
-    }
-    out
-}
+use crate::host::{Host, scale_bytes};
 
 fn make(rng: &mut Rng, rows: usize, cols: usize, format: WeightFormat) -> Host {
-    let w = rng.normals(rows * cols, 0.5);
-    let (data, scales, biases) = match format {
-        WeightFormat::F32 => (bytemuck::cast_slice(&w).to_vec(), None, None),
-        WeightFormat::F16 => (scale_bytes(&w, ScaleDType::F16), None, None),
-        WeightFormat::BF16 => (scale_bytes(&w, ScaleDType::BF16), None, None),
-        WeightFormat::Affine {
-            bits,
-            group,
-            scales,
-        } => {
-            let (p, s, b) = quant::quantize_affine(&w, rows, cols, bits, group as usize);
-            (
-                bytemuck::cast_slice(&p).to_vec(),
-                Some(scale_bytes(&s, scales)),
-                Some(scale_bytes(&b, scales)),
-            )
-        }
-    };
-    Host {
-        rows,
-        cols,
-        format,
-        data,
-        scales,
-        biases,
-    }
+    crate::host::make(rng, rows, cols, format, 0.5)
 }
 
 /// atol of an f32 dot product of length K (values of order 1): f32 accumulation error grows

@@ -11,6 +11,7 @@ mod attention_windows;
 mod bench_tools;
 mod elementwise;
 mod fused;
+mod host;
 mod layernorm;
 mod linear;
 mod moe;
