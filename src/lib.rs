@@ -73,7 +73,7 @@ pub use generate::{
     GenerationOptions, GenerationStats, ImageInput, Reply, ReplyStream, Request, Sampling,
 };
 pub use loading::{LoadHandle, LoadProgress, LoadStage};
-pub use memory::{MemoryReport, SessionMemory};
+pub use memory::{MemoryEstimate, MemoryReport, SessionMemory};
 pub use model::{Model, ModelBuilder, ModelOptions};
 pub use prompt::preprocess::ImageError;
 pub use prompt::tokenizer::Tokenizer;

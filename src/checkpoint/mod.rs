@@ -185,6 +185,19 @@ impl Checkpoint {
         Ok(Plan { weights, roles })
     }
 
+    /// Bytes of GPU memory the weights will take when uploaded with `opts` (what
+    /// [`LoadReport::bytes_uploaded`] will say), counted on the CPU without uploading or
+    /// converting anything. Quantize-on-load is counted with f16 scales (the quantizer's usual
+    /// choice; a group whose range needs f32 scales takes 4 more bytes per group).
+    pub fn gpu_bytes(&self, opts: &LoadOptions) -> Result<u64, LoadError> {
+        let mut counter = CountSink {
+            opts: Some(opts),
+            ..Default::default()
+        };
+        self.build(&mut counter, opts.per_layer_table_on_gpu)?;
+        Ok(counter.gpu_bytes)
+    }
+
     /// Builds the tree and uploads it to the GPU.
     pub fn upload(&self, ctx: &GpuContext, opts: &LoadOptions) -> Result<ModelWeights, LoadError> {
         self.upload_with_progress(ctx, opts, &mut |_| ControlFlow::Continue(()))
@@ -207,8 +220,8 @@ impl Checkpoint {
         let mut counter = CountSink::default();
         self.build(&mut counter, opts.per_layer_table_on_gpu)?;
         let mut state = UploadProgress {
-            bytes_total: counter.0.bytes_done,
-            tensors_total: counter.0.tensors_done,
+            bytes_total: counter.progress.bytes_done,
+            tensors_total: counter.progress.tensors_done,
             ..Default::default()
         };
         if progress(&state).is_break() {
@@ -367,19 +380,76 @@ fn leaf_bytes(lin: &HostLinear) -> u64 {
     (lin.weight.bytes.len() + q) as u64
 }
 
-/// The counting pass of [`Checkpoint::upload_with_progress`] (nothing is copied or uploaded).
-#[derive(Default)]
-struct CountSink(UploadProgress);
+/// Whether quantize-on-load applies to a matrix of `role` with `cols` columns: `(bits, group)`.
+fn quantizes(opts: &LoadOptions, role: MatrixRole, cols: usize) -> Option<(u32, u32)> {
+    opts.quantize_on_load.filter(|&(b, g)| {
+        role == MatrixRole::Text
+            && g > 0
+            && cols.is_multiple_of(g as usize)
+            && (cols * b as usize).is_multiple_of(32)
+    })
+}
 
-impl Sink for CountSink {
+/// The GPU format of a float matrix stored as `dt` under `format`, and whether its values must
+/// be converted (`false`: uploaded as stored).
+fn float_target(format: FloatFormat, dt: StDType) -> (WeightFormat, bool) {
+    match (format, dt) {
+        (FloatFormat::Native, StDType::F32) | (FloatFormat::F32, StDType::F32) => {
+            (WeightFormat::F32, false)
+        }
+        (FloatFormat::Native, StDType::BF16) => (WeightFormat::BF16, false),
+        (FloatFormat::Native, StDType::F16) | (FloatFormat::F16, StDType::F16) => {
+            (WeightFormat::F16, false)
+        }
+        (FloatFormat::F32, _) => (WeightFormat::F32, true),
+        _ => (WeightFormat::F16, true),
+    }
+}
+
+/// The format a matrix leaf gets on the GPU under `opts` (quantize-on-load scales assumed f16,
+/// as [`crate::quant::quantize_rows`] picks unless a group's range needs f32).
+fn gpu_format(lin: &HostLinear, role: MatrixRole, opts: &LoadOptions) -> Result<WeightFormat, LoadError> {
+    Ok(if let Some(q) = &lin.quant {
+        WeightFormat::Affine {
+            bits: q.bits,
+            group: q.group as u32,
+            scales: host::scale_dtype(&q.scales)?,
+        }
+    } else if let Some((bits, group)) = quantizes(opts, role, lin.cols) {
+        WeightFormat::Affine {
+            bits,
+            group,
+            scales: crate::gpu::ScaleDType::F16,
+        }
+    } else {
+        float_target(opts.float_format, lin.weight.dtype).0
+    })
+}
+
+/// The counting pass of [`Checkpoint::upload_with_progress`] (nothing is copied or uploaded):
+/// source bytes and tensors for the progress totals and, with `opts`, the GPU bytes the upload
+/// will create (as [`LoadReport::bytes_uploaded`] counts them).
+#[derive(Default)]
+struct CountSink<'a> {
+    progress: UploadProgress,
+    opts: Option<&'a LoadOptions>,
+    gpu_bytes: u64,
+}
+
+impl Sink for CountSink<'_> {
     type M = ();
     type V = ();
-    fn matrix(&mut self, lin: &HostLinear, _: MatrixRole) -> Result<(), LoadError> {
-        self.0.add(leaf_bytes(lin));
+    fn matrix(&mut self, lin: &HostLinear, role: MatrixRole) -> Result<(), LoadError> {
+        self.progress.add(leaf_bytes(lin));
+        if let Some(opts) = self.opts {
+            let f = gpu_format(lin, role, opts)?;
+            self.gpu_bytes += (lin.rows * (f.row_bytes(lin.cols) + f.sb_row_bytes(lin.cols))) as u64;
+        }
         Ok(())
     }
     fn vector(&mut self, _: &str, _: &[usize], data: Vec<f32>) -> Result<(), LoadError> {
-        self.0.add((data.len() * 4) as u64);
+        self.progress.add((data.len() * 4) as u64);
+        self.gpu_bytes += (data.len() * 4) as u64;
         Ok(())
     }
 }
@@ -505,12 +575,7 @@ impl Sink for GpuSink<'_> {
                 Some(&q.scales.bytes[..]),
                 Some(&q.biases.bytes[..]),
             )
-        } else if let Some((bits, group)) = self.opts.quantize_on_load.filter(|&(b, g)| {
-            role == MatrixRole::Text
-                && g > 0
-                && cols.is_multiple_of(g as usize)
-                && (cols * b as usize).is_multiple_of(32)
-        }) {
+        } else if let Some((bits, group)) = quantizes(self.opts, role, cols) {
             let qz = crate::quant::quantize_rows(rows, cols, bits, group as usize, |r, out| {
                 lin.row_f32(r, out)
             });
@@ -531,21 +596,13 @@ impl Sink for GpuSink<'_> {
             )
         } else {
             let dt = lin.weight.dtype;
-            match (self.opts.float_format, dt) {
-                (FloatFormat::Native, StDType::F32) | (FloatFormat::F32, StDType::F32) => {
-                    (WeightFormat::F32, &lin.weight.bytes[..], None, None)
-                }
-                (FloatFormat::Native, StDType::BF16) => {
-                    (WeightFormat::BF16, &lin.weight.bytes[..], None, None)
-                }
-                (FloatFormat::Native, StDType::F16) | (FloatFormat::F16, StDType::F16) => {
-                    (WeightFormat::F16, &lin.weight.bytes[..], None, None)
-                }
-                (FloatFormat::F32, _) => {
+            match float_target(self.opts.float_format, dt) {
+                (f, false) => (f, &lin.weight.bytes[..], None, None),
+                (WeightFormat::F32, true) => {
                     owned = (lin.to_float_bytes(false), None, None);
                     (WeightFormat::F32, &owned.0, None, None)
                 }
-                _ => {
+                (_, true) => {
                     owned = (lin.to_float_bytes(true), None, None);
                     (WeightFormat::F16, &owned.0, None, None)
                 }

@@ -20,7 +20,7 @@
 //! | `stream.rs`, `background.rs` | [`ReplyStream`], [`GenerationHandle`] |
 //! | `oneshot.rs` | `Model::generate`, `spawn`, `caption`, `ask` |
 
-mod background;
+pub(crate) mod background;
 mod cancel;
 pub(crate) mod channel;
 mod detokenizer;
@@ -30,7 +30,7 @@ mod reply;
 mod request;
 mod sampler;
 mod session;
-mod state;
+pub(crate) mod state;
 mod step;
 mod stop;
 mod stream;

@@ -575,11 +575,7 @@ impl Recorder {
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?
+        ctx.wait_for("reading GPU timestamps", &rx)?
             .map_err(|e| GpuError::BufferMap(e.to_string()))?;
         let ticks: Vec<u64> = {
             let view = staging

@@ -9,6 +9,7 @@ mod api;
 mod decode;
 mod desktop_api;
 mod errors;
+mod faults;
 mod fixtures;
 mod loader;
 mod parity;
