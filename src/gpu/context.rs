@@ -459,7 +459,9 @@ impl GpuContext {
                 Ok(v) => return Ok(v),
                 Err(TryRecvError::Disconnected) => {
                     self.check_lost()?;
-                    return Err(GpuError::BufferMap(format!("{what}: the callback was dropped")));
+                    return Err(GpuError::BufferMap(format!(
+                        "{what}: the callback was dropped"
+                    )));
                 }
                 Err(TryRecvError::Empty) => {}
             }

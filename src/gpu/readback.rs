@@ -17,7 +17,8 @@ impl Readback {
     pub fn new(ctx: &GpuContext, size: u64) -> Result<Self, GpuError> {
         let size = size.max(4).next_multiple_of(4);
         if let Some(m) = &ctx.inner.measure {
-            m.staging.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            m.staging
+                .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
             let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
                 size: 4,
