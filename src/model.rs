@@ -720,7 +720,7 @@ fn session_chunk_for(checkpoint: &Checkpoint, options: &ModelOptions) -> usize {
 
 /// The memory estimate of `checkpoint` under `options` on `ctx` (see [`Model::estimate_memory`]).
 fn estimate(ctx: &GpuContext, checkpoint: &Checkpoint, options: &ModelOptions) -> Result<MemoryEstimate> {
-    let weights = checkpoint.gpu_bytes(&options.load)?;
+    let weights = checkpoint.gpu_bytes(&options.load, Some(ctx.caps()))?;
     let session = crate::generate::state::session_estimate(
         ctx,
         &checkpoint.config.text_config,

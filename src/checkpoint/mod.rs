@@ -48,7 +48,7 @@ pub use report::LoadReport;
 pub use tree::{ClippedLinear, EmbedderWeights, ModelWeights, VisionLayer, VisionWeights};
 
 use crate::config::Gemma4Config;
-use crate::gpu::{GpuContext, GpuTensor, HostMatrix, Matrix, WeightFormat};
+use crate::gpu::{GpuContext, GpuError, GpuTensor, HostMatrix, Matrix, WeightFormat};
 use keys::KeyKind;
 use quant::QuantRules;
 use safetensors::{StDType, StoredTensor, TensorStore};
@@ -189,9 +189,18 @@ impl Checkpoint {
     /// [`LoadReport::bytes_uploaded`] will say), counted on the CPU without uploading or
     /// converting anything. Quantize-on-load is counted with f16 scales (the quantizer's usual
     /// choice; a group whose range needs f32 scales takes 4 more bytes per group).
-    pub fn gpu_bytes(&self, opts: &LoadOptions) -> Result<u64, LoadError> {
+    ///
+    /// With `caps` (the device's), a leaf the upload could not store on that device (a row, or
+    /// an expert, wider than one storage binding; a vector over `max_buffer_size`) is the
+    /// upload's [`GpuError::LimitExceeded`], found before anything is uploaded.
+    pub fn gpu_bytes(
+        &self,
+        opts: &LoadOptions,
+        caps: Option<&crate::gpu::Capabilities>,
+    ) -> Result<u64, LoadError> {
         let mut counter = CountSink {
             opts: Some(opts),
+            limits: caps.map(|c| (c.max_binding_size.min(c.max_buffer_size), c.max_buffer_size)),
             ..Default::default()
         };
         self.build(&mut counter, opts.per_layer_table_on_gpu)?;
@@ -434,6 +443,10 @@ struct CountSink<'a> {
     progress: UploadProgress,
     opts: Option<&'a LoadOptions>,
     gpu_bytes: u64,
+    /// With `opts`: the device's largest buffer a matrix window may take
+    /// (`min(max_storage_buffer_binding_size, max_buffer_size)`) and `max_buffer_size`; a leaf
+    /// the upload could not store is the upload's [`GpuError::LimitExceeded`], found here.
+    limits: Option<(u64, u64)>,
 }
 
 impl Sink for CountSink<'_> {
@@ -443,13 +456,44 @@ impl Sink for CountSink<'_> {
         self.progress.add(leaf_bytes(lin));
         if let Some(opts) = self.opts {
             let f = gpu_format(lin, role, opts)?;
-            self.gpu_bytes += (lin.rows * (f.row_bytes(lin.cols) + f.sb_row_bytes(lin.cols))) as u64;
+            let (rb, sbr) = (f.row_bytes(lin.cols), f.sb_row_bytes(lin.cols));
+            self.gpu_bytes += (lin.rows * (rb + sbr)) as u64;
+            if let Some((window, _)) = self.limits {
+                // As `Matrix::upload`: windows of whole rows (whole experts when stacked).
+                let widest = rb.max(sbr).max(1) as u64;
+                let (what, needed) = match lin.rows_per_expert {
+                    Some(rpe) => (
+                        format!("one expert ({rpe} rows) of {}", lin.path),
+                        rpe as u64 * widest,
+                    ),
+                    None => (format!("one row of {}", lin.path), widest),
+                };
+                if needed > window {
+                    return Err(LoadError::Gpu(GpuError::LimitExceeded {
+                        what,
+                        needed,
+                        limit: window,
+                        limit_name: "max_storage_buffer_binding_size",
+                    }));
+                }
+            }
         }
         Ok(())
     }
-    fn vector(&mut self, _: &str, _: &[usize], data: Vec<f32>) -> Result<(), LoadError> {
-        self.progress.add((data.len() * 4) as u64);
-        self.gpu_bytes += (data.len() * 4) as u64;
+    fn vector(&mut self, key: &str, _: &[usize], data: Vec<f32>) -> Result<(), LoadError> {
+        let bytes = (data.len() * 4) as u64;
+        self.progress.add(bytes);
+        self.gpu_bytes += bytes;
+        if let Some((_, max_buffer)) = self.limits
+            && bytes > max_buffer
+        {
+            return Err(LoadError::Gpu(GpuError::LimitExceeded {
+                what: key.to_string(),
+                needed: bytes,
+                limit: max_buffer,
+                limit_name: "max_buffer_size",
+            }));
+        }
         Ok(())
     }
 }

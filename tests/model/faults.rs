@@ -154,6 +154,32 @@ fn a_model_over_the_memory_budget_is_refused_before_uploading() {
     assert_eq!(m.memory_report().gpu_total(), est.total());
 }
 
+/// A matrix row wider than one storage binding of the device is refused before a single
+/// buffer is created (the upload would have failed part way, at that matrix).
+#[test]
+fn a_weight_row_over_the_binding_limit_is_refused_before_uploading() {
+    // One bf16 row of `hidden_size` columns fits; o_proj / down_proj rows are wider.
+    let Some(limit) = model().map(|m| m.config().text_config.hidden_size as u64 * 2) else {
+        return;
+    };
+    let ctx = common::gpu_with_binding_limit(limit).unwrap();
+    match Model::load_with(&ctx, &dir(), &options()) {
+        Err(Error::Load(gemma_wgpu::LoadError::Gpu(GpuError::LimitExceeded {
+            what,
+            needed,
+            limit: l,
+            limit_name,
+        }))) => {
+            assert!(what.starts_with("one row of language_model."), "{what}");
+            assert!(needed > limit, "{needed}");
+            assert_eq!(l, limit);
+            assert_eq!(limit_name, "max_storage_buffer_binding_size");
+        }
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    assert_eq!(ctx.counters().allocations().0, 0, "a buffer was created");
+}
+
 /// The device runs out of memory half way through the weights: a typed error with what was
 /// needed, and every buffer of the failed load is released (the allocator's figure returns to
 /// its baseline); with the memory back the same context loads the model.
@@ -200,7 +226,11 @@ fn running_out_of_memory_while_uploading_releases_everything() {
     let m = Model::load_with(&ctx, &dir(), &options()).unwrap();
     if let (Some(now), Some(base)) = (ctx.gpu_allocated_bytes(), baseline) {
         // The figure does see the weights (so the comparison above means something).
-        assert!(now >= base + est.weights, "{now} vs {base} + {}", est.weights);
+        assert!(
+            now >= base + est.weights,
+            "{now} vs {base} + {}",
+            est.weights
+        );
     }
     let a = m.generate(say("Hello there.", 4)).unwrap();
     let b = model().unwrap().generate(say("Hello there.", 4)).unwrap();
