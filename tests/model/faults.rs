@@ -453,3 +453,33 @@ fn a_panicking_notify_callback_undoes_the_turn() {
     assert_eq!(got.prompt_ids, want.prompt_ids);
     assert_eq!(got.tokens, want.tokens);
 }
+
+/// A progress callback that panics part way through an async load ends it with
+/// `Error::Panicked` (not a silently closed handle), and what it had uploaded is released.
+#[test]
+fn a_panicking_progress_callback_ends_the_load_and_releases_it() {
+    let Some(ctx) = own_gpu() else { return };
+    ctx.wait_idle().unwrap();
+    let baseline = ctx.gpu_allocated_bytes();
+    let events = Arc::new(AtomicUsize::new(0));
+    let e2 = events.clone();
+    let r = gemma_wgpu::ModelBuilder::new(dir().to_str().unwrap())
+        .with_context(ctx.clone())
+        .with_max_context(512)
+        .with_progress(move |p| {
+            if p.tensors_done > 10 {
+                e2.fetch_add(1, Ordering::SeqCst);
+                panic!("the progress callback panics part way");
+            }
+        })
+        .build_async()
+        .wait();
+    match r {
+        Err(Error::Panicked(msg)) => assert!(msg.contains("part way"), "{msg}"),
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    assert_eq!(events.load(Ordering::SeqCst), 1);
+    assert!(ctx.counters().bytes_allocated() > 0, "nothing was uploaded");
+    ctx.wait_idle().unwrap();
+    assert_eq!(ctx.gpu_allocated_bytes(), baseline);
+}
