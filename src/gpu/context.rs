@@ -613,6 +613,14 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         })
+        .map_err(|e| match e {
+            // Say how much was asked for.
+            GpuError::OutOfMemory { context, message } => GpuError::OutOfMemory {
+                context: format!("{context} ({size} bytes)"),
+                message,
+            },
+            e => e,
+        })
     }
 
     /// Creates a storage buffer holding `data` (padded to 4 bytes).
@@ -636,7 +644,7 @@ impl GpuContext {
         match taken {
             Ok(_) => Ok(()),
             Err(l) => Err(GpuError::OutOfMemory {
-                context: label.to_string(),
+                context: format!("{label} ({size} bytes)"),
                 message: format!(
                     "creating a buffer of {size} bytes failed: {l} bytes left (injected limit)"
                 ),

@@ -235,6 +235,24 @@ fn running_out_of_memory_while_uploading_releases_everything() {
     let a = m.generate(say("Hello there.", 4)).unwrap();
     let b = model().unwrap().generate(say("Hello there.", 4)).unwrap();
     assert_eq!(a.tokens, b.tokens);
+
+    // A session that does not fit: OutOfMemory naming the buffer and its size, and the
+    // model's memory report and the allocator's figure as before.
+    ctx.wait_idle().unwrap();
+    let (report, allocated) = (m.memory_report(), ctx.gpu_allocated_bytes());
+    ctx.limit_allocations(Some(est.kv_cache / 2));
+    match m.chat() {
+        Err(Error::Gpu(GpuError::OutOfMemory { context, .. })) => {
+            assert!(context.contains("bytes)"), "{context}")
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    assert_eq!(m.memory_report(), report);
+    ctx.wait_idle().unwrap();
+    assert_eq!(ctx.gpu_allocated_bytes(), allocated);
+    ctx.limit_allocations(None);
+    let mut chat = m.chat().unwrap();
+    assert_eq!(chat.send(say("Hello there.", 4)).unwrap().tokens, b.tokens);
 }
 
 /// wgpu calls the engine's device-lost callback when its device is destroyed (on lavapipe
