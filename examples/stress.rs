@@ -121,7 +121,7 @@ fn script(seed: u64, thread: usize, turns: usize) -> Vec<Step> {
             if reset {
                 messages = 0;
             }
-            let rewind = if messages >= 12 || (messages >= 2 && r.below(8) == 0) {
+            let rewind = if messages >= 8 || (messages >= 2 && r.below(8) == 0) {
                 let keep = 2 * r.below(messages as u64 / 2) as usize;
                 messages = keep;
                 Some(keep)
@@ -451,6 +451,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rt.tokens += t.tokens;
     }
     let ref_s = t0.elapsed().as_secs_f64();
+    model.context().queue().submit([]);
     model.context().wait_idle()?;
     let base = model.memory_report();
     let base_alloc = model.context().gpu_allocated_bytes();
@@ -502,6 +503,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let stress_s = t1.elapsed().as_secs_f64();
+    // Flush queued buffer writes of turns cancelled before their first submit, then wait.
+    model.context().queue().submit([]);
     model.context().wait_idle()?;
     let end = model.memory_report();
     let end_alloc = model.context().gpu_allocated_bytes();
