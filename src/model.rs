@@ -105,6 +105,13 @@ pub(crate) struct Inner {
     pub(crate) sessions: crate::memory::SessionRegistry,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Cached bind groups hold the weight buffers alive; a host's context outlives the model.
+        self.ctx.clear_bind_groups();
+    }
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::error::GpuError;
@@ -104,10 +104,45 @@ impl Default for Faults {
     }
 }
 
+/// Drops the context's cached bind groups that bind a buffer once the buffer's owner is gone.
+///
+/// A cached bind group holds its buffers alive: without this, the KV cache of a dropped session
+/// or the features of a captioned image would stay on the GPU until the cache fills up. Owners
+/// of buffers that kernels bind (tensors, scratch) keep one guard per buffer, shared by their
+/// clones and views.
+pub(crate) struct BindGuard {
+    buffer: wgpu::Buffer,
+    ctx: Weak<ContextInner>,
+}
+
+impl std::fmt::Debug for BindGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindGuard")
+            .field("bytes", &self.buffer.size())
+            .finish()
+    }
+}
+
+impl Drop for BindGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.ctx.upgrade() {
+            inner.forget_bind_groups(&self.buffer);
+        }
+    }
+}
+
 /// The default of [`GpuContext::set_wait_timeout`]: far longer than any single submit of the
 /// engine takes on a working device (a 512-token prefill chunk of a large model on a software
 /// rasterizer), short enough that a hung device is reported instead of waited for forever.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(600);
+
+impl ContextInner {
+    /// Removes every cached bind group that binds `buffer`.
+    fn forget_bind_groups(&self, buffer: &wgpu::Buffer) {
+        let mut cache = self.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|key, _| !key.binds(buffer));
+    }
+}
 
 impl std::fmt::Debug for GpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -567,6 +602,38 @@ impl GpuContext {
         }
         self.check_health()?;
         Ok(out)
+    }
+
+    /// A guard that forgets the cached bind groups of `buffer` when dropped (see [`BindGuard`]).
+    pub(crate) fn bind_guard(&self, buffer: &wgpu::Buffer) -> BindGuard {
+        BindGuard {
+            buffer: buffer.clone(),
+            ctx: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Drops every cached bind group (e.g. once a model's weights are gone).
+    pub(crate) fn clear_bind_groups(&self) {
+        self.inner
+            .bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Bytes of the parameter arenas pooled for reuse (one per recorder that ran at the same
+    /// time as another; kept for the next recorders).
+    pub fn pooled_arena_bytes(&self) -> u64 {
+        self.inner
+            .arenas
+            .lock()
+            .map(|p| p.iter().map(|a| a.bytes()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Bind groups in the cache now (each holds the buffers it binds alive).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.inner.bind_groups.lock().map(|c| c.len()).unwrap_or(0)
     }
 
     /// Creates a storage buffer of `size` bytes (zeroed), usable as a kernel input or output and
