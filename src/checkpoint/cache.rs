@@ -217,7 +217,7 @@ pub fn check_file(dir: &Path, file: &str, expected: Option<u64>) -> Option<Damag
         Ok(m) => m,
         Err(e) if link.file_type().is_symlink() && e.kind() == std::io::ErrorKind::NotFound => {
             let target = std::fs::read_link(&path)
-                .map(|t| path.parent().map(|p| p.join(&t)).unwrap_or(t))
+                .map(|t| normalize(&path.parent().map(|p| p.join(&t)).unwrap_or(t)))
                 .unwrap_or_default();
             let partial = ["part", "incomplete"].iter().find_map(|ext| {
                 let mut p = target.clone().into_os_string();
@@ -251,6 +251,25 @@ pub fn check_file(dir: &Path, file: &str, expected: Option<u64>) -> Option<Damag
         }
     }
     None
+}
+
+/// `p` with `.` and `..` components resolved lexically (the target of a dangling link cannot
+/// be canonicalized).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The shard names an index file lists (sorted, deduplicated, `./` prefixes removed);

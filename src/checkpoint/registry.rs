@@ -543,6 +543,36 @@ mod tests {
     }
 
     #[test]
+    fn revision_parses_and_the_shipped_entries_are_unpinned() {
+        for e in entries() {
+            assert!(e.revision.is_none(), "{} is pinned", e.name);
+            assert_eq!(e.revision_or(None), "main");
+            assert_eq!(e.revision_or(Some("v1")), "v1");
+        }
+        let entry = |rev: &str| {
+            format!(
+                "common_files = [\"config.json\"]\n[[model]]\nname = \"m\"\nrepo = \"o/m\"\n\
+                 layout = \"hf\"\nquantization = \"bf16\"\napprox_size_gb = 1.0\n\
+                 weights = \"model.safetensors\"\ndescription = \"d\"\n{rev}"
+            )
+        };
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let r = parse_registry(&entry(&format!("revision = \"{sha}\""))).unwrap();
+        assert_eq!(r.model[0].revision.as_deref(), Some(sha));
+        // the entry's pin, unless the caller pins another
+        assert_eq!(r.model[0].revision_or(None), sha);
+        assert_eq!(r.model[0].revision_or(Some("v2")), "v2");
+        let r = parse_registry(&entry("")).unwrap();
+        assert_eq!(r.model[0].revision, None);
+        for bad in ["revision = \"\"", "revision = \"../x\"", "revision = 3"] {
+            assert!(
+                matches!(parse_registry(&entry(bad)), Err(LoadError::Registry(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn resolve_known_name_and_repo() {
         match resolve("gemma-4-E2B-it-qat-4bit") {
             Ok(Resolved::Registry(e)) => {
