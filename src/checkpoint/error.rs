@@ -111,7 +111,7 @@ pub enum LoadError {
         /// The other.
         second: String,
     },
-    /// A checkpoint file changed after [`Checkpoint::open`](super::Checkpoint::open) mapped it
+    /// A checkpoint file changed after `Checkpoint::open` mapped it
     /// (truncated, rewritten, replaced or deleted): caught before its bytes are read.
     #[error(
         "{path} changed while the checkpoint was loading: {reason}; do not modify, move or \

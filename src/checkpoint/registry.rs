@@ -8,7 +8,7 @@
 //! the entry's, and unpinned means the hub's `main`. The cache lookup uses the same revision
 //! (`refs/{revision}`, or the snapshot of a commit hash), so a pinned revision never picks up
 //! another revision's snapshot. A cached snapshot with a missing, partial or wrong-sized file
-//! ([`cache::lookup`](super::cache::lookup)) is re-fetched when downloading is allowed and
+//! ([`cache::lookup`]) is re-fetched when downloading is allowed and
 //! reported with its path otherwise; downloads check every file's size against what the hub
 //! reports.
 
@@ -19,7 +19,11 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 use crate::checkpoint::LoadError;
-use crate::checkpoint::cache::{self, DEFAULT_REVISION, HubCache, Lookup};
+/// The Hugging Face cache on disk (revision lookup, damaged-file checks), re-exported here so
+/// that its types ([`LoadError::IncompleteDownload`]'s problem, [`locate_in`]'s cache) are
+/// public with the registry.
+pub use crate::checkpoint::cache;
+use cache::{DEFAULT_REVISION, HubCache, Lookup};
 
 const MODELS_TOML: &str = include_str!("../../models.toml");
 
@@ -230,7 +234,7 @@ pub fn locate(name_or_path: &str, allow_download: bool) -> Result<PathBuf, LoadE
 }
 
 /// [`locate`] at a pinned hub `revision` (commit hash or tag; `None`: the entry's own, else
-/// `main`), in the cache [`HubCache::from_env`] names.
+/// `main`), in the cache [`HubCache::from_env`](cache::HubCache::from_env) names.
 pub fn locate_revision(
     name_or_path: &str,
     revision: Option<&str>,
