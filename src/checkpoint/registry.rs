@@ -464,10 +464,14 @@ pub fn download_in(
             }
         }
         // A partial blob longer than the file cannot be resumed (hf-hub: "invalid part file").
-        if let (Some(blob), Some(size)) = (remote.files.get(file).and_then(|f| f.blob.as_ref()), expected) {
+        let blob = remote.files.get(file).and_then(|f| f.blob.as_ref());
+        if let (Some(blob), Some(size)) = (blob, expected) {
             let part = blobs.join(format!("{blob}.part"));
             if std::fs::metadata(&part).is_ok_and(|m| m.len() > size) {
-                log::warn!("{}: longer than {file} ({size} bytes); removing it", part.display());
+                log::warn!(
+                    "{}: longer than {file} ({size} bytes); removing it",
+                    part.display()
+                );
                 std::fs::remove_file(&part).map_err(|e| LoadError::Io {
                     path: part.clone(),
                     source: e,

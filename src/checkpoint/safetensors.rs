@@ -353,7 +353,9 @@ impl SafeFile {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 LoadError::FileChanged {
                     path: path.to_path_buf(),
-                    reason: format!("it had {file_len} bytes when it was opened and is shorter now"),
+                    reason: format!(
+                        "it had {file_len} bytes when it was opened and is shorter now"
+                    ),
                 }
             } else {
                 io(e)
