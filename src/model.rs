@@ -554,6 +554,7 @@ pub struct ModelBuilder {
     ctx: Option<GpuContext>,
     options: ModelOptions,
     allow_download: bool,
+    revision: Option<String>,
     hooks: LoadHooks,
 }
 
@@ -566,6 +567,7 @@ impl ModelBuilder {
             ctx: None,
             options: ModelOptions::default(),
             allow_download: true,
+            revision: None,
             hooks: LoadHooks::default(),
         }
     }
@@ -660,6 +662,14 @@ impl ModelBuilder {
         self
     }
 
+    /// Pins the Hugging Face revision (commit hash or tag) of a registry model, for
+    /// reproducible downloads: it overrides the entry's `revision` in `models.toml`, and only a
+    /// cached snapshot of that revision is used. Refused for a local directory.
+    pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = Some(revision.into());
+        self
+    }
+
     /// Resolves the model (downloading it if needed and allowed) and loads it.
     pub fn build(self) -> Result<Model> {
         let hooks = self.hooks.clone();
@@ -678,7 +688,11 @@ impl ModelBuilder {
             stage: LoadStage::Locating,
             ..Default::default()
         });
-        let dir = crate::checkpoint::registry::locate(&self.source, self.allow_download)?;
+        let dir = crate::checkpoint::registry::locate_revision(
+            &self.source,
+            self.revision.as_deref(),
+            self.allow_download,
+        )?;
         hooks.check()?;
         let ctx = match self.ctx {
             Some(c) => c,

@@ -24,6 +24,7 @@
 //! `embed_vision` (not the vision tower, as `mlx_vlm.convert` does) whose input width is a
 //! multiple of the group size.
 
+pub mod cache;
 mod error;
 pub mod files;
 pub mod host;
@@ -598,6 +599,8 @@ impl Sink for GpuSink<'_> {
     type M = Matrix;
     type V = GpuTensor;
     fn matrix(&mut self, lin: &HostLinear, role: MatrixRole) -> Result<Matrix, LoadError> {
+        // Its files unchanged since open, before any of its mapped pages is read.
+        lin.verify()?;
         let (rows, cols) = (lin.rows, lin.cols);
         let owned: (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
         let (format, data, scales, biases): Payload<'_> = if let Some(q) = &lin.quant {
