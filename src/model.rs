@@ -312,8 +312,15 @@ impl Model {
     /// patches after torchvision's resize ([`ImageOptions::unified`]).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn image_options(&self) -> Result<ImageOptions> {
+        self.image_options_with(None)
+    }
+
+    /// [`image_options`](Self::image_options) with an image's own soft-token budget (`Some`)
+    /// in place of the model's.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn image_options_with(&self, max_soft_tokens: Option<u32>) -> Result<ImageOptions> {
         let cfg = &self.inner.checkpoint.config;
-        let budget = |default: u32| match self.inner.options.max_soft_tokens {
+        let budget = |default: u32| match max_soft_tokens.or(self.inner.options.max_soft_tokens) {
             Some(b) => b,
             None => self
                 .inner
@@ -356,18 +363,61 @@ impl Model {
         }
     }
 
+    /// On a bidirectional-vision model an image block is prefilled in one chunk: refuses a
+    /// per-image budget whose block the session chunk cannot hold.
+    fn check_block_fits(&self, budget: u32) -> Result<()> {
+        if !self.config().text_config.bidirectional_vision() {
+            return Ok(());
+        }
+        let (need, chunk) = (budget as usize + 2, self.session_chunk());
+        if need > chunk {
+            return Err(Error::InvalidArgument(format!(
+                "an image at a budget of {budget} soft tokens is a block of {need} tokens, which \
+                 this model (bidirectional image blocks) must prefill in one chunk, but the \
+                 session chunk is {chunk}: load the model with \
+                 ModelBuilder::with_max_soft_tokens({budget}) or with_prefill_chunk({need})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Decodes and preprocesses an image file (any supported format, EXIF-oriented).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image_file(&self, path: &Path) -> Result<ImagePatches> {
-        let opts = self.image_options()?;
+        self.prepare_image_file_with(path, None)
+    }
+
+    /// [`prepare_image_file`](Self::prepare_image_file) at the soft-token budget
+    /// `max_soft_tokens` (`None`: the model's).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn prepare_image_file_with(
+        &self,
+        path: &Path,
+        max_soft_tokens: Option<u32>,
+    ) -> Result<ImagePatches> {
+        let opts = self.image_options_with(max_soft_tokens)?;
         let img = preprocess::load_image(path, &opts)?;
-        self.prepare_image(&img)
+        self.prepare_image_with(&img, max_soft_tokens)
     }
 
     /// Preprocesses a decoded image into patches for the tower.
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image(&self, img: &image::DynamicImage) -> Result<ImagePatches> {
-        let opts = self.image_options()?;
+        self.prepare_image_with(img, None)
+    }
+
+    /// [`prepare_image`](Self::prepare_image) at the soft-token budget `max_soft_tokens`
+    /// (`None`: the model's).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn prepare_image_with(
+        &self,
+        img: &image::DynamicImage,
+        max_soft_tokens: Option<u32>,
+    ) -> Result<ImagePatches> {
+        let opts = self.image_options_with(max_soft_tokens)?;
+        if let Some(b) = max_soft_tokens {
+            self.check_block_fits(b)?;
+        }
         let p = preprocess::preprocess(img, &opts)?;
         Ok(ImagePatches {
             pixel_values: p.pixel_values,
