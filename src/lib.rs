@@ -22,6 +22,7 @@ macro_rules! dev_mod {
     };
 }
 
+pub mod captioner;
 pub mod config;
 pub mod error;
 pub mod gpu;
