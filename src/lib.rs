@@ -22,6 +22,7 @@ macro_rules! dev_mod {
     };
 }
 
+pub mod captioner;
 pub mod config;
 pub mod error;
 pub mod gpu;
@@ -70,7 +71,8 @@ pub use checkpoint::{FloatFormat, LoadError, LoadReport};
 pub use error::{Error, Result};
 pub use generate::{
     CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent, GenerationHandle,
-    GenerationOptions, GenerationStats, ImageInput, Reply, ReplyStream, Request, Sampling,
+    GenerationOptions, GenerationStats, ImageInput, ImageSource, Reply, ReplyStream, Request,
+    Sampling,
 };
 pub use loading::{LoadHandle, LoadProgress, LoadStage};
 pub use memory::{MemoryEstimate, MemoryReport, SessionMemory};

@@ -370,7 +370,14 @@ impl Model {
     /// patches after torchvision's resize ([`ImageOptions::unified`]).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn image_options(&self) -> Result<ImageOptions> {
-        image_options_for(&self.inner.checkpoint, &self.inner.options)
+        self.image_options_with(None)
+    }
+
+    /// [`image_options`](Self::image_options) with an image's own soft-token budget (`Some`)
+    /// in place of the model's.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn image_options_with(&self, max_soft_tokens: Option<u32>) -> Result<ImageOptions> {
+        image_options_for(&self.inner.checkpoint, &self.inner.options, max_soft_tokens)
     }
 
     /// The prefill chunk of a session: [`ModelOptions::prefill_chunk`], raised on a
@@ -382,18 +389,61 @@ impl Model {
         session_chunk_for(&self.inner.checkpoint, &self.inner.options)
     }
 
+    /// On a bidirectional-vision model an image block is prefilled in one chunk: refuses a
+    /// per-image budget whose block the session chunk cannot hold.
+    fn check_block_fits(&self, budget: u32) -> Result<()> {
+        if !self.config().text_config.bidirectional_vision() {
+            return Ok(());
+        }
+        let (need, chunk) = (budget as usize + 2, self.session_chunk());
+        if need > chunk {
+            return Err(Error::InvalidArgument(format!(
+                "an image at a budget of {budget} soft tokens is a block of {need} tokens, which \
+                 this model (bidirectional image blocks) must prefill in one chunk, but the \
+                 session chunk is {chunk}: load the model with \
+                 ModelBuilder::with_max_soft_tokens({budget}) or with_prefill_chunk({need})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Decodes and preprocesses an image file (any supported format, EXIF-oriented).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image_file(&self, path: &Path) -> Result<ImagePatches> {
-        let opts = self.image_options()?;
+        self.prepare_image_file_with(path, None)
+    }
+
+    /// [`prepare_image_file`](Self::prepare_image_file) at the soft-token budget
+    /// `max_soft_tokens` (`None`: the model's).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn prepare_image_file_with(
+        &self,
+        path: &Path,
+        max_soft_tokens: Option<u32>,
+    ) -> Result<ImagePatches> {
+        let opts = self.image_options_with(max_soft_tokens)?;
         let img = preprocess::load_image(path, &opts)?;
-        self.prepare_image(&img)
+        self.prepare_image_with(&img, max_soft_tokens)
     }
 
     /// Preprocesses a decoded image into patches for the tower.
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image(&self, img: &image::DynamicImage) -> Result<ImagePatches> {
-        let opts = self.image_options()?;
+        self.prepare_image_with(img, None)
+    }
+
+    /// [`prepare_image`](Self::prepare_image) at the soft-token budget `max_soft_tokens`
+    /// (`None`: the model's).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn prepare_image_with(
+        &self,
+        img: &image::DynamicImage,
+        max_soft_tokens: Option<u32>,
+    ) -> Result<ImagePatches> {
+        let opts = self.image_options_with(max_soft_tokens)?;
+        if let Some(b) = max_soft_tokens {
+            self.check_block_fits(b)?;
+        }
         let p = preprocess::preprocess(img, &opts)?;
         Ok(ImagePatches {
             pixel_values: p.pixel_values,
@@ -703,9 +753,13 @@ impl ModelBuilder {
 }
 
 /// Image preprocessing options of `checkpoint` under `options` (see [`Model::image_options`]).
-fn image_options_for(checkpoint: &Checkpoint, options: &ModelOptions) -> Result<ImageOptions> {
+fn image_options_for(
+    checkpoint: &Checkpoint,
+    options: &ModelOptions,
+    image_budget: Option<u32>,
+) -> Result<ImageOptions> {
     let cfg = &checkpoint.config;
-    let budget = |default: u32| match options.max_soft_tokens {
+    let budget = |default: u32| match image_budget.or(options.max_soft_tokens) {
         Some(b) => b,
         None => checkpoint.files.processor_budget.unwrap_or(default),
     };
@@ -733,7 +787,7 @@ fn session_chunk_for(checkpoint: &Checkpoint, options: &ModelOptions) -> usize {
     if !checkpoint.config.text_config.bidirectional_vision() {
         return chunk;
     }
-    match image_options_for(checkpoint, options) {
+    match image_options_for(checkpoint, options, None) {
         Ok(o) => chunk.max(o.max_soft_tokens as usize + 2),
         Err(_) => chunk,
     }

@@ -8,7 +8,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `options.rs` | [`GenerationOptions`], [`Sampling`] |
-//! | `request.rs` | [`Request`], [`ImageInput`] |
+//! | `request.rs` | [`Request`], [`ImageInput`], [`ImageSource`] |
 //! | `reply.rs` | [`Reply`], [`FinishReason`], [`GenerationStats`] |
 //! | `cancel.rs` | [`CancelToken`] |
 //! | `detokenizer.rs`, `stop.rs` | [`Detokenizer`], [`StopMatcher`] |
@@ -42,7 +42,7 @@ pub use options::{
     DEFAULT_GEMMA4_STOP_TOKENS, DEFAULT_MAX_NEW_TOKENS, GenerationOptions, Sampling,
 };
 pub use reply::{FinishReason, GenerationStats, Reply};
-pub use request::{CAPTION_PROMPT, ImageInput, Request};
+pub use request::{CAPTION_PROMPT, ImageInput, ImageSource, Request};
 pub use session::ChatSession;
 pub use stop::StopMatcher;
 pub use stream::ReplyStream;

@@ -96,7 +96,7 @@ fn caption_and_ask_match_the_golden() {
     // The text form and a decoded-image input give the same.
     let img = image::open(image()).unwrap();
     let text = m
-        .generate(Request::caption(ImageInput::Dynamic(img)).with_options(greedy(16)))
+        .generate(Request::caption(ImageInput::image(img)).with_options(greedy(16)))
         .unwrap()
         .text;
     assert_eq!(text, r.text);

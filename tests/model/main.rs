@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod captioner;
 mod decode;
 mod desktop_api;
 mod errors;
