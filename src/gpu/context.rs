@@ -489,6 +489,11 @@ impl GpuContext {
     pub fn wait_for<T>(&self, what: &str, rx: &Receiver<T>) -> Result<T, GpuError> {
         let start = Instant::now();
         let limit = self.wait_timeout();
+        // Wait for a submission of our own, made after the work the callback waits for: a
+        // timed wait on "the latest submission" (`submission_index: None`) races with other
+        // threads' submits in wgpu-core 30 (its queue can look empty while the fence is behind
+        // the index it read, which it asserts against: a panic under concurrent sessions).
+        let index = self.inner.queue.submit([]);
         loop {
             match rx.try_recv() {
                 Ok(v) => return Ok(v),
@@ -509,7 +514,7 @@ impl GpuContext {
             }
             let step = left.min(Duration::from_millis(250));
             match self.poll_guarded(wgpu::PollType::Wait {
-                submission_index: None,
+                submission_index: Some(index.clone()),
                 timeout: Some(step),
             })? {
                 Ok(_) | Err(wgpu::PollError::Timeout) => {}
