@@ -362,6 +362,30 @@ impl GpuContext {
         let mut caps = self.inner.caps.clone();
         caps.subgroups = false;
         caps.shader_f16 = false;
+        self.sibling(caps, None, self.inner.faults.clone())
+    }
+
+    /// A dry-run context with this one's device and limits: every buffer it is asked for is a
+    /// 4-byte stand-in whose requested size is added up, and writes are skipped. Running an
+    /// allocation routine (a session's KV cache and workspace) on it gives the bytes that
+    /// routine would allocate here, without allocating them.
+    pub(crate) fn measuring(&self) -> (GpuContext, Arc<Measure>) {
+        let measure = Arc::new(Measure::default());
+        let ctx = self.sibling(
+            self.inner.caps.clone(),
+            Some(measure.clone()),
+            Arc::new(Faults::default()),
+        );
+        (ctx, measure)
+    }
+
+    /// A context on this one's device and queue (sharing its lost state) with its own caches.
+    fn sibling(
+        &self,
+        caps: Capabilities,
+        measure: Option<Arc<Measure>>,
+        faults: Arc<Faults>,
+    ) -> GpuContext {
         GpuContext {
             inner: Arc::new(ContextInner {
                 device: self.inner.device.clone(),
@@ -376,37 +400,10 @@ impl GpuContext {
                 is_lost: self.inner.is_lost.clone(),
                 counters: Default::default(),
                 profiler: Default::default(),
-                measure: None,
-                faults: self.inner.faults.clone(),
+                measure,
+                faults,
             }),
         }
-    }
-
-    /// A dry-run context with this one's device and limits: every buffer it is asked for is a
-    /// 4-byte stand-in whose requested size is added up, and writes are skipped. Running an
-    /// allocation routine (a session's KV cache and workspace) on it gives the bytes that
-    /// routine would allocate here, without allocating them.
-    pub(crate) fn measuring(&self) -> (GpuContext, Arc<Measure>) {
-        let measure = Arc::new(Measure::default());
-        let ctx = GpuContext {
-            inner: Arc::new(ContextInner {
-                device: self.inner.device.clone(),
-                queue: self.inner.queue.clone(),
-                adapter_info: self.inner.adapter_info.clone(),
-                caps: self.inner.caps.clone(),
-                kernels: KernelCache::default(),
-                arenas: Mutex::new(Vec::new()),
-                bind_groups: Mutex::new(HashMap::new()),
-                lost: self.inner.lost.clone(),
-                uncaptured: self.inner.uncaptured.clone(),
-                is_lost: self.inner.is_lost.clone(),
-                counters: Default::default(),
-                profiler: Default::default(),
-                measure: Some(measure.clone()),
-                faults: Arc::new(Faults::default()),
-            }),
-        };
-        (ctx, measure)
     }
 
     /// Destroys the device (`wgpu::Device::destroy`) and marks the context lost: from now on
