@@ -202,8 +202,116 @@ struct RawInfo {
     data_offsets: [u64; 2],
 }
 
+/// One validated entry of a safetensors header: a tensor's key, dtype, shape and byte range in
+/// the file ([`parse_file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderEntry {
+    /// The key as written in the file.
+    pub key: String,
+    /// Element type.
+    pub dtype: StDType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Offset of the tensor's first byte from the start of the file.
+    pub start: usize,
+    /// Its length in bytes (`numel · dtype size`).
+    pub len: usize,
+}
+
+fn too_short(path: &Path, file_len: u64) -> LoadError {
+    LoadError::CorruptFile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "the file has {file_len} bytes, fewer than the 8-byte header length field"
+        ),
+    }
+}
+
+/// Validates the bytes of a whole safetensors file (as [`SafeFile::open`] maps them): header
+/// length against the file size and [`MAX_HEADER_BYTES`], the header as a UTF-8 JSON object,
+/// every tensor's dtype, its byte range inside the data section and consistent with its dtype
+/// and shape, and no two tensors overlapping. Returns the tensors in the order of their offsets;
+/// every returned range lies inside `bytes`. `path` names the file in errors.
+pub fn parse_file(bytes: &[u8], path: &Path) -> Result<Vec<HeaderEntry>, LoadError> {
+    let file_len = bytes.len() as u64;
+    let corrupt = |reason: String| LoadError::CorruptFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Some(lenb) = bytes.first_chunk::<8>() else {
+        return Err(too_short(path, file_len));
+    };
+    let header_len = u64::from_le_bytes(*lenb);
+    if header_len > file_len - 8 || header_len > MAX_HEADER_BYTES {
+        return Err(LoadError::HeaderTooLarge {
+            path: path.to_path_buf(),
+            header_len,
+            file_len,
+        });
+    }
+    let data_start = 8 + header_len as usize;
+    let header = std::str::from_utf8(&bytes[8..data_start])
+        .map_err(|e| corrupt(format!("the header is not UTF-8: {e}")))?;
+    let raw: BTreeMap<String, serde_json::Value> = serde_json::from_str(header.trim_end())
+        .map_err(|e| corrupt(format!("the header is not a JSON object: {e}")))?;
+    let data_len = file_len - data_start as u64;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (key, v) in raw {
+        if key == "__metadata__" {
+            continue;
+        }
+        let info: RawInfo = serde_json::from_value(v)
+            .map_err(|e| corrupt(format!("header entry {key:?}: {e}")))?;
+        let dtype = StDType::parse(&info.dtype)
+            .ok_or_else(|| corrupt(format!("tensor {key}: unknown dtype {:?}", info.dtype)))?;
+        let [start, end] = info.data_offsets;
+        if start > end || end > data_len {
+            return Err(LoadError::TensorOutOfBounds {
+                path: path.to_path_buf(),
+                key,
+                start,
+                end,
+                data_len,
+            });
+        }
+        let numel = info
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size() as u64))
+            .ok_or_else(|| corrupt(format!("tensor {key}: shape {:?} overflows", info.shape)))?;
+        if numel != end - start {
+            return Err(corrupt(format!(
+                "tensor {key}: shape {:?} of {} needs {numel} bytes but its offsets span {} bytes",
+                info.shape,
+                dtype,
+                end - start
+            )));
+        }
+        tensors.push(HeaderEntry {
+            key,
+            dtype,
+            shape: info.shape.iter().map(|&d| d as usize).collect(),
+            start: data_start + start as usize,
+            len: (end - start) as usize,
+        });
+    }
+    tensors.sort_by_key(|t| (t.start, t.len));
+    for w in tensors.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.start + a.len > b.start && a.len > 0 && b.len > 0 {
+            return Err(LoadError::OverlappingTensors {
+                path: path.to_path_buf(),
+                first: a.key.clone(),
+                second: b.key.clone(),
+            });
+        }
+    }
+    Ok(tensors)
+}
+
 impl SafeFile {
-    /// Opens, maps and validates `path`.
+    /// Opens, maps and validates `path` (see [`parse_file`]).
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let io = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -221,14 +329,8 @@ impl SafeFile {
         };
         let file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let corrupt = |reason: String| LoadError::CorruptFile {
-            path: path.to_path_buf(),
-            reason,
-        };
         if file_len < 8 {
-            return Err(corrupt(format!(
-                "the file has {file_len} bytes, fewer than the 8-byte header length field"
-            )));
+            return Err(too_short(path, file_len));
         }
         // SAFETY: the mapping is read-only and lives as long as the `Arc<Mmap>` that every
         // `MappedBytes` holds. Like every mmap-based safetensors reader we rely on the checkpoint
@@ -237,91 +339,85 @@ impl SafeFile {
         // downloads, and all offsets are validated against the length observed here.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         if (map.len() as u64) != file_len {
-            return Err(corrupt(
-                "the file changed size while it was being opened".into(),
-            ));
-        }
-        let map = Arc::new(map);
-        let mut lenb = [0u8; 8];
-        lenb.copy_from_slice(&map[..8]);
-        let header_len = u64::from_le_bytes(lenb);
-        if header_len > file_len - 8 || header_len > MAX_HEADER_BYTES {
-            return Err(LoadError::HeaderTooLarge {
+            return Err(LoadError::CorruptFile {
                 path: path.to_path_buf(),
-                header_len,
-                file_len,
+                reason: "the file changed size while it was being opened".into(),
             });
         }
-        let data_start = 8 + header_len as usize;
-        let header = std::str::from_utf8(&map[8..data_start])
-            .map_err(|e| corrupt(format!("the header is not UTF-8: {e}")))?;
-        let raw: BTreeMap<String, serde_json::Value> = serde_json::from_str(header.trim_end())
-            .map_err(|e| corrupt(format!("the header is not a JSON object: {e}")))?;
-        let data_len = file_len - data_start as u64;
-        let mut tensors = Vec::with_capacity(raw.len());
-        for (key, v) in raw {
-            if key == "__metadata__" {
-                continue;
-            }
-            let info: RawInfo = serde_json::from_value(v)
-                .map_err(|e| corrupt(format!("header entry {key:?}: {e}")))?;
-            let dtype = StDType::parse(&info.dtype)
-                .ok_or_else(|| corrupt(format!("tensor {key}: unknown dtype {:?}", info.dtype)))?;
-            let [start, end] = info.data_offsets;
-            if start > end || end > data_len {
-                return Err(LoadError::TensorOutOfBounds {
-                    path: path.to_path_buf(),
-                    key,
-                    start,
-                    end,
-                    data_len,
-                });
-            }
-            let numel = info
-                .shape
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .and_then(|n| n.checked_mul(dtype.size() as u64))
-                .ok_or_else(|| {
-                    corrupt(format!("tensor {key}: shape {:?} overflows", info.shape))
-                })?;
-            if numel != end - start {
-                return Err(corrupt(format!(
-                    "tensor {key}: shape {:?} of {} needs {numel} bytes but its offsets span {} bytes",
-                    info.shape,
-                    dtype,
-                    end - start
-                )));
-            }
-            tensors.push(StoredTensor {
-                key,
-                dtype,
-                shape: info.shape.iter().map(|&d| d as usize).collect(),
+        let map = Arc::new(map);
+        let tensors = parse_file(&map, path)?
+            .into_iter()
+            .map(|e| StoredTensor {
+                key: e.key,
+                dtype: e.dtype,
+                shape: e.shape,
                 file: path.to_path_buf(),
                 bytes: MappedBytes {
                     map: map.clone(),
-                    start: data_start + start as usize,
-                    len: (end - start) as usize,
+                    start: e.start,
+                    len: e.len,
                 },
-            });
-        }
-        tensors.sort_by_key(|t| (t.bytes.start, t.bytes.len));
-        for w in tensors.windows(2) {
-            let (a, b) = (&w[0], &w[1]);
-            if a.bytes.start + a.bytes.len > b.bytes.start && a.bytes.len > 0 && b.bytes.len > 0 {
-                return Err(LoadError::OverlappingTensors {
-                    path: path.to_path_buf(),
-                    first: a.key.clone(),
-                    second: b.key.clone(),
-                });
-            }
-        }
+            })
+            .collect();
         Ok(SafeFile {
             path: path.to_path_buf(),
             tensors,
             file_len,
         })
     }
+}
+
+/// `model.safetensors.index.json`, parsed and checked ([`parse_index`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardIndex {
+    /// The shard file names, each once, sorted (plain file names: no path separator, no leading
+    /// dot).
+    pub shards: Vec<String>,
+    /// `weight_map`: tensor key → shard file name, in the file's order.
+    pub weight_map: Vec<(String, String)>,
+}
+
+/// Parses the text of `model.safetensors.index.json` (`path` names it in errors): valid JSON with
+/// a `weight_map` object of file-name strings, each a plain file name inside the checkpoint
+/// directory (no `/`, `\` or leading `.`).
+pub fn parse_index(text: &str, path: &Path) -> Result<ShardIndex, LoadError> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| LoadError::MalformedConfig {
+            path: path.to_path_buf(),
+            field: String::new(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| LoadError::MalformedConfig {
+            path: path.to_path_buf(),
+            field: "weight_map".into(),
+            reason: "missing or not an object".into(),
+        })?;
+    // A set, not a list scan: an index with very many distinct shard names stays linear.
+    let mut shards = std::collections::BTreeSet::new();
+    let mut weight_map = Vec::with_capacity(map.len());
+    for (key, f) in map {
+        let f = f.as_str().ok_or_else(|| LoadError::MalformedConfig {
+            path: path.to_path_buf(),
+            field: format!("weight_map.{key}"),
+            reason: "expected a file name".into(),
+        })?;
+        if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+            return Err(LoadError::MalformedConfig {
+                path: path.to_path_buf(),
+                field: format!("weight_map.{key}"),
+                reason: format!("shard name {f:?} must be a plain file name"),
+            });
+        }
+        shards.insert(f.to_string());
+        weight_map.push((key.clone(), f.to_string()));
+    }
+    Ok(ShardIndex {
+        shards: shards.into_iter().collect(),
+        weight_map,
+    })
 }
 
 /// All safetensors files of a checkpoint directory, keyed by stored tensor name.
@@ -354,39 +450,7 @@ impl TensorStore {
                 path: index.clone(),
                 source: e,
             })?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| LoadError::MalformedConfig {
-                    path: index.clone(),
-                    field: String::new(),
-                    reason: format!("not valid JSON: {e}"),
-                })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| LoadError::MalformedConfig {
-                    path: index.clone(),
-                    field: "weight_map".into(),
-                    reason: "missing or not an object".into(),
-                })?;
-            let mut shards: Vec<String> = Vec::new();
-            for (key, f) in map {
-                let f = f.as_str().ok_or_else(|| LoadError::MalformedConfig {
-                    path: index.clone(),
-                    field: format!("weight_map.{key}"),
-                    reason: "expected a file name".into(),
-                })?;
-                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(LoadError::MalformedConfig {
-                        path: index.clone(),
-                        field: format!("weight_map.{key}"),
-                        reason: format!("shard name {f:?} must be a plain file name"),
-                    });
-                }
-                if !shards.iter().any(|s| s == f) {
-                    shards.push(f.to_string());
-                }
-            }
-            shards.sort();
+            let ShardIndex { shards, weight_map } = parse_index(&text, &index)?;
             for s in &shards {
                 let p = dir.join(s);
                 if !p.is_file() {
@@ -400,9 +464,9 @@ impl TensorStore {
                 }
                 store.add(SafeFile::open(&p)?)?;
             }
-            for (key, f) in map {
+            for (key, f) in &weight_map {
                 let have = store.tensors.get(key).map(|t| t.file.clone());
-                let want = dir.join(f.as_str().unwrap_or_default());
+                let want = dir.join(f);
                 if have.as_deref() != Some(want.as_path()) {
                     return Err(LoadError::CorruptFile {
                         path: want,

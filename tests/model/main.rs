@@ -10,6 +10,7 @@ mod decode;
 mod desktop_api;
 mod errors;
 mod fixtures;
+mod fuzz_corpus;
 mod loader;
 mod parity;
 mod preprocess;
