@@ -6,7 +6,7 @@
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #
 # Environment: JOBS (targets run at once, default 1), SANITIZER (cargo fuzz -s: address (default)
-# or none), FUZZ_ARGS (extra libFuzzer flags). Needs a nightly toolchain and cargo-fuzz
+# or none), FUZZ_ARGS (extra libFuzzer flags), NO_BUILD (use the binaries already built). Needs a nightly toolchain and cargo-fuzz
 # (`cargo install cargo-fuzz`). The committed corpus is never written: new inputs go to
 # fuzz/scratch/NAME (minimise them into the corpus with `cargo +nightly fuzz cmin` if they matter).
 set -euo pipefail
@@ -21,8 +21,16 @@ all=(safetensors_header safetensors_index config quant_config processor_config
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all[@]}"); fi
 
 mkdir -p fuzz/logs fuzz/scratch
-# Release with debug assertions and overflow checks (cargo fuzz's default), every target.
-cargo +nightly fuzz build -s "$san" 2>fuzz/logs/build.log || { tail -50 fuzz/logs/build.log; exit 1; }
+# Release with debug assertions and overflow checks (cargo fuzz's default), every target; the
+# binaries are copied so that editing the crate during a run changes nothing under way.
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo +nightly fuzz build -s "$san" 2>fuzz/logs/build.log || { tail -50 fuzz/logs/build.log; exit 1; }
+fi
+bin=fuzz/scratch/bin
+mkdir -p "$bin"
+for t in "${targets[@]}"; do
+    cp "fuzz/target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release/$t" "$bin/$t"
+done
 
 run_one() {
     local t="$1"
@@ -34,9 +42,9 @@ run_one() {
     if [ -f "fuzz/dict/$t.dict" ]; then dict=(-dict="fuzz/dict/$t.dict"); fi
     touch "fuzz/logs/$t.start"
     # shellcheck disable=SC2086
-    cargo +nightly fuzz run -s "$san" "$t" "$scratch" -- \
-        -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
-        "${dict[@]}" ${FUZZ_ARGS:-} >"fuzz/logs/$t.log" 2>&1 || true
+    "$bin/$t" -artifact_prefix="fuzz/artifacts/$t/" -max_total_time="$secs" \
+        -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 "${dict[@]}" ${FUZZ_ARGS:-} \
+        "$scratch" >"fuzz/logs/$t.log" 2>&1 || true
 }
 
 report() {

@@ -297,15 +297,20 @@ pub fn parse_file(bytes: &[u8], path: &Path) -> Result<Vec<HeaderEntry>, LoadErr
         });
     }
     tensors.sort_by_key(|t| (t.start, t.len));
-    for w in tensors.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        if a.start + a.len > b.start && a.len > 0 && b.len > 0 {
+    // Each non-empty tensor against the previous non-empty one (an empty tensor between two
+    // overlapping ones must not hide the overlap).
+    let mut prev: Option<&HeaderEntry> = None;
+    for t in tensors.iter().filter(|t| t.len > 0) {
+        if let Some(a) = prev
+            && a.start + a.len > t.start
+        {
             return Err(LoadError::OverlappingTensors {
                 path: path.to_path_buf(),
                 first: a.key.clone(),
-                second: b.key.clone(),
+                second: t.key.clone(),
             });
         }
+        prev = Some(t);
     }
     Ok(tensors)
 }
@@ -379,7 +384,7 @@ pub struct ShardIndex {
 
 /// Parses the text of `model.safetensors.index.json` (`path` names it in errors): valid JSON with
 /// a `weight_map` object of file-name strings, each a plain file name inside the checkpoint
-/// directory (no `/`, `\` or leading `.`).
+/// directory (not empty, no `/`, `\` or leading `.`).
 pub fn parse_index(text: &str, path: &Path) -> Result<ShardIndex, LoadError> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| LoadError::MalformedConfig {
@@ -404,7 +409,7 @@ pub fn parse_index(text: &str, path: &Path) -> Result<ShardIndex, LoadError> {
             field: format!("weight_map.{key}"),
             reason: "expected a file name".into(),
         })?;
-        if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.') {
             return Err(LoadError::MalformedConfig {
                 path: path.to_path_buf(),
                 field: format!("weight_map.{key}"),
