@@ -117,7 +117,7 @@ pub fn config(data: &[u8]) {
         let src = t.kv_source(i);
         assert!(src.is_some_and(|s| s <= i), "validated layer {i} has no KV source");
         let (hd, kv) = (t.layer_head_dim(i), t.layer_kv_heads(i));
-        assert!(hd > 0 && hd % 2 == 0 && kv > 0 && t.num_attention_heads % kv == 0);
+        assert!(hd > 0 && hd.is_multiple_of(2) && kv > 0 && t.num_attention_heads.is_multiple_of(kv));
         let inter = t.intermediate(i);
         assert!(inter >= t.intermediate_size);
         if let Some(q) = &cfg.quantization {
@@ -138,8 +138,8 @@ pub fn config(data: &[u8]) {
         assert!(m.experts > 0 && m.top_k > 0 && m.top_k <= m.experts && m.intermediate > 0);
     }
     if let Some(v) = &cfg.vision_config {
-        assert!(v.head_dim() > 0 && v.head_dim() % 4 == 0);
-        assert!(v.kv_heads() > 0 && v.num_attention_heads % v.kv_heads() == 0);
+        assert!(v.head_dim() > 0 && v.head_dim().is_multiple_of(4));
+        assert!(v.kv_heads() > 0 && v.num_attention_heads.is_multiple_of(v.kv_heads()));
         let _ = v.patch_values();
         let _ = ImageOptions::from_vision_config(
             v.patch_size as u32,
