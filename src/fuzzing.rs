@@ -483,9 +483,12 @@ pub fn detokenizer(data: &[u8]) {
     }
 }
 
+/// A fuzz entry point.
+pub type Entry = fn(&[u8]);
+
 /// Every entry point by target name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus
 /// folders), for the replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("safetensors_header", safetensors_header),
     ("safetensors_index", safetensors_index),
     ("config", config),
