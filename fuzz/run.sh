@@ -58,14 +58,14 @@ report() {
     find "fuzz/artifacts/$t" -type f -newer "fuzz/logs/$t.start" -printf '    %p\n'
 }
 
-pids=()
+running=0
 for t in "${targets[@]}"; do
-    run_one "$t" &
-    pids+=($!)
-    if [ "${#pids[@]}" -ge "$jobs" ]; then
-        wait "${pids[0]}"
-        pids=("${pids[@]:1}")
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || true # whichever run ends first frees its slot
+        running=$((running - 1))
     fi
+    run_one "$t" &
+    running=$((running + 1))
 done
 wait
 

@@ -372,8 +372,8 @@ fn messages_of(data: &[u8]) -> Vec<Message> {
 /// from the bytes (or, for bytes that are a JSON array, the Hugging Face message structure
 /// as given: content strings, lists, numbers, nesting). Checks that message text is never
 /// interpreted as template code (each trimmed text item appears verbatim in the output) and
-/// that every image item gives a placeholder; then the prompt path: tokenize the rendered
-/// text and expand its image placeholders.
+/// that every image item outside a leading system message gives a placeholder; then the
+/// prompt path: tokenize the rendered text and expand its image placeholders.
 pub fn chat_template(data: &[u8]) {
     let data = cut(data);
     let [file, builtin] = templates();
@@ -387,7 +387,14 @@ pub fn chat_template(data: &[u8]) {
         }
     }
     let msgs = messages_of(data);
-    let images: usize = msgs.iter().map(Message::n_images).sum();
+    // Images of a leading system message are not rendered by the built-in template (as by the
+    // official Gemma 4 one: it writes only the text items of the system turn).
+    let images: usize = msgs
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| !(*i == 0 && m.role == Role::System))
+        .map(|(_, m)| m.n_images())
+        .sum();
     let mut thinking = serde_json::Map::new();
     thinking.insert("enable_thinking".into(), serde_json::Value::Bool(true));
     let tok = tokenizer();
