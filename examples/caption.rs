@@ -1,10 +1,18 @@
-//! Captions images: one caption per image, streamed to stdout. An image that fails is reported
-//! on stderr and the others are still captioned; the exit status is then 1.
+//! Captions images. Without `--out`: one caption per image, streamed to stdout. With
+//! `--out captions.jsonl`: a folder captioner for large datasets (library:
+//! `gemma_wgpu::captioner`) — one JSON line per image (key, path, caption, tokens, timings, or
+//! the error), `--resume` skips what the file holds (a torn last line is repaired, so a killed
+//! run loses at most the image in flight), `--shard I/N` takes a deterministic part of the list
+//! (N processes, GPUs or machines split a dataset with no coordination; concatenate their
+//! files), `--sidecar` writes `<image>.txt` next to each image, and a progress bar shows
+//! images/s and the ETA. An image that fails is recorded (or reported on stderr) and the others
+//! are still captioned; the exit status is then 1.
 //!
 //! ```sh
 //! cargo run --release --example caption -- photo.jpg more/*.png
 //! cargo run --release --example caption -- --model tests/fixtures/e2b-like tests/fixtures/chat/image.png
-//! cargo run --release --example caption -- --greedy --max-tokens 64 ./holiday-photos/
+//! cargo run --release --example caption -- --greedy --max-tokens 64 --out captions.jsonl \
+//!     --resume --shard 0/4 --sidecar ./dataset/
 //! ```
 
 mod common;
@@ -13,55 +21,118 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use gemma_wgpu::{CAPTION_PROMPT, Request};
+use gemma_wgpu::captioner::{Captioner, ImageFile, Shard, list_images};
+use gemma_wgpu::{CAPTION_PROMPT, ImageInput, Model, Request};
 
 #[derive(Parser, Debug)]
-#[command(about = "Caption images with Gemma 4 (one caption per image, streamed)")]
+#[command(about = "Caption images with Gemma 4 (streamed, or a resumable, shardable JSONL run)")]
 struct Cli {
     #[command(flatten)]
     model: common::ModelArgs,
     /// The prompt.
     #[arg(long, default_value = CAPTION_PROMPT)]
     prompt: String,
-    /// Image files or folders (every image file directly inside).
+    /// Write one JSON line per image here instead of streaming captions to stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the lines already in `--out` and skip their images.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Caption only part I of N of the file list (0-based), e.g. `--shard $SLURM_ARRAY_TASK_ID/8`.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<Shard>,
+    /// Also write each caption to `<image>.txt` next to the image.
+    #[arg(long)]
+    sidecar: bool,
+    /// Image files or folders (walked recursively).
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
 
-const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    Shard::parse(s).map_err(|e| e.to_string())
+}
 
 fn main() -> Result<(), common::Failure> {
     let cli = Cli::parse();
-    let mut files = Vec::new();
-    for p in &cli.images {
-        if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXTENSIONS.contains(&e.to_lowercase().as_str()))
-                })
-                .collect();
-            v.sort();
-            files.extend(v);
-        } else {
-            files.push(p.clone());
-        }
-    }
+    let files = list_images(&cli.images)?;
     let model = cli.model.load()?;
-    let opts = cli.model.options(&model);
+    match &cli.out {
+        Some(out) => to_file(&cli, &model, out, &files),
+        None => to_stdout(&cli, &model, &files),
+    }
+}
+
+fn to_file(
+    cli: &Cli,
+    model: &Model,
+    out: &Path,
+    files: &[ImageFile],
+) -> Result<(), common::Failure> {
+    let captioner = Captioner::new(out)
+        .prompt(cli.prompt.clone())
+        .options(cli.model.options(model))
+        .max_soft_tokens(cli.model.max_soft_tokens)
+        .sidecar(cli.sidecar)
+        .resume(cli.resume)
+        .shard(cli.shard.unwrap_or_default());
+    let shard = cli.shard.unwrap_or_default();
+    let total = files.iter().filter(|f| shard.contains(&f.key)).count();
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}  {msg}",
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let mut failed = 0usize;
+    let s = captioner.run(model, files, |r| {
+        bar.inc(1);
+        if let Some(e) = &r.error {
+            failed += 1;
+            bar.println(format!("{}: {e}", r.path));
+            bar.set_message(format!("{failed} failed"));
+        }
+    })?;
+    bar.finish();
+    eprintln!(
+        "{} images in the shard: {} captioned, {} already done, {} failed, {:.1} s ({:.2} images/s)",
+        s.in_shard,
+        s.captioned,
+        s.skipped,
+        s.failed,
+        s.seconds,
+        (s.captioned + s.failed) as f64 / s.seconds.max(1e-9)
+    );
+    if s.failed > 0 {
+        return Err(format!(
+            "{} image(s) failed (error lines in {})",
+            s.failed,
+            out.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn to_stdout(cli: &Cli, model: &Model, files: &[ImageFile]) -> Result<(), common::Failure> {
+    let opts = cli.model.options(model);
+    let shard = cli.shard.unwrap_or_default();
+    let files: Vec<&ImageFile> = files.iter().filter(|f| shard.contains(&f.key)).collect();
     let mut out = std::io::stdout();
     let n = files.len();
     let mut failed = Vec::new();
     for f in files {
-        if files_len_gt_one(&cli.images) {
-            writeln!(out, "== {}", f.display())?;
+        if n > 1 {
+            writeln!(out, "== {}", f.path.display())?;
+        }
+        let mut img = ImageInput::path(&f.path);
+        if let Some(b) = cli.model.max_soft_tokens {
+            img = img.with_max_soft_tokens(b);
         }
         // A fresh session per image: captions are independent.
         let mut chat = model.chat()?;
         let req = Request::new(&cli.prompt)
-            .with_image(f.clone())
+            .with_image(img)
             .with_options(opts.clone());
         let mut stream = chat.stream(req);
         for delta in &mut stream {
@@ -70,7 +141,7 @@ fn main() -> Result<(), common::Failure> {
                     out.write_all(d.as_bytes())?;
                     out.flush()?;
                 }
-                Err(e) => report(&mut failed, &f, e),
+                Err(e) => report(&mut failed, &f.path, e),
             }
         }
         match stream.into_reply() {
@@ -85,8 +156,8 @@ fn main() -> Result<(), common::Failure> {
                 );
             }
             // Already reported by the stream.
-            Err(_) if failed.last() == Some(&f) => {}
-            Err(e) => report(&mut failed, &f, e),
+            Err(_) if failed.last() == Some(&f.path) => {}
+            Err(e) => report(&mut failed, &f.path, e),
         }
     }
     if !failed.is_empty() {
@@ -99,8 +170,4 @@ fn main() -> Result<(), common::Failure> {
 fn report(failed: &mut Vec<PathBuf>, f: &Path, e: gemma_wgpu::Error) {
     eprintln!("{}: {e}", f.display());
     failed.push(f.to_path_buf());
-}
-
-fn files_len_gt_one(args: &[PathBuf]) -> bool {
-    args.len() > 1 || args.iter().any(|p| p.is_dir())
 }

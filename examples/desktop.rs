@@ -4,8 +4,8 @@
 //! The engine runs on eframe's own wgpu device and queue (no second device): the device is
 //! created with [`GpuContext::device_descriptor`] so the engine gets the adapter's subgroup and
 //! f16 features and binding limits, and [`GpuContext::from_host`] wraps it. The model loads on a
-//! worker thread ([`ModelBuilder::build_async`]) with a progress bar; generation runs on worker
-//! threads ([`Model::spawn`] of a [`Request`]) and streams into the UI,
+//! worker thread ([`gemma_wgpu::ModelBuilder::build_async`]) with a progress bar; generation
+//! runs on worker threads ([`Model::spawn`] of a [`Request`]) and streams into the UI,
 //! which repaints on every token.
 //!
 //! ```sh
@@ -29,8 +29,7 @@ use eframe::egui;
 use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
 use gemma_wgpu::gpu::GpuContext;
 use gemma_wgpu::{
-    GenerationEvent, GenerationHandle, GenerationOptions, LoadHandle, LoadStage, Model,
-    ModelBuilder, Request,
+    GenerationEvent, GenerationHandle, GenerationOptions, LoadHandle, LoadStage, Model, Request,
 };
 
 /// Window size in points.
@@ -119,12 +118,11 @@ impl App {
             gpu.caps().max_binding_size >> 20
         );
         let repaint = cc.egui_ctx.clone();
-        let mut builder = ModelBuilder::new(cli.model.model.as_str())
+        let builder = cli
+            .model
+            .builder()
             .with_context(gpu)
             .with_progress(move |_| repaint.request_repaint());
-        if let Some(n) = cli.model.max_soft_tokens {
-            builder = builder.with_max_soft_tokens(n);
-        }
         let mut app = App {
             loading: Some(builder.build_async()),
             model: None,

@@ -20,6 +20,11 @@ pub enum Error {
     /// Image decoding or preprocessing failed.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A callback of the caller (a notify or progress callback) or the engine panicked on a
+    /// worker thread; the panic was caught there. The session it ran on is usable: the turn
+    /// was undone and the next one starts from an empty cache.
+    #[error("a worker thread panicked: {0}")]
+    Panicked(String),
     /// A caller passed arguments that do not fit together (shapes, lengths, ids).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -76,7 +76,8 @@ pub fn safetensors_index(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(cut(data)) else {
         return;
     };
-    let Ok(index) = parse_index(text, Path::new("<fuzz>/model.safetensors.index.json")) else {
+    let dir = Path::new("<fuzz>");
+    let Ok(index) = parse_index(text, &dir.join("model.safetensors.index.json"), dir) else {
         return;
     };
     for s in &index.shards {
@@ -89,8 +90,8 @@ pub fn safetensors_index(data: &[u8]) {
             "shard name {s:?} is not one plain path component"
         );
     }
-    for (_, f) in &index.weight_map {
-        assert!(index.shards.binary_search(f).is_ok());
+    for (_, name) in index.weight_map.values() {
+        assert!(index.shards.binary_search(name).is_ok());
     }
 }
 
@@ -444,17 +445,7 @@ pub fn detokenizer(data: &[u8]) {
     let id_bytes = &data[..data.len().min(1024)];
     let vocab = tok.vocab_size();
     let skip = data.first().is_some_and(|b| b & 1 == 1);
-    let ids: Vec<u32> = id_bytes
-        .chunks_exact(2)
-        .map(|c| {
-            let v = u32::from(u16::from_le_bytes([c[0], c[1]]));
-            // Mostly in-vocabulary ids, some just past it and some far out.
-            match v >> 14 {
-                0..=2 => v % (vocab as u32 + 8),
-                _ => v << 8,
-            }
-        })
-        .collect();
+    let ids = detokenizer_ids(id_bytes, vocab);
     let mut d = Detokenizer::new(tok.clone()).with_skip_special(skip);
     let mut streamed = String::new();
     let mut failed = false;
@@ -492,6 +483,20 @@ pub fn detokenizer(data: &[u8]) {
 
 /// A fuzz entry point.
 pub type Entry = fn(&[u8]);
+
+/// The token ids the [`detokenizer`] target reads from `data` (little-endian `u16`s): mostly
+/// ids below `vocab + 8` (in-vocabulary, and a few just past it), a quarter far out of it.
+pub fn detokenizer_ids(data: &[u8], vocab: usize) -> Vec<u32> {
+    data.chunks_exact(2)
+        .map(|c| {
+            let v = u32::from(u16::from_le_bytes([c[0], c[1]]));
+            match v >> 14 {
+                0..=2 => v % (vocab as u32 + 8),
+                _ => v << 8,
+            }
+        })
+        .collect()
+}
 
 /// Every entry point by target name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus
 /// folders), for the replay test.

@@ -22,6 +22,7 @@ macro_rules! dev_mod {
     };
 }
 
+pub mod captioner;
 pub mod config;
 pub mod error;
 pub mod gpu;
@@ -74,10 +75,11 @@ pub use checkpoint::{FloatFormat, LoadError, LoadReport};
 pub use error::{Error, Result};
 pub use generate::{
     CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent, GenerationHandle,
-    GenerationOptions, GenerationStats, ImageInput, Reply, ReplyStream, Request, Sampling,
+    GenerationOptions, GenerationStats, ImageInput, ImageSource, Reply, ReplyStream, Request,
+    Sampling,
 };
 pub use loading::{LoadHandle, LoadProgress, LoadStage};
-pub use memory::{MemoryReport, SessionMemory};
+pub use memory::{MemoryEstimate, MemoryReport, SessionMemory};
 pub use model::{Model, ModelBuilder, ModelOptions};
 pub use prompt::preprocess::ImageError;
 pub use prompt::tokenizer::Tokenizer;

@@ -166,7 +166,19 @@ impl LoadHandle {
         let (tx, rx) = channel(Flow::Free);
         let spawned = std::thread::Builder::new()
             .name("gemma-wgpu loading".into())
-            .spawn(move || tx.finish(builder.build_hooked(&hooks)));
+            .spawn(move || {
+                // A panicking progress callback ends the load with an error (what it had
+                // uploaded is dropped during the unwind).
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    builder.build_hooked(&hooks)
+                }))
+                .unwrap_or_else(|p| {
+                    Err(Error::Panicked(crate::generate::background::panic_message(
+                        p.as_ref(),
+                    )))
+                });
+                tx.finish(r)
+            });
         let result = match spawned {
             Ok(_) => rx,
             Err(e) => channel::ready(Err(Error::InvalidArgument(format!(

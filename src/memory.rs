@@ -105,6 +105,43 @@ impl MemoryReport {
     }
 }
 
+/// What a model will take on the GPU before it is loaded ([`Model::estimate_memory`]): the
+/// weights as they will be stored and one session at the maximum context. The figures are
+/// those [`MemoryReport`] gives once the model is loaded and one session is open
+/// ([`MemoryReport::weights_gpu`], [`SessionMemory::kv_cache`], [`SessionMemory::scratch`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Weight buffers (text decoder, vision tower or embedder; the per-layer table when it
+    /// goes to the GPU).
+    pub weights: u64,
+    /// The KV cache of one session at [`max_context`](Self::max_context) tokens.
+    pub kv_cache: u64,
+    /// That session's workspace and selection buffers.
+    pub scratch: u64,
+    /// The context the session is sized for.
+    pub max_context: usize,
+}
+
+impl MemoryEstimate {
+    /// All GPU bytes.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.scratch
+    }
+}
+
+impl std::fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "weights {:.1} MiB, KV cache {:.1} MiB at {} tokens, workspace {:.1} MiB",
+            mib(self.weights),
+            mib(self.kv_cache),
+            self.max_context,
+            mib(self.scratch)
+        )
+    }
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }

@@ -21,6 +21,8 @@ use crate::model::text::{Logits, TextDecoder};
 use crate::prompt::tokenizer::Tokenizer;
 use crate::model::vision::{ImagePatches, VisionEmbedder, VisionEncoder, VisionModel};
 use crate::checkpoint::{Checkpoint, FloatFormat, LoadError, LoadOptions, LoadReport, UploadProgress};
+use crate::gpu::GpuError;
+use crate::memory::MemoryEstimate;
 
 /// Options for loading a model.
 #[derive(Debug, Clone)]
@@ -38,6 +40,14 @@ pub struct ModelOptions {
     /// small (some drivers are slow or fail on multi-GiB buffers); each extra window a query
     /// reaches costs one attention dispatch.
     pub kv_window_positions: Option<usize>,
+    /// GPU memory the model may take, in bytes: loading refuses up front, before anything is
+    /// uploaded, when the weights plus one session at [`max_context`](Self::max_context) (KV
+    /// cache and workspace, see [`Model::estimate_memory`]) need more, with
+    /// [`GpuError::DoesNotFit`](crate::gpu::GpuError::DoesNotFit) saying what to try. wgpu
+    /// does not report the size of a device's memory, so there is no check without a budget
+    /// (an upload that runs out of memory still fails with `DoesNotFit`, releasing everything
+    /// it created). `None` (default): no budget.
+    pub memory_budget: Option<u64>,
     /// Weight upload options.
     pub load: LoadOptions,
 }
@@ -49,6 +59,7 @@ impl Default for ModelOptions {
             max_context: 8192,
             prefill_chunk: 512,
             kv_window_positions: None,
+            memory_budget: None,
             load: LoadOptions {
                 float_format: FloatFormat::Native,
                 ..Default::default()
@@ -92,6 +103,13 @@ pub(crate) struct Inner {
     pub(crate) generation: GenerationOptions,
     /// GPU memory of every live session and one-shot generation ([`Model::memory_report`]).
     pub(crate) sessions: crate::memory::SessionRegistry,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Cached bind groups hold the weight buffers alive; a host's context outlives the model.
+        self.ctx.clear_bind_groups();
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -159,7 +177,20 @@ impl Model {
             ..Default::default()
         });
         hooks.check()?;
+        ctx.check_health()?;
         let mut checkpoint = Checkpoint::open(dir)?;
+        let estimate = estimate(ctx, &checkpoint, options)?;
+        if let Some(budget) = options.memory_budget
+            && estimate.total() > budget
+        {
+            return Err(does_not_fit(
+                &estimate,
+                budget,
+                "ModelOptions::memory_budget".into(),
+                options,
+            ));
+        }
+        let bytes0 = ctx.counters().bytes_allocated();
         let mut uploaded = UploadProgress::default();
         let weights = checkpoint
             .upload_with_progress(ctx, &options.load, &mut |u: &UploadProgress| {
@@ -173,6 +204,19 @@ impl Model {
             })
             .map_err(|e| match e {
                 LoadError::Cancelled => Error::Cancelled,
+                // Everything the upload created is dropped with its partial tree.
+                LoadError::Gpu(GpuError::OutOfMemory { context, message }) => {
+                    let got = ctx.counters().bytes_allocated().saturating_sub(bytes0);
+                    does_not_fit(
+                        &estimate,
+                        got,
+                        format!(
+                            "device memory: the device ran out after {got} bytes, creating \
+                             {context}: {message}"
+                        ),
+                        options,
+                    )
+                }
                 e => Error::Load(e),
             })?;
         log::info!("{}: {}", dir.display(), weights.report);
@@ -223,6 +267,20 @@ impl Model {
         };
         hooks.emit(LoadProgress::stage(LoadStage::Done, &uploaded));
         Ok(model)
+    }
+
+    /// What loading the checkpoint in `dir` with `options` will take on `ctx`'s device: the
+    /// weights as they will be stored (after quantize-on-load and the float format; the
+    /// per-layer table when it goes to the GPU) and one session at
+    /// [`ModelOptions::max_context`] (its KV cache, and its workspace for the prefill chunk
+    /// of this device). Reads only the checkpoint's headers and config; nothing is uploaded.
+    /// [`ModelOptions::memory_budget`] is checked against [`MemoryEstimate::total`].
+    pub fn estimate_memory(
+        ctx: &GpuContext,
+        dir: &Path,
+        options: &ModelOptions,
+    ) -> Result<MemoryEstimate> {
+        estimate(ctx, &Checkpoint::open(dir)?, options)
     }
 
     /// Loads the checkpoint in `dir` on a GPU context of its own (the default adapter).
@@ -312,32 +370,14 @@ impl Model {
     /// patches after torchvision's resize ([`ImageOptions::unified`]).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn image_options(&self) -> Result<ImageOptions> {
-        let cfg = &self.inner.checkpoint.config;
-        let budget = |default: u32| match self.inner.options.max_soft_tokens {
-            Some(b) => b,
-            None => self
-                .inner
-                .checkpoint
-                .files
-                .processor_budget
-                .unwrap_or(default),
-        };
-        if let Some(ec) = &cfg.vision_embedder {
-            return Ok(ImageOptions::unified(
-                ec.patch_size as u32,
-                ec.pooling_kernel_size as u32,
-                budget(preprocess::UNIFIED_DEFAULT_SOFT_TOKENS),
-            )?);
-        }
-        let vc = cfg
-            .vision_config
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("this checkpoint has no vision tower".into()))?;
-        Ok(ImageOptions::from_vision_config(
-            vc.patch_size as u32,
-            vc.pooling_kernel_size as u32,
-            budget(vc.default_output_length as u32),
-        )?)
+        self.image_options_with(None)
+    }
+
+    /// [`image_options`](Self::image_options) with an image's own soft-token budget (`Some`)
+    /// in place of the model's.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn image_options_with(&self, max_soft_tokens: Option<u32>) -> Result<ImageOptions> {
+        image_options_for(&self.inner.checkpoint, &self.inner.options, max_soft_tokens)
     }
 
     /// The prefill chunk of a session: [`ModelOptions::prefill_chunk`], raised on a
@@ -346,28 +386,64 @@ impl Model {
     /// the two delimiters), since a block must be prefilled in one chunk. The sliding-window
     /// rings follow (`sliding_window + chunk` slots).
     pub(crate) fn session_chunk(&self) -> usize {
-        let chunk = self.inner.options.prefill_chunk.max(1);
+        session_chunk_for(&self.inner.checkpoint, &self.inner.options)
+    }
+
+    /// On a bidirectional-vision model an image block is prefilled in one chunk: refuses a
+    /// per-image budget whose block the session chunk cannot hold.
+    fn check_block_fits(&self, budget: u32) -> Result<()> {
         if !self.config().text_config.bidirectional_vision() {
-            return chunk;
+            return Ok(());
         }
-        match self.image_options() {
-            Ok(o) => chunk.max(o.max_soft_tokens as usize + 2),
-            Err(_) => chunk,
+        let (need, chunk) = (budget as usize + 2, self.session_chunk());
+        if need > chunk {
+            return Err(Error::InvalidArgument(format!(
+                "an image at a budget of {budget} soft tokens is a block of {need} tokens, which \
+                 this model (bidirectional image blocks) must prefill in one chunk, but the \
+                 session chunk is {chunk}: load the model with \
+                 ModelBuilder::with_max_soft_tokens({budget}) or with_prefill_chunk({need})"
+            )));
         }
+        Ok(())
     }
 
     /// Decodes and preprocesses an image file (any supported format, EXIF-oriented).
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image_file(&self, path: &Path) -> Result<ImagePatches> {
-        let opts = self.image_options()?;
+        self.prepare_image_file_with(path, None)
+    }
+
+    /// [`prepare_image_file`](Self::prepare_image_file) at the soft-token budget
+    /// `max_soft_tokens` (`None`: the model's).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn prepare_image_file_with(
+        &self,
+        path: &Path,
+        max_soft_tokens: Option<u32>,
+    ) -> Result<ImagePatches> {
+        let opts = self.image_options_with(max_soft_tokens)?;
         let img = preprocess::load_image(path, &opts)?;
-        self.prepare_image(&img)
+        self.prepare_image_with(&img, max_soft_tokens)
     }
 
     /// Preprocesses a decoded image into patches for the tower.
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn prepare_image(&self, img: &image::DynamicImage) -> Result<ImagePatches> {
-        let opts = self.image_options()?;
+        self.prepare_image_with(img, None)
+    }
+
+    /// [`prepare_image`](Self::prepare_image) at the soft-token budget `max_soft_tokens`
+    /// (`None`: the model's).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn prepare_image_with(
+        &self,
+        img: &image::DynamicImage,
+        max_soft_tokens: Option<u32>,
+    ) -> Result<ImagePatches> {
+        let opts = self.image_options_with(max_soft_tokens)?;
+        if let Some(b) = max_soft_tokens {
+            self.check_block_fits(b)?;
+        }
         let p = preprocess::preprocess(img, &opts)?;
         Ok(ImagePatches {
             pixel_values: p.pixel_values,
@@ -442,6 +518,7 @@ impl Model {
     /// Encodes images (in prompt order) and concatenates their soft tokens: `[total, H]`.
     #[cfg_attr(not(feature = "dev"), doc(hidden))]
     pub fn encode_images(&self, images: &[ImagePatches]) -> Result<Option<GpuTensor>> {
+        self.inner.ctx.check_health()?;
         let parts = media::encode_each(self.vision(), images, Ok)?;
         media::concat_features(&self.inner.ctx, &parts)
     }
@@ -487,6 +564,7 @@ impl Model {
 impl Model {
     /// Encodes `images` and pairs their feature rows with the soft tokens of `ids`.
     fn place_images(&self, ids: &[u32], images: &[ImagePatches]) -> Result<Option<media::MediaRuns>> {
+        self.inner.ctx.check_health()?;
         let parts = media::encode_each(self.vision(), images, Ok)?;
         media::MediaRuns::place(
             &self.inner.ctx,
@@ -526,6 +604,7 @@ pub struct ModelBuilder {
     ctx: Option<GpuContext>,
     options: ModelOptions,
     allow_download: bool,
+    revision: Option<String>,
     hooks: LoadHooks,
 }
 
@@ -538,6 +617,7 @@ impl ModelBuilder {
             ctx: None,
             options: ModelOptions::default(),
             allow_download: true,
+            revision: None,
             hooks: LoadHooks::default(),
         }
     }
@@ -610,6 +690,14 @@ impl ModelBuilder {
         self
     }
 
+    /// GPU memory the model may take (see [`ModelOptions::memory_budget`]): loading refuses
+    /// up front with [`GpuError::DoesNotFit`](crate::gpu::GpuError::DoesNotFit) when the
+    /// weights plus one session at the maximum context need more than `bytes`.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.options.memory_budget = Some(bytes);
+        self
+    }
+
     /// Uploads the per-layer embedding table to the GPU (faster decode, more GPU memory)
     /// instead of gathering its rows on the host from the memory-mapped file.
     pub fn per_layer_table_on_gpu(mut self, on: bool) -> Self {
@@ -621,6 +709,14 @@ impl ModelBuilder {
     /// true; needs the `hub` feature).
     pub fn allow_download(mut self, allow: bool) -> Self {
         self.allow_download = allow;
+        self
+    }
+
+    /// Pins the Hugging Face revision (commit hash or tag) of a registry model, for
+    /// reproducible downloads: it overrides the entry's `revision` in `models.toml`, and only a
+    /// cached snapshot of that revision is used. Refused for a local directory.
+    pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = Some(revision.into());
         self
     }
 
@@ -642,7 +738,11 @@ impl ModelBuilder {
             stage: LoadStage::Locating,
             ..Default::default()
         });
-        let dir = crate::checkpoint::registry::locate(&self.source, self.allow_download)?;
+        let dir = crate::checkpoint::registry::locate_revision(
+            &self.source,
+            self.revision.as_deref(),
+            self.allow_download,
+        )?;
         hooks.check()?;
         let ctx = match self.ctx {
             Some(c) => c,
@@ -650,6 +750,106 @@ impl ModelBuilder {
         };
         Model::load_hooked(&ctx, &dir, &self.options, hooks)
     }
+}
+
+/// Image preprocessing options of `checkpoint` under `options` (see [`Model::image_options`]).
+fn image_options_for(
+    checkpoint: &Checkpoint,
+    options: &ModelOptions,
+    image_budget: Option<u32>,
+) -> Result<ImageOptions> {
+    let cfg = &checkpoint.config;
+    let budget = |default: u32| match image_budget.or(options.max_soft_tokens) {
+        Some(b) => b,
+        None => checkpoint.files.processor_budget.unwrap_or(default),
+    };
+    if let Some(ec) = &cfg.vision_embedder {
+        return Ok(ImageOptions::unified(
+            ec.patch_size as u32,
+            ec.pooling_kernel_size as u32,
+            budget(preprocess::UNIFIED_DEFAULT_SOFT_TOKENS),
+        )?);
+    }
+    let vc = cfg
+        .vision_config
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("this checkpoint has no vision tower".into()))?;
+    Ok(ImageOptions::from_vision_config(
+        vc.patch_size as u32,
+        vc.pooling_kernel_size as u32,
+        budget(vc.default_output_length as u32),
+    )?)
+}
+
+/// The prefill chunk of a session of `checkpoint` under `options` (see [`Model::session_chunk`]).
+fn session_chunk_for(checkpoint: &Checkpoint, options: &ModelOptions) -> usize {
+    let chunk = options.prefill_chunk.max(1);
+    if !checkpoint.config.text_config.bidirectional_vision() {
+        return chunk;
+    }
+    match image_options_for(checkpoint, options, None) {
+        Ok(o) => chunk.max(o.max_soft_tokens as usize + 2),
+        Err(_) => chunk,
+    }
+}
+
+/// The memory estimate of `checkpoint` under `options` on `ctx` (see [`Model::estimate_memory`]).
+fn estimate(ctx: &GpuContext, checkpoint: &Checkpoint, options: &ModelOptions) -> Result<MemoryEstimate> {
+    let weights = checkpoint.gpu_bytes(&options.load, Some(ctx.caps()))?;
+    let session = crate::generate::state::session_estimate(
+        ctx,
+        &checkpoint.config.text_config,
+        options.kv_window_positions,
+        options.max_context,
+        session_chunk_for(checkpoint, options),
+    )?;
+    Ok(MemoryEstimate {
+        weights,
+        kv_cache: session.kv_cache,
+        scratch: session.scratch,
+        max_context: options.max_context,
+    })
+}
+
+/// The [`GpuError::DoesNotFit`] of `estimate` against `available` bytes of `limit`, with what
+/// to try under `options`.
+fn does_not_fit(
+    estimate: &MemoryEstimate,
+    available: u64,
+    limit: String,
+    options: &ModelOptions,
+) -> Error {
+    let mut advice = Vec::new();
+    match options.load.quantize_on_load {
+        None => advice.push(
+            "a smaller quantization (an MLX 4-bit checkpoint, or ModelBuilder::quantize_on_load(4, 64))"
+                .to_string(),
+        ),
+        Some((bits, _)) if bits > 2 => advice.push(format!(
+            "fewer bits than {bits} (ModelBuilder::quantize_on_load), or a smaller model"
+        )),
+        Some(_) => advice.push("a smaller model".to_string()),
+    }
+    if options.load.float_format == FloatFormat::F32 {
+        advice.push("f16 weights (ModelBuilder::with_float_format(FloatFormat::F16))".into());
+    }
+    if options.load.per_layer_table_on_gpu {
+        advice.push(
+            "the per-layer table on the host (ModelBuilder::per_layer_table_on_gpu(false))".into(),
+        );
+    }
+    advice.push(format!(
+        "a shorter context (ModelBuilder::with_max_context: the KV cache takes {} bytes at {} \
+         tokens)",
+        estimate.kv_cache, estimate.max_context
+    ));
+    Error::Gpu(GpuError::DoesNotFit {
+        needed: estimate.total(),
+        available,
+        limit,
+        breakdown: estimate.to_string(),
+        advice: advice.join("; "),
+    })
 }
 
 /// The patches of `n` rows of `width` pixel values at `positions` (x, y pairs), padding rows

@@ -16,6 +16,10 @@ pub struct ModelArgs {
     /// Registry name (models.toml), Hugging Face repo id, or checkpoint directory.
     #[arg(long, default_value = gemma_wgpu::checkpoint::registry::DEFAULT_MODEL)]
     pub model: String,
+    /// Hugging Face revision (commit hash or tag) of a registry model, for a reproducible
+    /// download (default: the models.toml entry's, else `main`).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Maximum new tokens per reply (default: the checkpoint's generation config).
     #[arg(long)]
     pub max_tokens: Option<usize>,
@@ -44,17 +48,25 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Model, gemma_wgpu::Error> {
         let t = Instant::now();
         eprintln!("loading {} ...", self.model);
-        let mut b = ModelBuilder::new(self.model.as_str());
-        if let Some(n) = self.max_soft_tokens {
-            b = b.with_max_soft_tokens(n);
-        }
-        let model = b.build()?;
+        let model = self.builder().build()?;
         eprintln!(
             "loaded in {:.1} s on {}",
             t.elapsed().as_secs_f64(),
             model.context().adapter_name()
         );
         Ok(model)
+    }
+
+    /// A [`ModelBuilder`] for the model with the revision and image budget options.
+    pub fn builder(&self) -> ModelBuilder {
+        let mut b = ModelBuilder::new(self.model.as_str());
+        if let Some(r) = &self.revision {
+            b = b.with_revision(r.as_str());
+        }
+        if let Some(n) = self.max_soft_tokens {
+            b = b.with_max_soft_tokens(n);
+        }
+        b
     }
 
     /// The model's generation defaults with the command-line overrides.

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub use super::cache::CacheProblem;
 use crate::config::ConfigError;
 use crate::gpu::GpuError;
 
@@ -109,6 +110,70 @@ pub enum LoadError {
         first: String,
         /// The other.
         second: String,
+    },
+    /// A checkpoint file changed after `Checkpoint::open` mapped it
+    /// (truncated, rewritten, replaced or deleted): caught before its bytes are read.
+    #[error(
+        "{path} changed while the checkpoint was loading: {reason}; do not modify, move or \
+         re-download a checkpoint while it loads: let the download finish (or re-download the \
+         file if it was damaged) and load again"
+    )]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        reason: String,
+    },
+    /// `model.safetensors.index.json` and its shards disagree about a tensor.
+    #[error(
+        "{index}: tensor {key}: {reason}; the index does not match its shards: re-download the \
+         checkpoint (the index and every shard of one revision)"
+    )]
+    IndexMismatch {
+        /// The index file.
+        index: PathBuf,
+        /// The tensor key.
+        key: String,
+        /// The shard file(s) involved.
+        shards: Vec<PathBuf>,
+        /// What disagrees.
+        reason: String,
+    },
+    /// The same tensor key is stored in two safetensors files of one checkpoint.
+    #[error(
+        "tensor {key} is stored in both {first} and {second}; a stray or duplicated weights file \
+         is in the checkpoint directory: remove it (or re-download the checkpoint)"
+    )]
+    DuplicateTensor {
+        /// The tensor key.
+        key: String,
+        /// The file read first.
+        first: PathBuf,
+        /// The other file.
+        second: PathBuf,
+    },
+    /// Two weight file names of one checkpoint are the same file (links to one file).
+    #[error(
+        "{first} and {second} are the same file; each weights file of a checkpoint must be \
+         distinct: re-download the checkpoint"
+    )]
+    DuplicateShard {
+        /// The file opened first.
+        first: PathBuf,
+        /// The other name of it.
+        second: PathBuf,
+    },
+    /// A file of a cached (Hugging Face cache) download is missing, partial or of the wrong
+    /// size.
+    #[error(
+        "{path}: {problem}; the download was interrupted or the cache is damaged: load again \
+         with downloading allowed to re-fetch it, or delete {path} and download it again"
+    )]
+    IncompleteDownload {
+        /// The file in the snapshot directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: CacheProblem,
     },
     /// `config.json` (or an index file) is not valid or misses a required field.
     #[error("{path}: field {field:?}: {reason}; fix config.json or re-download it")]

@@ -64,6 +64,18 @@ impl HostLinear {
                 .unwrap_or(0)) as u64
     }
 
+    /// Checks that the files of the weight (and its scales and biases) are unchanged since they
+    /// were opened ([`MappedBytes::verify`](super::safetensors::MappedBytes::verify)); call it
+    /// before reading the bytes.
+    pub fn verify(&self) -> Result<(), LoadError> {
+        self.weight.bytes.verify()?;
+        if let Some(q) = &self.quant {
+            q.scales.bytes.verify()?;
+            q.biases.bytes.verify()?;
+        }
+        Ok(())
+    }
+
     /// A short format name: "bf16", "f32", "affine4", ...
     pub fn format_name(&self) -> String {
         match &self.quant {
@@ -176,6 +188,9 @@ impl HostTable {
         if c == 0 {
             return Ok(());
         }
+        // The table stays mapped after the load: a checkpoint file truncated or replaced
+        // meanwhile is an error here, not a fault (two `stat` calls per gather).
+        self.linear.verify()?;
         for (&id, row) in ids.iter().zip(out.chunks_mut(c)) {
             self.linear.row_f32(id as usize, row);
         }

@@ -24,6 +24,7 @@
 //! `embed_vision` (not the vision tower, as `mlx_vlm.convert` does) whose input width is a
 //! multiple of the group size.
 
+pub mod cache;
 mod error;
 pub mod files;
 pub mod host;
@@ -48,7 +49,7 @@ pub use report::LoadReport;
 pub use tree::{ClippedLinear, EmbedderWeights, ModelWeights, VisionLayer, VisionWeights};
 
 use crate::config::Gemma4Config;
-use crate::gpu::{GpuContext, GpuTensor, HostMatrix, Matrix, WeightFormat};
+use crate::gpu::{GpuContext, GpuError, GpuTensor, HostMatrix, Matrix, WeightFormat};
 use keys::KeyKind;
 use quant::QuantRules;
 use safetensors::{StDType, StoredTensor, TensorStore};
@@ -185,6 +186,28 @@ impl Checkpoint {
         Ok(Plan { weights, roles })
     }
 
+    /// Bytes of GPU memory the weights will take when uploaded with `opts` (what
+    /// [`LoadReport::bytes_uploaded`] will say), counted on the CPU without uploading or
+    /// converting anything. Quantize-on-load is counted with f16 scales (the quantizer's usual
+    /// choice; a group whose range needs f32 scales takes 4 more bytes per group).
+    ///
+    /// With `caps` (the device's), a leaf the upload could not store on that device (a row, or
+    /// an expert, wider than one storage binding; a vector over `max_buffer_size`) is the
+    /// upload's [`GpuError::LimitExceeded`], found before anything is uploaded.
+    pub fn gpu_bytes(
+        &self,
+        opts: &LoadOptions,
+        caps: Option<&crate::gpu::Capabilities>,
+    ) -> Result<u64, LoadError> {
+        let mut counter = CountSink {
+            opts: Some(opts),
+            limits: caps.map(|c| (c.max_binding_size.min(c.max_buffer_size), c.max_buffer_size)),
+            ..Default::default()
+        };
+        self.build(&mut counter, opts.per_layer_table_on_gpu)?;
+        Ok(counter.gpu_bytes)
+    }
+
     /// Builds the tree and uploads it to the GPU.
     pub fn upload(&self, ctx: &GpuContext, opts: &LoadOptions) -> Result<ModelWeights, LoadError> {
         self.upload_with_progress(ctx, opts, &mut |_| ControlFlow::Continue(()))
@@ -207,8 +230,8 @@ impl Checkpoint {
         let mut counter = CountSink::default();
         self.build(&mut counter, opts.per_layer_table_on_gpu)?;
         let mut state = UploadProgress {
-            bytes_total: counter.0.bytes_done,
-            tensors_total: counter.0.tensors_done,
+            bytes_total: counter.progress.bytes_done,
+            tensors_total: counter.progress.tensors_done,
             ..Default::default()
         };
         if progress(&state).is_break() {
@@ -367,19 +390,111 @@ fn leaf_bytes(lin: &HostLinear) -> u64 {
     (lin.weight.bytes.len() + q) as u64
 }
 
-/// The counting pass of [`Checkpoint::upload_with_progress`] (nothing is copied or uploaded).
-#[derive(Default)]
-struct CountSink(UploadProgress);
+/// Whether quantize-on-load applies to a matrix of `role` with `cols` columns: `(bits, group)`.
+fn quantizes(opts: &LoadOptions, role: MatrixRole, cols: usize) -> Option<(u32, u32)> {
+    opts.quantize_on_load.filter(|&(b, g)| {
+        role == MatrixRole::Text
+            && g > 0
+            && cols.is_multiple_of(g as usize)
+            && (cols * b as usize).is_multiple_of(32)
+    })
+}
 
-impl Sink for CountSink {
+/// The GPU format of a float matrix stored as `dt` under `format`, and whether its values must
+/// be converted (`false`: uploaded as stored).
+fn float_target(format: FloatFormat, dt: StDType) -> (WeightFormat, bool) {
+    match (format, dt) {
+        (FloatFormat::Native, StDType::F32) | (FloatFormat::F32, StDType::F32) => {
+            (WeightFormat::F32, false)
+        }
+        (FloatFormat::Native, StDType::BF16) => (WeightFormat::BF16, false),
+        (FloatFormat::Native, StDType::F16) | (FloatFormat::F16, StDType::F16) => {
+            (WeightFormat::F16, false)
+        }
+        (FloatFormat::F32, _) => (WeightFormat::F32, true),
+        _ => (WeightFormat::F16, true),
+    }
+}
+
+/// The format a matrix leaf gets on the GPU under `opts` (quantize-on-load scales assumed f16,
+/// as [`crate::quant::quantize_rows`] picks unless a group's range needs f32).
+fn gpu_format(lin: &HostLinear, role: MatrixRole, opts: &LoadOptions) -> Result<WeightFormat, LoadError> {
+    Ok(if let Some(q) = &lin.quant {
+        WeightFormat::Affine {
+            bits: q.bits,
+            group: q.group as u32,
+            scales: host::scale_dtype(&q.scales)?,
+        }
+    } else if let Some((bits, group)) = quantizes(opts, role, lin.cols) {
+        WeightFormat::Affine {
+            bits,
+            group,
+            scales: crate::gpu::ScaleDType::F16,
+        }
+    } else {
+        float_target(opts.float_format, lin.weight.dtype).0
+    })
+}
+
+/// The counting pass of [`Checkpoint::upload_with_progress`] (nothing is copied or uploaded):
+/// source bytes and tensors for the progress totals and, with `opts`, the GPU bytes the upload
+/// will create (as [`LoadReport::bytes_uploaded`] counts them).
+#[derive(Default)]
+struct CountSink<'a> {
+    progress: UploadProgress,
+    opts: Option<&'a LoadOptions>,
+    gpu_bytes: u64,
+    /// With `opts`: the device's largest buffer a matrix window may take
+    /// (`min(max_storage_buffer_binding_size, max_buffer_size)`) and `max_buffer_size`; a leaf
+    /// the upload could not store is the upload's [`GpuError::LimitExceeded`], found here.
+    limits: Option<(u64, u64)>,
+}
+
+impl Sink for CountSink<'_> {
     type M = ();
     type V = ();
-    fn matrix(&mut self, lin: &HostLinear, _: MatrixRole) -> Result<(), LoadError> {
-        self.0.add(leaf_bytes(lin));
+    fn matrix(&mut self, lin: &HostLinear, role: MatrixRole) -> Result<(), LoadError> {
+        self.progress.add(leaf_bytes(lin));
+        if let Some(opts) = self.opts {
+            let f = gpu_format(lin, role, opts)?;
+            let (rb, sbr) = (f.row_bytes(lin.cols), f.sb_row_bytes(lin.cols));
+            self.gpu_bytes += (lin.rows * (rb + sbr)) as u64;
+            if let Some((window, _)) = self.limits {
+                // As `Matrix::upload`: windows of whole rows (whole experts when stacked).
+                let widest = rb.max(sbr).max(1) as u64;
+                let (what, needed) = match lin.rows_per_expert {
+                    Some(rpe) => (
+                        format!("one expert ({rpe} rows) of {}", lin.path),
+                        rpe as u64 * widest,
+                    ),
+                    None => (format!("one row of {}", lin.path), widest),
+                };
+                if needed > window {
+                    return Err(LoadError::Gpu(GpuError::LimitExceeded {
+                        what,
+                        needed,
+                        limit: window,
+                        limit_name: "max_storage_buffer_binding_size",
+                    }));
+                }
+            }
+        }
         Ok(())
     }
-    fn vector(&mut self, _: &str, _: &[usize], data: Vec<f32>) -> Result<(), LoadError> {
-        self.0.add((data.len() * 4) as u64);
+    fn vector(&mut self, key: &str, _: &[usize], data: Vec<f32>) -> Result<(), LoadError> {
+        let bytes = (data.len() * 4) as u64;
+        self.progress.add(bytes);
+        self.gpu_bytes += bytes;
+        if let Some((_, max_buffer)) = self.limits
+            && bytes > max_buffer
+        {
+            return Err(LoadError::Gpu(GpuError::LimitExceeded {
+                what: key.to_string(),
+                needed: bytes,
+                limit: max_buffer,
+                limit_name: "max_buffer_size",
+            }));
+        }
         Ok(())
     }
 }
@@ -484,6 +599,8 @@ impl Sink for GpuSink<'_> {
     type M = Matrix;
     type V = GpuTensor;
     fn matrix(&mut self, lin: &HostLinear, role: MatrixRole) -> Result<Matrix, LoadError> {
+        // Its files unchanged since open, before any of its mapped pages is read.
+        lin.verify()?;
         let (rows, cols) = (lin.rows, lin.cols);
         let owned: (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
         let (format, data, scales, biases): Payload<'_> = if let Some(q) = &lin.quant {
@@ -505,12 +622,7 @@ impl Sink for GpuSink<'_> {
                 Some(&q.scales.bytes[..]),
                 Some(&q.biases.bytes[..]),
             )
-        } else if let Some((bits, group)) = self.opts.quantize_on_load.filter(|&(b, g)| {
-            role == MatrixRole::Text
-                && g > 0
-                && cols.is_multiple_of(g as usize)
-                && (cols * b as usize).is_multiple_of(32)
-        }) {
+        } else if let Some((bits, group)) = quantizes(self.opts, role, cols) {
             let qz = crate::quant::quantize_rows(rows, cols, bits, group as usize, |r, out| {
                 lin.row_f32(r, out)
             });
@@ -531,21 +643,13 @@ impl Sink for GpuSink<'_> {
             )
         } else {
             let dt = lin.weight.dtype;
-            match (self.opts.float_format, dt) {
-                (FloatFormat::Native, StDType::F32) | (FloatFormat::F32, StDType::F32) => {
-                    (WeightFormat::F32, &lin.weight.bytes[..], None, None)
-                }
-                (FloatFormat::Native, StDType::BF16) => {
-                    (WeightFormat::BF16, &lin.weight.bytes[..], None, None)
-                }
-                (FloatFormat::Native, StDType::F16) | (FloatFormat::F16, StDType::F16) => {
-                    (WeightFormat::F16, &lin.weight.bytes[..], None, None)
-                }
-                (FloatFormat::F32, _) => {
+            match float_target(self.opts.float_format, dt) {
+                (f, false) => (f, &lin.weight.bytes[..], None, None),
+                (WeightFormat::F32, true) => {
                     owned = (lin.to_float_bytes(false), None, None);
                     (WeightFormat::F32, &owned.0, None, None)
                 }
-                _ => {
+                (_, true) => {
                     owned = (lin.to_float_bytes(true), None, None);
                     (WeightFormat::F16, &owned.0, None, None)
                 }

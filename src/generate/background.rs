@@ -63,7 +63,13 @@ impl Worker {
                         ControlFlow::Break(())
                     }
                 };
-                let r = work(c2, t2, &mut sink);
+                // A panic (of the notify callback, which runs inside `sink`, or of the engine)
+                // ends the generation with an error instead of a silently closed channel; the
+                // session's state is repaired when it is next locked (`state::lock`).
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    work(c2, t2, &mut sink)
+                }))
+                .unwrap_or_else(|p| Err(Error::Panicked(panic_message(p.as_ref()))));
                 tx.finish(GenerationEvent::Done(r));
             });
         let (events, thread) = match spawned {
@@ -204,4 +210,12 @@ impl Drop for GenerationHandle {
         // The worker sees the dropped channel at its next delta; the cancel stops it sooner.
         self.worker.cancel();
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }

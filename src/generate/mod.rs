@@ -8,7 +8,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `options.rs` | [`GenerationOptions`], [`Sampling`] |
-//! | `request.rs` | [`Request`], [`ImageInput`] |
+//! | `request.rs` | [`Request`], [`ImageInput`], [`ImageSource`] |
 //! | `reply.rs` | [`Reply`], [`FinishReason`], [`GenerationStats`] |
 //! | `cancel.rs` | [`CancelToken`] |
 //! | `detokenizer.rs`, `stop.rs` | [`Detokenizer`], [`StopMatcher`] |
@@ -20,7 +20,7 @@
 //! | `stream.rs`, `background.rs` | [`ReplyStream`], [`GenerationHandle`] |
 //! | `oneshot.rs` | `Model::generate`, `spawn`, `caption`, `ask` |
 
-mod background;
+pub(crate) mod background;
 mod cancel;
 pub(crate) mod channel;
 mod detokenizer;
@@ -30,7 +30,7 @@ mod reply;
 mod request;
 mod sampler;
 mod session;
-mod state;
+pub(crate) mod state;
 mod step;
 mod stop;
 mod stream;
@@ -42,7 +42,7 @@ pub use options::{
     DEFAULT_GEMMA4_STOP_TOKENS, DEFAULT_MAX_NEW_TOKENS, GenerationOptions, Sampling,
 };
 pub use reply::{FinishReason, GenerationStats, Reply};
-pub use request::{CAPTION_PROMPT, ImageInput, Request};
+pub use request::{CAPTION_PROMPT, ImageInput, ImageSource, Request};
 pub use session::ChatSession;
 pub use stop::StopMatcher;
 pub use stream::ReplyStream;

@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicUsize;
 
 use super::state::State;
 use super::step::{Generation, Turn};
-use super::{CancelToken, ChatSession, GenerationHandle, ImageInput, Reply, Request};
+use super::{
+    CancelToken, ChatSession, GenerationHandle, GenerationOptions, ImageInput, Reply, Request,
+};
 use crate::error::Result;
 use crate::model::Model;
 
@@ -51,6 +53,17 @@ impl Model {
     /// `model.generate(Request::caption(image).with_options(opts))`.
     pub fn caption(&self, image: impl Into<ImageInput>) -> Result<String> {
         Ok(self.generate(Request::caption(image))?.text)
+    }
+
+    /// Describes an image ([`CAPTION_PROMPT`](super::CAPTION_PROMPT)) with `options`; the
+    /// whole [`Reply`] (tokens, timings). What the folder captioner
+    /// ([`captioner`](crate::captioner)) runs for each image.
+    pub fn caption_with(
+        &self,
+        image: impl Into<ImageInput>,
+        options: GenerationOptions,
+    ) -> Result<Reply> {
+        self.generate(Request::caption(image).with_options(options))
     }
 
     /// Answers a question about an image with the model's generation defaults. For other

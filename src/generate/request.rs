@@ -9,48 +9,103 @@ use super::GenerationOptions;
 pub const CAPTION_PROMPT: &str = "Describe this image.";
 
 /// An image for a prompt: already decoded, or a file to decode (any supported format; EXIF
-/// orientation applied).
+/// orientation applied), with an optional soft-token budget of its own.
+///
+/// The budget (70, 140, 280, 560 or 1120 soft tokens) sets how finely the image is cut into
+/// patches: 1120 for a document or small print next to 70 for a thumbnail, in one prompt. Without
+/// one, the model's budget applies ([`ModelBuilder::with_max_soft_tokens`](crate::ModelBuilder::with_max_soft_tokens),
+/// else the checkpoint's `processor_config.json`).
+///
+/// ```
+/// use gemma_wgpu::{ImageInput, Request};
+/// let req = Request::new("Read the page, then say what the thumbnail shows.")
+///     .with_image(ImageInput::path("scan.png").with_max_soft_tokens(1120))
+///     .with_image(ImageInput::path("thumb.jpg").with_max_soft_tokens(70));
+/// assert_eq!(req.images()[1].max_soft_tokens(), Some(70));
+/// ```
 #[derive(Debug, Clone)]
-pub enum ImageInput {
+pub struct ImageInput {
+    source: ImageSource,
+    max_soft_tokens: Option<u32>,
+}
+
+/// Where an [`ImageInput`]'s pixels come from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
     /// A decoded image.
     Dynamic(image::DynamicImage),
     /// An image file.
     Path(PathBuf),
 }
 
+impl ImageInput {
+    /// An image file (decoded when the request runs).
+    pub fn path(path: impl Into<PathBuf>) -> Self {
+        ImageInput {
+            source: ImageSource::Path(path.into()),
+            max_soft_tokens: None,
+        }
+    }
+
+    /// A decoded image.
+    pub fn image(image: image::DynamicImage) -> Self {
+        ImageInput {
+            source: ImageSource::Dynamic(image),
+            max_soft_tokens: None,
+        }
+    }
+
+    /// Sets this image's soft-token budget (70, 140, 280, 560 or 1120; another value is a typed
+    /// error when the request runs).
+    pub fn with_max_soft_tokens(mut self, tokens: u32) -> Self {
+        self.max_soft_tokens = Some(tokens);
+        self
+    }
+
+    /// This image's own budget, if set.
+    pub fn max_soft_tokens(&self) -> Option<u32> {
+        self.max_soft_tokens
+    }
+
+    /// The pixels' source.
+    pub fn source(&self) -> &ImageSource {
+        &self.source
+    }
+}
+
 impl From<image::DynamicImage> for ImageInput {
     fn from(img: image::DynamicImage) -> Self {
-        ImageInput::Dynamic(img)
+        ImageInput::image(img)
     }
 }
 
 impl From<PathBuf> for ImageInput {
     fn from(p: PathBuf) -> Self {
-        ImageInput::Path(p)
+        ImageInput::path(p)
     }
 }
 
 impl From<&Path> for ImageInput {
     fn from(p: &Path) -> Self {
-        ImageInput::Path(p.to_path_buf())
+        ImageInput::path(p)
     }
 }
 
 impl From<&PathBuf> for ImageInput {
     fn from(p: &PathBuf) -> Self {
-        ImageInput::Path(p.clone())
+        ImageInput::path(p.clone())
     }
 }
 
 impl From<&str> for ImageInput {
     fn from(p: &str) -> Self {
-        ImageInput::Path(PathBuf::from(p))
+        ImageInput::path(p)
     }
 }
 
 impl From<String> for ImageInput {
     fn from(p: String) -> Self {
-        ImageInput::Path(PathBuf::from(p))
+        ImageInput::path(p)
     }
 }
 

@@ -120,6 +120,38 @@ impl ChatSession {
         }
     }
 
+    /// Rewinds the conversation to its first `keep` messages (user and model messages; the
+    /// system prompt stays) and returns how many were removed. The images of the removed
+    /// messages are dropped with them. The next turn reuses the KV cache up to where the kept
+    /// conversation and the new prompt first differ, so going back a few turns re-prefills only
+    /// what changed. Waits for a running generation to end first.
+    ///
+    /// ```no_run
+    /// # let model = gemma_wgpu::Model::load("path/to/gemma-4-E2B-it")?;
+    /// let mut chat = model.chat()?;
+    /// chat.send("Name a colour.")?;
+    /// chat.truncate(0); // try the first question again, with other options
+    /// chat.send("Name a fruit.")?;
+    /// # Ok::<(), gemma_wgpu::Error>(())
+    /// ```
+    pub fn truncate(&mut self, keep: usize) -> usize {
+        let mut st = lock(&self.state);
+        if keep >= st.messages.len() {
+            return 0;
+        }
+        let removed = st.messages.len() - keep;
+        st.messages.truncate(keep);
+        let images = st
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter(|c| matches!(c, Content::Image))
+            .count();
+        st.images.truncate(images);
+        st.update_mem();
+        removed
+    }
+
     /// Forgets the conversation (the system prompt stays; buffers are kept).
     pub fn reset(&mut self) {
         lock(&self.state).reset();

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, GpuTensor};
+use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::memory::{SessionMem, SessionMemory};
 use crate::model::Model;
 use crate::prompt::Message;
@@ -22,14 +22,43 @@ pub(crate) struct Buffers {
 impl Buffers {
     pub(crate) fn new(model: &Model, max_context: usize) -> Result<Self> {
         let inner = &model.inner;
+        inner.ctx.check_health()?;
         let (cache, ws) = inner.text.new_session(max_context, model.session_chunk())?;
-        let penalty_ids = GpuTensor::zeros(&inner.ctx, &[max_context + 1], DType::U32)?;
+        Self::with_cache(&inner.ctx, cache, ws, max_context)
+    }
+
+    fn with_cache(ctx: &GpuContext, cache: KvCache, ws: Workspace, max_context: usize) -> Result<Self> {
+        let penalty_ids = GpuTensor::zeros(ctx, &[max_context + 1], DType::U32)?;
         Ok(Buffers {
             cache,
             ws,
             penalty_ids,
         })
     }
+}
+
+/// The GPU bytes of one session's buffers (KV cache; workspace and penalty ids) for a model
+/// with text config `cfg` on `ctx`, allocated on a dry-run context (nothing is allocated): the
+/// figures [`SessionMemory`] will report for such a session.
+pub(crate) fn session_estimate(
+    ctx: &GpuContext,
+    cfg: &crate::config::TextConfig,
+    kv_window: Option<usize>,
+    max_context: usize,
+    chunk: usize,
+) -> Result<SessionMemory> {
+    let (dry, measured) = ctx.measuring();
+    let (cache, ws) = crate::model::text::session_buffers(&dry, cfg, kv_window, max_context, chunk)?;
+    let b = Buffers::with_cache(&dry, cache, ws, max_context)?;
+    // The KV cache counts its tensors by shape (the dry run's stand-ins are 4 bytes); the rest
+    // of what was requested is the workspace and the penalty ids.
+    let kv_cache = b.cache.bytes();
+    let all = measured.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(SessionMemory {
+        kv_cache,
+        scratch: all.saturating_sub(kv_cache),
+        image_features: 0,
+    })
 }
 
 /// The GPU and host state of one conversation: KV cache, workspace, processed tokens, images.
@@ -53,6 +82,9 @@ pub(crate) struct State {
     /// Set while a turn runs; a turn interrupted by a panic leaves it set and the next turn
     /// starts from an empty cache.
     pub(crate) dirty: bool,
+    /// The conversation (messages, image features) before the running turn, put back when
+    /// the turn is interrupted by a panic ([`State::recover`]).
+    pub(crate) before_turn: Option<(Vec<Message>, Vec<GpuTensor>)>,
 }
 
 impl State {
@@ -66,6 +98,7 @@ impl State {
             history: Vec::new(),
             last_logits: None,
             dirty: false,
+            before_turn: None,
         };
         st.update_mem();
         Ok(st)
@@ -77,6 +110,27 @@ impl State {
         }
         self.messages.clear();
         self.images.clear();
+        self.history.clear();
+        self.last_logits = None;
+        self.dirty = false;
+        self.before_turn = None;
+        self.update_mem();
+    }
+
+    /// Repairs the state after a panic inside a turn (the lock was poisoned): a turn that was
+    /// running is undone (the conversation as before it) and the cache emptied, so the next
+    /// turn prefills the whole conversation, as a fresh session would.
+    pub(crate) fn recover(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        if let Some((messages, images)) = self.before_turn.take() {
+            self.messages = messages;
+            self.images = images;
+        }
+        if let Some(b) = &mut self.bufs {
+            b.cache.reset();
+        }
         self.history.clear();
         self.last_logits = None;
         self.dirty = false;
@@ -132,6 +186,15 @@ pub(crate) fn bufs(st: &mut Option<Buffers>) -> Result<&mut Buffers> {
 
 /// Locks the state of a conversation.
 pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // A panic inside a turn leaves `dirty` set: the next turn then starts from an empty cache.
-    state.lock().unwrap_or_else(|e| e.into_inner())
+    match state.lock() {
+        Ok(g) => g,
+        Err(poisoned) => {
+            // A panic inside a turn (a caller's notify callback on the worker thread, or the
+            // engine): undo that turn and go on.
+            let mut g = poisoned.into_inner();
+            g.recover();
+            state.clear_poison();
+            g
+        }
+    }
 }

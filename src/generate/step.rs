@@ -54,6 +54,7 @@ impl Turn {
         images: &[GpuTensor],
         req: Request,
     ) -> Result<Turn> {
+        model.context().check_health()?;
         let (text, new_images, opts) = req.into_parts();
         let opts = opts.unwrap_or_else(|| model.generation_defaults().clone());
         opts.validate()?;
@@ -173,6 +174,7 @@ impl Generation {
         st.dirty = true;
         let old_messages = std::mem::replace(&mut st.messages, messages);
         let old_images = std::mem::replace(&mut st.images, all_images);
+        st.before_turn = Some((old_messages, old_images));
         let first_new_image = runs.iter().filter(|&&(_, e)| e <= pos).count();
         let suffix = &ids[pos..];
         let media = MediaRuns::place(
@@ -198,8 +200,11 @@ impl Generation {
                 // The cache may hold part of the suffix: start over next time, without this turn.
                 b.cache.reset();
                 st.history.clear();
-                st.messages = old_messages;
-                st.images = old_images;
+                if let Some((messages, images)) = st.before_turn.take() {
+                    st.messages = messages;
+                    st.images = images;
+                }
+                st.dirty = false;
                 return Err(e);
             }
         };
@@ -390,6 +395,7 @@ impl Generation {
                 vec![Content::Text(self.text.clone())],
             ));
             st.dirty = false;
+            st.before_turn = None;
         }
         let finish = *self.finish.get_or_insert(FinishReason::Cancelled);
         if let Some(t) = self.decode_start {

@@ -1,8 +1,10 @@
 //! Device acquisition: the engine's own adapter, or a host application's `Device` / `Queue`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use super::error::GpuError;
 use super::kernel::KernelCache;
@@ -64,6 +66,82 @@ pub(crate) struct ContextInner {
     pub(crate) is_lost: Arc<AtomicBool>,
     pub(crate) counters: super::recorder::Counters,
     pub(crate) profiler: super::profile::Profiler,
+    /// Set on a dry-run context ([`GpuContext::measuring`]): buffers are 4-byte stand-ins and
+    /// their requested sizes are added up here; writes are skipped.
+    pub(crate) measure: Option<Arc<Measure>>,
+    /// Faults injected by tests ([`GpuContext::limit_allocations`]), shared by sibling contexts.
+    pub(crate) faults: Arc<Faults>,
+}
+
+/// What a dry-run context ([`GpuContext::measuring`]) was asked to allocate.
+#[derive(Debug, Default)]
+pub(crate) struct Measure {
+    /// Bytes of every buffer requested.
+    pub(crate) bytes: AtomicU64,
+    /// Buffers requested.
+    pub(crate) buffers: AtomicU64,
+    /// Bytes of host-readable staging buffers requested (not in `bytes`: the memory report
+    /// does not count them either).
+    pub(crate) staging: AtomicU64,
+}
+
+/// Fault injection and waiting limits shared by the contexts of one device.
+#[derive(Debug)]
+pub(crate) struct Faults {
+    /// Bytes of buffers that may still be created before creation fails as out of memory
+    /// (`u64::MAX`: no limit).
+    pub(crate) alloc_left: AtomicU64,
+    /// Longest wait for the GPU in one readback or idle wait, in milliseconds.
+    pub(crate) wait_ms: AtomicU64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            alloc_left: AtomicU64::new(u64::MAX),
+            wait_ms: AtomicU64::new(DEFAULT_WAIT.as_millis() as u64),
+        }
+    }
+}
+
+/// Drops the context's cached bind groups that bind a buffer once the buffer's owner is gone.
+///
+/// A cached bind group holds its buffers alive: without this, the KV cache of a dropped session
+/// or the features of a captioned image would stay on the GPU until the cache fills up. Owners
+/// of buffers that kernels bind (tensors, scratch) keep one guard per buffer, shared by their
+/// clones and views.
+pub(crate) struct BindGuard {
+    buffer: wgpu::Buffer,
+    ctx: Weak<ContextInner>,
+}
+
+impl std::fmt::Debug for BindGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindGuard")
+            .field("bytes", &self.buffer.size())
+            .finish()
+    }
+}
+
+impl Drop for BindGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.ctx.upgrade() {
+            inner.forget_bind_groups(&self.buffer);
+        }
+    }
+}
+
+/// The default of [`GpuContext::set_wait_timeout`]: far longer than any single submit of the
+/// engine takes on a working device (a 512-token prefill chunk of a large model on a software
+/// rasterizer), short enough that a hung device is reported instead of waited for forever.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(600);
+
+impl ContextInner {
+    /// Removes every cached bind group that binds `buffer`.
+    fn forget_bind_groups(&self, buffer: &wgpu::Buffer) {
+        let mut cache = self.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|key, _| !key.binds(buffer));
+    }
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -272,6 +350,8 @@ impl GpuContext {
                 is_lost,
                 counters: Default::default(),
                 profiler: Default::default(),
+                measure: None,
+                faults: Default::default(),
             }),
         }
     }
@@ -296,8 +376,166 @@ impl GpuContext {
                 is_lost: self.inner.is_lost.clone(),
                 counters: Default::default(),
                 profiler: Default::default(),
+                measure: None,
+                faults: self.inner.faults.clone(),
             }),
         }
+    }
+
+    /// A dry-run context with this one's device and limits: every buffer it is asked for is a
+    /// 4-byte stand-in whose requested size is added up, and writes are skipped. Running an
+    /// allocation routine (a session's KV cache and workspace) on it gives the bytes that
+    /// routine would allocate here, without allocating them.
+    pub(crate) fn measuring(&self) -> (GpuContext, Arc<Measure>) {
+        let measure = Arc::new(Measure::default());
+        let ctx = GpuContext {
+            inner: Arc::new(ContextInner {
+                device: self.inner.device.clone(),
+                queue: self.inner.queue.clone(),
+                adapter_info: self.inner.adapter_info.clone(),
+                caps: self.inner.caps.clone(),
+                kernels: KernelCache::default(),
+                arenas: Mutex::new(Vec::new()),
+                bind_groups: Mutex::new(HashMap::new()),
+                lost: self.inner.lost.clone(),
+                uncaptured: self.inner.uncaptured.clone(),
+                is_lost: self.inner.is_lost.clone(),
+                counters: Default::default(),
+                profiler: Default::default(),
+                measure: Some(measure.clone()),
+                faults: Arc::new(Faults::default()),
+            }),
+        };
+        (ctx, measure)
+    }
+
+    /// Destroys the device (`wgpu::Device::destroy`) and marks the context lost: from now on
+    /// every call on this context, and on every model and session on it, returns
+    /// [`GpuError::DeviceLost`]. wgpu reports a destroyed device to the device-lost callback
+    /// only on a device the engine created itself (and only once its queue is empty); the
+    /// context is marked lost here so that a host application's device behaves the same.
+    /// For tearing a device down, and for testing how an application survives a lost device.
+    pub fn destroy(&self) {
+        self.inner.device.destroy();
+        self.mark_lost("the device was destroyed (GpuContext::destroy)");
+        // Lets wgpu run its device-lost steps (and the engine's callback, if installed).
+        let _ = self.poll_guarded(wgpu::PollType::Poll);
+    }
+
+    /// Marks the device lost with `reason` (kept when a reason was recorded already).
+    pub(crate) fn mark_lost(&self, reason: &str) {
+        if let Ok(mut l) = self.inner.lost.lock() {
+            l.get_or_insert_with(|| reason.to_string());
+        }
+        self.inner.is_lost.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the device was lost (or destroyed).
+    pub fn is_lost(&self) -> bool {
+        self.inner.is_lost.load(Ordering::SeqCst)
+    }
+
+    /// Makes buffer creation fail with [`GpuError::OutOfMemory`] once `bytes` more bytes of
+    /// buffers were created on this device (`None`: no limit), as a device that runs out of
+    /// memory part way through loading would. For testing how an application (and the
+    /// loader's cleanup) handles out-of-memory; the limit counts bytes created, not bytes live.
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn limit_allocations(&self, bytes: Option<u64>) {
+        self.inner
+            .faults
+            .alloc_left
+            .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// The longest the engine waits for the GPU in one readback or [`wait_idle`](Self::wait_idle)
+    /// before it reports the device as lost (default [`DEFAULT_WAIT`]). Shared by every
+    /// context on this device.
+    pub fn set_wait_timeout(&self, timeout: Duration) {
+        self.inner
+            .faults
+            .wait_ms
+            .store(timeout.as_millis().max(1) as u64, Ordering::SeqCst);
+    }
+
+    fn wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.faults.wait_ms.load(Ordering::SeqCst))
+    }
+
+    /// `Device::poll`, with wgpu's panic on a device error (it treats those as fatal) turned
+    /// into [`GpuError::DeviceLost`] and the device marked lost.
+    fn poll_guarded(
+        &self,
+        poll: wgpu::PollType,
+    ) -> Result<Result<wgpu::PollStatus, wgpu::PollError>, GpuError> {
+        let device = &self.inner.device;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.poll(poll))) {
+            Ok(r) => Ok(r),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "polling the device failed".into());
+                self.mark_lost(&msg);
+                Err(GpuError::DeviceLost(msg))
+            }
+        }
+    }
+
+    /// Polls the device until `rx` has the answer of a callback (a buffer mapping), the device
+    /// is lost, or the wait timeout passes (then the device is marked lost: a device that does
+    /// not finish work it was given is not usable).
+    #[cfg_attr(not(feature = "dev"), doc(hidden))]
+    pub fn wait_for<T>(&self, what: &str, rx: &Receiver<T>) -> Result<T, GpuError> {
+        let start = Instant::now();
+        let limit = self.wait_timeout();
+        // Wait for a submission of our own, made after the work the callback waits for: a
+        // timed wait on "the latest submission" (`submission_index: None`) races with other
+        // threads' submits in wgpu-core 30 (its queue can look empty while the fence is behind
+        // the index it read, which it asserts against: a panic under concurrent sessions).
+        let index = self.inner.queue.submit([]);
+        loop {
+            match rx.try_recv() {
+                Ok(v) => return Ok(v),
+                Err(TryRecvError::Disconnected) => {
+                    self.check_lost()?;
+                    return Err(GpuError::BufferMap(format!(
+                        "{what}: the callback was dropped"
+                    )));
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            self.check_lost()?;
+            let left = limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                let msg = format!("{what}: the GPU did not answer within {limit:?}");
+                self.mark_lost(&msg);
+                return Err(GpuError::DeviceLost(msg));
+            }
+            let step = left.min(Duration::from_millis(250));
+            match self.poll_guarded(wgpu::PollType::Wait {
+                submission_index: Some(index.clone()),
+                timeout: Some(step),
+            })? {
+                Ok(_) | Err(wgpu::PollError::Timeout) => {}
+                Err(e) => return Err(GpuError::BufferMap(format!("{what}: {e}"))),
+            }
+        }
+    }
+
+    /// [`GpuError::DeviceLost`] if the device was lost.
+    fn check_lost(&self) -> Result<(), GpuError> {
+        if self.is_lost() {
+            let msg = self
+                .inner
+                .lost
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            return Err(GpuError::DeviceLost(msg));
+        }
+        Ok(())
     }
 
     /// True when kernels take the subgroup fast path on this context.
@@ -338,16 +576,7 @@ impl GpuContext {
 
     /// Returns an error if the device was lost or an uncaptured error was reported.
     pub fn check_health(&self) -> Result<(), GpuError> {
-        if self.inner.is_lost.load(Ordering::SeqCst) {
-            let msg = self
-                .inner
-                .lost
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
-            return Err(GpuError::DeviceLost(msg));
-        }
+        self.check_lost()?;
         if let Some(msg) = self.inner.uncaptured.lock().ok().and_then(|mut u| u.take()) {
             return Err(GpuError::Validation {
                 context: "uncaptured".into(),
@@ -380,6 +609,38 @@ impl GpuContext {
         Ok(out)
     }
 
+    /// A guard that forgets the cached bind groups of `buffer` when dropped (see [`BindGuard`]).
+    pub(crate) fn bind_guard(&self, buffer: &wgpu::Buffer) -> BindGuard {
+        BindGuard {
+            buffer: buffer.clone(),
+            ctx: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Drops every cached bind group (e.g. once a model's weights are gone).
+    pub(crate) fn clear_bind_groups(&self) {
+        self.inner
+            .bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Bytes of the parameter arenas pooled for reuse (one per recorder that ran at the same
+    /// time as another; kept for the next recorders).
+    pub fn pooled_arena_bytes(&self) -> u64 {
+        self.inner
+            .arenas
+            .lock()
+            .map(|p| p.iter().map(|a| a.bytes()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Bind groups in the cache now (each holds the buffers it binds alive).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.inner.bind_groups.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
     /// Creates a storage buffer of `size` bytes (zeroed), usable as a kernel input or output and
     /// as a copy source/destination.
     pub fn create_storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer, GpuError> {
@@ -392,6 +653,20 @@ impl GpuContext {
                 limit_name: "max_buffer_size",
             });
         }
+        if let Some(m) = &self.inner.measure {
+            m.bytes.fetch_add(size, Ordering::Relaxed);
+            m.buffers.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 4,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }));
+        }
+        self.check_lost()?;
+        self.take_allocation(label, size)?;
         self.inner
             .counters
             .buffers
@@ -410,6 +685,14 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         })
+        .map_err(|e| match e {
+            // Say how much was asked for.
+            GpuError::OutOfMemory { context, message } => GpuError::OutOfMemory {
+                context: format!("{context} ({size} bytes)"),
+                message,
+            },
+            e => e,
+        })
     }
 
     /// Creates a storage buffer holding `data` (padded to 4 bytes).
@@ -419,9 +702,31 @@ impl GpuContext {
         Ok(buf)
     }
 
+    /// Takes `size` bytes from the injected allocation limit ([`limit_allocations`](Self::limit_allocations));
+    /// [`GpuError::OutOfMemory`] when they are not left.
+    pub(crate) fn take_allocation(&self, label: &str, size: u64) -> Result<(), GpuError> {
+        let left = &self.inner.faults.alloc_left;
+        let taken = left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+            if l == u64::MAX {
+                Some(l)
+            } else {
+                l.checked_sub(size)
+            }
+        });
+        match taken {
+            Ok(_) => Ok(()),
+            Err(l) => Err(GpuError::OutOfMemory {
+                context: format!("{label} ({size} bytes)"),
+                message: format!(
+                    "creating a buffer of {size} bytes failed: {l} bytes left (injected limit)"
+                ),
+            }),
+        }
+    }
+
     /// Queues a write of `data` at `offset` (padded to 4 bytes); it executes before the next submit.
     pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
-        if data.is_empty() {
+        if data.is_empty() || self.inner.measure.is_some() {
             return;
         }
         if data.len().is_multiple_of(4) {
@@ -481,11 +786,15 @@ impl GpuContext {
     }
 
     /// Blocks until all submitted work has finished.
+    /// Reports [`GpuError::DeviceLost`] (and marks the device lost) when the device does not
+    /// finish within the wait timeout ([`set_wait_timeout`](Self::set_wait_timeout)).
     pub fn wait_idle(&self) -> Result<(), GpuError> {
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        self.check_lost()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.inner.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        self.wait_for("waiting for the GPU to finish", &rx)?;
         self.check_health()
     }
 }

@@ -47,6 +47,27 @@ pub enum GpuError {
         /// The name of the wgpu limit.
         limit_name: &'static str,
     },
+    /// A model does not fit the GPU: loading it needs more memory than the memory budget
+    /// allows (checked before anything is uploaded), or the device ran out of memory while it
+    /// was uploaded (everything created by that load was released again).
+    #[error(
+        "the model needs {needed} bytes of GPU memory ({breakdown}) but {available} bytes are \
+         available ({limit}); nothing stays allocated. Try {advice}"
+    )]
+    DoesNotFit {
+        /// Bytes the model needs with the options it was loaded with (weights, the KV cache
+        /// of one session at the maximum context, its workspace).
+        needed: u64,
+        /// Bytes available: the memory budget, or what the device had given the load when it
+        /// ran out.
+        available: u64,
+        /// Which limit: the memory budget, or device memory.
+        limit: String,
+        /// `needed` by part (weights, KV cache, workspace).
+        breakdown: String,
+        /// What to try, largest savings first.
+        advice: String,
+    },
     /// A shader failed to compile or a kernel was misused (engine bug).
     #[error("kernel {kernel}: {message}")]
     Kernel {

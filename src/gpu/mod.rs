@@ -21,7 +21,7 @@ dev_mod!(
 );
 mod tensor;
 
-pub use context::{Capabilities, GpuContext, GpuOptions};
+pub use context::{Capabilities, DEFAULT_WAIT, GpuContext, GpuOptions};
 pub use error::GpuError;
 pub(crate) use kernel::uniform_params;
 pub use kernel::{

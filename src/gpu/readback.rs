@@ -16,6 +16,18 @@ impl Readback {
     /// Allocates a readback buffer of `size` bytes (rounded up to 4).
     pub fn new(ctx: &GpuContext, size: u64) -> Result<Self, GpuError> {
         let size = size.max(4).next_multiple_of(4);
+        if let Some(m) = &ctx.inner.measure {
+            m.staging
+                .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            return Ok(Readback { buffer, size });
+        }
+        ctx.take_allocation("readback buffer", size)?;
         ctx.counters()
             .buffers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -52,21 +64,24 @@ impl Readback {
         Ok(())
     }
 
-    /// Waits for the submitted copy and returns the first `size` bytes.
+    /// Waits for the submitted copy and returns the first `size` bytes. A lost device, or one
+    /// that does not finish within the wait timeout
+    /// ([`GpuContext::set_wait_timeout`]), is [`GpuError::DeviceLost`], never a hang.
     pub fn read(&self, ctx: &GpuContext, size: u64) -> Result<Vec<u8>, GpuError> {
         let size = size.min(self.size);
+        ctx.check_health()?;
         let (tx, rx) = std::sync::mpsc::channel();
         self.buffer
             .slice(..size.next_multiple_of(4))
             .map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send(r);
             });
-        ctx.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
+        let mapped = ctx.wait_for("reading a GPU buffer back", &rx)?;
+        if let Err(e) = mapped {
+            // A mapping fails on a lost device; report that rather than the mapping.
+            ctx.check_health()?;
+            return Err(GpuError::BufferMap(e.to_string()));
+        }
         let out = {
             let view = self
                 .buffer

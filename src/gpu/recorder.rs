@@ -54,11 +54,24 @@ pub(crate) struct ParamArena {
     buffer: wgpu::Buffer,
 }
 
+impl ParamArena {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.buffer.size()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct BindKey {
     kernel: u64,
     arena: wgpu::Buffer,
     buffers: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+impl BindKey {
+    /// Whether the bind group binds `buffer`.
+    pub(crate) fn binds(&self, buffer: &wgpu::Buffer) -> bool {
+        self.arena == *buffer || self.buffers.iter().any(|(b, _, _)| b == buffer)
+    }
 }
 
 enum Command {
@@ -575,11 +588,7 @@ impl Recorder {
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| GpuError::BufferMap(e.to_string()))?
+        ctx.wait_for("reading GPU timestamps", &rx)?
             .map_err(|e| GpuError::BufferMap(e.to_string()))?;
         let ticks: Vec<u64> = {
             let view = staging

@@ -1,6 +1,8 @@
 //! GPU tensors: a buffer (or a window of one) with a shape and an element type.
 
-use super::context::GpuContext;
+use std::sync::Arc;
+
+use super::context::{BindGuard, GpuContext};
 use super::error::GpuError;
 use super::recorder::BufSlice;
 
@@ -40,6 +42,9 @@ pub struct GpuTensor {
     pub shape: Vec<usize>,
     /// Element type.
     pub dtype: DType,
+    /// Forgets the context's cached bind groups of `buffer` once the last tensor sharing it is
+    /// dropped (clones and views share it).
+    guard: Option<Arc<BindGuard>>,
 }
 
 impl GpuTensor {
@@ -47,12 +52,23 @@ impl GpuTensor {
     pub fn zeros(ctx: &GpuContext, shape: &[usize], dtype: DType) -> Result<Self, GpuError> {
         let n: usize = shape.iter().product();
         let buffer = ctx.create_storage("tensor", (n * dtype.size()) as u64)?;
-        Ok(GpuTensor {
+        Ok(GpuTensor::from_buffer(ctx, buffer, shape, dtype))
+    }
+
+    /// A tensor of `shape` over the whole of `buffer` from its start (the buffer must hold it).
+    pub fn from_buffer(
+        ctx: &GpuContext,
+        buffer: wgpu::Buffer,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Self {
+        GpuTensor {
+            guard: Some(Arc::new(ctx.bind_guard(&buffer))),
             buffer,
             offset: 0,
             shape: shape.to_vec(),
             dtype,
-        })
+        }
     }
 
     /// A tensor filled from f32 host data.
@@ -65,23 +81,13 @@ impl GpuTensor {
             });
         }
         let buffer = ctx.create_storage_init("tensor", bytemuck::cast_slice(data))?;
-        Ok(GpuTensor {
-            buffer,
-            offset: 0,
-            shape: shape.to_vec(),
-            dtype: DType::F32,
-        })
+        Ok(GpuTensor::from_buffer(ctx, buffer, shape, DType::F32))
     }
 
     /// A tensor filled from u32 host data.
     pub fn from_u32(ctx: &GpuContext, shape: &[usize], data: &[u32]) -> Result<Self, GpuError> {
         let buffer = ctx.create_storage_init("tensor", bytemuck::cast_slice(data))?;
-        Ok(GpuTensor {
-            buffer,
-            offset: 0,
-            shape: shape.to_vec(),
-            dtype: DType::U32,
-        })
+        Ok(GpuTensor::from_buffer(ctx, buffer, shape, DType::U32))
     }
 
     /// Number of elements.
@@ -106,6 +112,7 @@ impl GpuTensor {
             offset: self.offset + (elems * 4) as u64,
             shape: shape.to_vec(),
             dtype: self.dtype,
+            guard: self.guard.clone(),
         }
     }
 
@@ -163,6 +170,7 @@ impl GpuTensor {
             offset: self.offset + (start * self.row_len() * self.dtype.size()) as u64,
             shape,
             dtype: self.dtype,
+            guard: self.guard.clone(),
         }
     }
 

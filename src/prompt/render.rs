@@ -4,7 +4,7 @@
 //! [`crate::model::media`]'s; this file only feeds it the conversation.
 
 use crate::error::{Error, Result};
-use crate::generate::ImageInput;
+use crate::generate::{ImageInput, ImageSource};
 use crate::gpu::GpuTensor;
 use crate::model::Model;
 use crate::model::media;
@@ -12,9 +12,12 @@ use crate::prompt::Message;
 
 /// Encodes images into per-image soft-token features (each prepared just before its encode).
 pub(crate) fn encode_images(model: &Model, images: Vec<ImageInput>) -> Result<Vec<GpuTensor>> {
-    media::encode_each(model.vision(), images, |img| match img {
-        ImageInput::Path(p) => model.prepare_image_file(&p),
-        ImageInput::Dynamic(d) => model.prepare_image(&d),
+    media::encode_each(model.vision(), images, |img| {
+        let budget = img.max_soft_tokens();
+        match img.source() {
+            ImageSource::Path(p) => model.prepare_image_file_with(p, budget),
+            ImageSource::Dynamic(d) => model.prepare_image_with(d, budget),
+        }
     })
 }
 

@@ -43,10 +43,7 @@ fn penalty_matches_reference() {
                 id_data.extend_from_slice(&ids);
                 id_data.push(0); // capacity beyond n_ids
                 let it = GpuTensor::from_u32(&ctx, &[id_data.len()], &id_data).unwrap();
-                let it = GpuTensor {
-                    dtype: DType::U32,
-                    ..it.view(5, &[ids.len() + 1])
-                };
+                let it = it.view(5, &[ids.len() + 1]).as_dtype(DType::U32);
                 let mut rec = ctx.recorder();
                 repetition_penalty(&mut rec, &lt, &it, ids.len(), penalty).unwrap();
                 rec.finish().unwrap();

@@ -96,7 +96,7 @@ fn caption_and_ask_match_the_golden() {
     // The text form and a decoded-image input give the same.
     let img = image::open(image()).unwrap();
     let text = m
-        .generate(Request::caption(ImageInput::Dynamic(img)).with_options(greedy(16)))
+        .generate(Request::caption(ImageInput::image(img)).with_options(greedy(16)))
         .unwrap()
         .text;
     assert_eq!(text, r.text);
@@ -429,4 +429,119 @@ fn dense31_like_chat_reuses_the_cache_after_an_image_block() {
         "reused-cache logits differ from one prefill by {max}"
     );
     assert_eq!(r2.tokens, whole.greedy, "turn 2 tokens");
+}
+
+#[test]
+fn truncate_rewinds_the_conversation_and_reuses_the_cache() {
+    let Some(model) = model() else { return };
+    let mut chat = model.chat().unwrap();
+    let a = chat
+        .send(Request::new("cat").with_options(greedy(4)))
+        .unwrap();
+    chat.send(Request::new("river blue").with_options(greedy(4)))
+        .unwrap();
+    assert_eq!(chat.messages().len(), 4);
+    assert_eq!(chat.truncate(2), 2);
+    assert_eq!(chat.truncate(9), 0);
+    let c = chat
+        .send(Request::new("seven garden").with_options(greedy(4)))
+        .unwrap();
+    // the same turns on a fresh session
+    let mut fresh = model.chat().unwrap();
+    let fa = fresh
+        .send(Request::new("cat").with_options(greedy(4)))
+        .unwrap();
+    assert_eq!((fa.tokens, fa.prompt_ids), (a.tokens, a.prompt_ids));
+    let want = fresh
+        .send(Request::new("seven garden").with_options(greedy(4)))
+        .unwrap();
+    assert_eq!(c.tokens, want.tokens);
+    assert_eq!(c.text, want.text);
+    assert_eq!(c.prompt_ids, want.prompt_ids);
+    // the rewound session prefilled only what follows the kept first turn
+    assert!(
+        c.prompt_tokens < want.prompt_ids.len() && c.prompt_tokens <= want.prompt_tokens,
+        "prefilled {} of {} (fresh: {})",
+        c.prompt_tokens,
+        want.prompt_ids.len(),
+        want.prompt_tokens
+    );
+    // truncating away an image's message drops its features
+    let mut img = model.chat().unwrap();
+    img.send(
+        Request::new("what?")
+            .with_image(fixtures_dir().join("chat/image.png"))
+            .with_options(greedy(2)),
+    )
+    .unwrap();
+    assert!(img.memory().image_features > 0);
+    img.truncate(0);
+    assert_eq!(img.memory().image_features, 0);
+}
+
+#[test]
+fn dropped_sessions_and_models_give_their_gpu_memory_back() {
+    // A device of its own: the allocator report counts everything on the device.
+    if common::gpu().is_none() {
+        return;
+    }
+    let ctx = gemma_wgpu::gpu::GpuContext::new().unwrap();
+    let live = |ctx: &gemma_wgpu::gpu::GpuContext| {
+        ctx.wait_idle().unwrap();
+        ctx.gpu_allocated_bytes()
+            .map(|b| b - ctx.pooled_arena_bytes())
+    };
+    let empty = live(&ctx);
+    let model = ModelBuilder::new(fixtures_dir().join("e2b-like").to_str().unwrap())
+        .with_context(ctx.clone())
+        .with_max_context(256)
+        .build()
+        .unwrap();
+    let turn = |image: bool| {
+        let mut chat = model.chat().unwrap();
+        let mut req = Request::new("cat").with_options(greedy(3));
+        if image {
+            req = req.with_image(fixtures_dir().join("chat/image.png"));
+        }
+        chat.send(req).unwrap();
+        chat
+    };
+    drop(turn(true));
+    let Some(base) = live(&ctx) else {
+        eprintln!("the adapter reports no allocator figures: skipped");
+        return;
+    };
+    for i in 0..3 {
+        drop(turn(i == 1));
+        let now = live(&ctx).unwrap();
+        assert!(
+            now <= base,
+            "after session {i}: {now} bytes live, {base} before"
+        );
+        let _ = model
+            .generate(Request::new("river").with_options(greedy(2)))
+            .unwrap();
+        let now = live(&ctx).unwrap();
+        assert!(
+            now <= base,
+            "after one-shot {i}: {now} bytes live, {base} before"
+        );
+    }
+    // release_cache gives the cache back while the session lives
+    let mut chat = turn(false);
+    let held = live(&ctx).unwrap();
+    let released = chat.release_cache();
+    let after = live(&ctx).unwrap();
+    assert!(
+        held - after >= released,
+        "released {released} bytes but the device holds {held} -> {after}"
+    );
+    drop(chat);
+    drop(model);
+    assert_eq!(ctx.cached_bind_groups(), 0);
+    let gone = live(&ctx).unwrap();
+    assert!(
+        gone <= empty.unwrap() + (1 << 20),
+        "{gone} bytes live after the model was dropped, {empty:?} before it was loaded"
+    );
 }

@@ -22,12 +22,12 @@ fn binding_larger_than_the_limit_is_limit_exceeded() {
             );
             continue;
         }
-        let big = GpuTensor {
-            buffer: ctx.create_storage("too big", size).unwrap(),
-            offset: 0,
-            shape: vec![(size / 4) as usize],
-            dtype: DType::F32,
-        };
+        let big = GpuTensor::from_buffer(
+            &ctx,
+            ctx.create_storage("too big", size).unwrap(),
+            &[(size / 4) as usize],
+            DType::F32,
+        );
         let small = GpuTensor::zeros(&ctx, &[4], DType::F32).unwrap();
         let mut rec = ctx.recorder();
         // a 4-element view of the big buffer: ops bind whole buffers, so the binding is too big

@@ -135,7 +135,11 @@ fn fuzz_empty_shard_name_is_malformed() {
     use gemma_wgpu::checkpoint::LoadError;
     use gemma_wgpu::checkpoint::safetensors::parse_index;
     let text = String::from_utf8(regression("safetensors_index", "empty_shard_name")).unwrap();
-    match parse_index(&text, Path::new("model.safetensors.index.json")) {
+    match parse_index(
+        &text,
+        Path::new("model.safetensors.index.json"),
+        Path::new("."),
+    ) {
         Err(LoadError::MalformedConfig { field, .. }) => assert_eq!(field, "weight_map.a"),
         other => panic!("expected MalformedConfig, got {other:?}"),
     }
@@ -175,11 +179,9 @@ fn fuzz_detokenizer_stream_equals_the_full_decode_around_byte_runs() {
         )
         .unwrap(),
     );
+    // The ids the fuzz target read from the reproducer.
     let ids_of = |name: &str| -> Vec<u32> {
-        regression("detokenizer", name)
-            .chunks_exact(2)
-            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
-            .collect()
+        gemma_wgpu::fuzzing::detokenizer_ids(&regression("detokenizer", name), tok.vocab_size())
     };
     // <0xC3> <0xA9> <0xA9> a: the first two bytes alone are "é", but the run of three is not
     // UTF-8 and decodes to three U+FFFD (the stream had emitted "é").

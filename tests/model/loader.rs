@@ -1958,3 +1958,635 @@ fn quantize_on_load_quantizes_the_experts() {
     assert!(agree * 10 >= rows * 9, "top-1 {agree}/{rows}");
     assert!(out.logits.iter().all(|v| v.is_finite()));
 }
+
+// (h) checkpoint faults: files changed under the mapping, index/shard disagreements, the HF
+// cache (interrupted downloads, revisions) -------------------------------------------------------
+
+/// Sets the modification time of `p` an hour back (a download finished earlier), so that a
+/// rewrite in the test changes it even on file systems with coarse timestamps.
+fn age(p: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+}
+
+fn truncate(p: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+fn expect_changed(r: Result<impl std::fmt::Debug, LoadError>, file: &Path, what: &str) {
+    match r {
+        Err(e @ LoadError::FileChanged { .. }) => {
+            let m = e.to_string();
+            let LoadError::FileChanged { path, reason } = e else {
+                unreachable!()
+            };
+            assert_eq!(path, file);
+            assert!(reason.contains(what), "{reason}");
+            assert!(m.contains("do not modify"), "{m}");
+        }
+        other => panic!("expected FileChanged for {}: {other:?}", file.display()),
+    }
+}
+
+#[test]
+fn checkpoint_truncated_after_open_is_an_error_not_a_fault() {
+    // Reading a page of a truncated mapping raises SIGBUS: this test would kill the whole test
+    // binary if the loader touched the mapping before checking the file.
+    let ts = tiny_tensors(false, 21);
+    let d = write_hf("h-trunc", &ts, Dtype::BF16);
+    let st = d.join("model.safetensors");
+    age(&st);
+    let ck = Checkpoint::open(&d).unwrap();
+    let len = std::fs::metadata(&st).unwrap().len();
+    truncate(&st, len / 2);
+    expect_changed(ck.plan().map(|_| ()), &st, "bytes");
+    if let Some(ctx) = ctx() {
+        expect_changed(
+            ck.upload(&ctx, &LoadOptions::default()).map(|_| ()),
+            &st,
+            "bytes",
+        );
+    }
+    // Truncated to nothing: still an error.
+    truncate(&st, 0);
+    expect_changed(ck.plan().map(|_| ()), &st, "0 now");
+}
+
+/// A sharded copy: the text MLP matrices in `matrices.safetensors`, everything else in
+/// `rest.safetensors` (the matrices are read only by the upload, never by the plan).
+fn write_matrix_shard(name: &str, ts: &[T]) -> (PathBuf, PathBuf) {
+    let d = tmpdir(name);
+    std::fs::write(d.join("config.json"), config_json("")).unwrap();
+    let w = hf_writes(ts, Dtype::BF16);
+    let (m, r): (Vec<W>, Vec<W>) = w
+        .into_iter()
+        .partition(|t| t.0.starts_with("model.language_model.layers.") && t.0.contains(".mlp."));
+    assert!(!m.is_empty() && !r.is_empty());
+    write_st(&d.join("matrices.safetensors"), &m);
+    write_st(&d.join("rest.safetensors"), &r);
+    let mut map = serde_json::Map::new();
+    for (part, f) in [(&m, "matrices.safetensors"), (&r, "rest.safetensors")] {
+        for t in part {
+            map.insert(t.0.clone(), f.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let p = d.join("matrices.safetensors");
+    (d, p)
+}
+
+#[test]
+fn shard_truncated_between_plan_and_upload_is_an_error_not_a_fault() {
+    let ts = tiny_tensors(false, 22);
+    let (d, shard) = write_matrix_shard("h-shard", &ts);
+    age(&shard);
+    let ck = Checkpoint::open(&d).unwrap();
+    let len = std::fs::metadata(&shard).unwrap().len();
+    truncate(&shard, len - 4096.min(len / 2));
+    // The plan validates shapes only: no page of the matrices' shard is read.
+    let plan = ck.plan().unwrap();
+    // Each leaf checks its file before reading it.
+    let m = plan
+        .weights
+        .matrices()
+        .into_iter()
+        .find(|(n, _)| n.contains(".mlp."))
+        .unwrap();
+    expect_changed(m.1.verify(), &shard, "bytes");
+    // The upload's matrices come from the truncated shard: refused before they are read.
+    if let Some(ctx) = ctx() {
+        expect_changed(
+            ck.upload(&ctx, &LoadOptions::default()).map(|_| ()),
+            &shard,
+            "bytes",
+        );
+    }
+}
+
+#[test]
+fn checkpoint_replaced_or_rewritten_after_open_is_an_error() {
+    let ts = tiny_tensors(false, 23);
+    let other = write_hf("h-other", &tiny_tensors(false, 24), Dtype::BF16);
+    // Replaced: another file renamed over it (how a re-download lands).
+    let d = write_hf("h-replace", &ts, Dtype::BF16);
+    let st = d.join("model.safetensors");
+    let ck = Checkpoint::open(&d).unwrap();
+    let tmp = d.join("model.safetensors.tmp");
+    std::fs::copy(other.join("model.safetensors"), &tmp).unwrap();
+    std::fs::rename(&tmp, &st).unwrap();
+    expect_changed(ck.plan().map(|_| ()), &st, "replaced");
+    // Rewritten in place with the same length.
+    let d = write_hf("h-rewrite", &ts, Dtype::BF16);
+    let st = d.join("model.safetensors");
+    age(&st);
+    let ck = Checkpoint::open(&d).unwrap();
+    let mut b = std::fs::read(&st).unwrap();
+    let n = b.len();
+    b[n - 64..].iter_mut().for_each(|x| *x ^= 0x5a);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&st).unwrap();
+        f.write_all(&b).unwrap();
+    }
+    assert_eq!(std::fs::metadata(&st).unwrap().len() as usize, n);
+    expect_changed(ck.plan().map(|_| ()), &st, "written to");
+    // Deleted.
+    let d = write_hf("h-delete", &ts, Dtype::BF16);
+    let st = d.join("model.safetensors");
+    let ck = Checkpoint::open(&d).unwrap();
+    std::fs::remove_file(&st).unwrap();
+    expect_changed(ck.plan().map(|_| ()), &st, "deleted");
+    // Unchanged: loads.
+    let ck = Checkpoint::open(&other).unwrap();
+    ck.plan().unwrap();
+}
+
+#[test]
+fn ple_host_gather_after_truncation_is_an_error_not_a_fault() {
+    let ts = tiny_tensors(true, 25);
+    let d = write_hf("h-ple", &ts, Dtype::BF16);
+    let st = d.join("model.safetensors");
+    age(&st);
+    let plan = Checkpoint::open(&d).unwrap().plan().unwrap();
+    let Some(PerLayerTable::Host(table)) = plan.weights.text.per_layer_table() else {
+        panic!("table not on host")
+    };
+    let mut out = vec![0f32; table.cols()];
+    table.gather(&[V as u32 - 1], &mut out).unwrap();
+    truncate(&st, 64);
+    match table.gather(&[V as u32 - 1], &mut out) {
+        Err(gemma_wgpu::Error::Load(LoadError::FileChanged { path, .. })) => assert_eq!(path, st),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The tiny checkpoint in two shards `a.safetensors` (first half of the tensors) and
+/// `b.safetensors`; `index` builds the index JSON text from the (key, shard) pairs.
+fn write_two_shards(
+    name: &str,
+    edit: &dyn Fn(&mut Vec<W>, &mut Vec<W>),
+    index: &dyn Fn(&[W], &[W]) -> String,
+) -> PathBuf {
+    let d = tmpdir(name);
+    std::fs::write(d.join("config.json"), config_json("")).unwrap();
+    let w = hf_writes(&tiny_tensors(false, 26), Dtype::BF16);
+    let (a, b) = w.split_at(w.len() / 2);
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    edit(&mut a, &mut b);
+    write_st(&d.join("a.safetensors"), &a);
+    write_st(&d.join("b.safetensors"), &b);
+    std::fs::write(d.join("model.safetensors.index.json"), index(&a, &b)).unwrap();
+    d
+}
+
+/// `{"weight_map": {...}}` from explicit entries, in order, duplicates kept.
+fn index_json(entries: &[(String, String)]) -> String {
+    let body: Vec<String> = entries
+        .iter()
+        .map(|(k, f)| format!("{}: {}", serde_json::json!(k), serde_json::json!(f)))
+        .collect();
+    format!(
+        "{{\"metadata\": {{\"total_size\": 0}}, \"weight_map\": {{{}}}}}",
+        body.join(", ")
+    )
+}
+
+fn entries(a: &[W], fa: &str, b: &[W], fb: &str) -> Vec<(String, String)> {
+    a.iter()
+        .map(|t| (t.0.clone(), fa.to_string()))
+        .chain(b.iter().map(|t| (t.0.clone(), fb.to_string())))
+        .collect()
+}
+
+#[test]
+fn index_and_shards_that_disagree_give_typed_errors() {
+    let plain = |a: &[W], b: &[W]| index_json(&entries(a, "a.safetensors", b, "b.safetensors"));
+    // Consistent: loads, and `./` spellings used throughout are the same files.
+    let d = write_two_shards("h-idx-ok", &|_, _| {}, &plain);
+    assert_eq!(expect_ok(&d), 2);
+    let d = write_two_shards("h-idx-dot", &|_, _| {}, &|a, b| {
+        index_json(&entries(a, "./a.safetensors", b, "./b.safetensors"))
+    });
+    assert_eq!(expect_ok(&d), 2);
+    let index_of = |d: &Path| d.join("model.safetensors.index.json");
+
+    // The same key stored in both shards.
+    let d = write_two_shards("h-idx-dup", &|a, b| b.push(a[0].clone()), &|a, b| {
+        index_json(&entries(
+            a,
+            "a.safetensors",
+            &b[..b.len() - 1],
+            "b.safetensors",
+        ))
+    });
+    let key = hf_writes(&tiny_tensors(false, 26), Dtype::BF16)[0]
+        .0
+        .clone();
+    match expect_err(&d) {
+        LoadError::DuplicateTensor {
+            key: k,
+            first,
+            second,
+        } => {
+            assert_eq!(k, key);
+            assert_eq!(first, d.join("a.safetensors"));
+            assert_eq!(second, d.join("b.safetensors"));
+        }
+        e => panic!("{e:?}"),
+    }
+    // The index lists one key twice (under two shards).
+    let d = write_two_shards("h-idx-twice", &|_, _| {}, &|a, b| {
+        let mut e = entries(a, "a.safetensors", b, "b.safetensors");
+        e.push((a[0].0.clone(), "b.safetensors".into()));
+        index_json(&e)
+    });
+    match expect_err(&d) {
+        LoadError::IndexMismatch {
+            index,
+            key: k,
+            shards,
+            reason,
+        } => {
+            assert_eq!(index, index_of(&d));
+            assert_eq!(k, key);
+            assert_eq!(shards, [d.join("a.safetensors"), d.join("b.safetensors")]);
+            assert!(reason.contains("twice"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // One shard under two spellings.
+    let d = write_two_shards("h-idx-spell", &|_, _| {}, &|a, b| {
+        let mut e = entries(a, "a.safetensors", b, "b.safetensors");
+        e[1].1 = "./a.safetensors".into();
+        index_json(&e)
+    });
+    match expect_err(&d) {
+        LoadError::IndexMismatch {
+            key: k,
+            shards,
+            reason,
+            ..
+        } => {
+            assert_eq!(k, hf_writes(&tiny_tensors(false, 26), Dtype::BF16)[1].0);
+            assert_eq!(shards, [d.join("a.safetensors")]);
+            assert!(reason.contains("two spellings"), "{reason}");
+            assert!(reason.contains("\"./a.safetensors\""), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // A key mapped to the shard that does not hold it (the other one does).
+    let d = write_two_shards("h-idx-wrong", &|_, _| {}, &|a, b| {
+        let mut e = entries(a, "a.safetensors", b, "b.safetensors");
+        e[0].1 = "b.safetensors".into();
+        index_json(&e)
+    });
+    match expect_err(&d) {
+        LoadError::IndexMismatch {
+            key: k,
+            shards,
+            reason,
+            ..
+        } => {
+            assert_eq!(k, key);
+            assert_eq!(shards, [d.join("b.safetensors"), d.join("a.safetensors")]);
+            assert!(reason.contains("does not hold it"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // A key mapped to a shard, held by none.
+    let d = write_two_shards("h-idx-none", &|_, _| {}, &|a, b| {
+        let mut e = entries(a, "a.safetensors", b, "b.safetensors");
+        e.push((
+            "model.language_model.ghost.weight".into(),
+            "a.safetensors".into(),
+        ));
+        index_json(&e)
+    });
+    match expect_err(&d) {
+        LoadError::IndexMismatch {
+            key: k,
+            shards,
+            reason,
+            ..
+        } => {
+            assert_eq!(k, "model.language_model.ghost.weight");
+            assert_eq!(shards, [d.join("a.safetensors")]);
+            assert!(reason.contains("no shard"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // A shard tensor the index does not list.
+    let d = write_two_shards("h-idx-unlisted", &|_, _| {}, &|a, b| {
+        index_json(&entries(a, "a.safetensors", &b[1..], "b.safetensors"))
+    });
+    let unlisted = hf_writes(&tiny_tensors(false, 26), Dtype::BF16);
+    let unlisted = &unlisted[unlisted.len() / 2].0;
+    match expect_err(&d) {
+        LoadError::IndexMismatch {
+            key: k,
+            shards,
+            reason,
+            ..
+        } => {
+            assert_eq!(&k, unlisted);
+            assert_eq!(shards, [d.join("b.safetensors")]);
+            assert!(reason.contains("does not list"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // A shard missing from the directory.
+    let d = write_two_shards("h-idx-missing", &|_, _| {}, &plain);
+    std::fs::remove_file(d.join("b.safetensors")).unwrap();
+    match expect_err(&d) {
+        LoadError::MissingFile { path, hint } => {
+            assert_eq!(path, d.join("b.safetensors"));
+            assert!(hint.contains("re-download"), "{hint}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // Two shard names that are one file.
+    #[cfg(unix)]
+    {
+        let d = write_two_shards("h-idx-link", &|_, _| {}, &plain);
+        std::fs::remove_file(d.join("b.safetensors")).unwrap();
+        std::os::unix::fs::symlink(d.join("a.safetensors"), d.join("b.safetensors")).unwrap();
+        match expect_err(&d) {
+            LoadError::DuplicateShard { first, second } => {
+                assert_eq!(first, d.join("a.safetensors"));
+                assert_eq!(second, d.join("b.safetensors"));
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+}
+
+fn expect_ok(d: &Path) -> usize {
+    let p = Checkpoint::open(d).unwrap().plan().unwrap();
+    p.weights.report.files
+}
+
+const CACHED: &str = "gemma-4-E2B-it-qat-4bit";
+const CACHED_REPO: &str = "mlx-community/gemma-4-E2B-it-qat-4bit";
+const SHA_A: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf00010203";
+const SHA_B: &str = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf00010203";
+
+/// Puts the files of checkpoint folder `src` into the fake Hugging Face cache `root` as repo
+/// `repo` at commit `sha` the way hf-hub does (blobs, snapshot links `../../blobs/{blob}`),
+/// with `refs/{name}` naming the commit when given. Returns the snapshot folder.
+#[cfg(unix)]
+fn cache_put(root: &Path, repo: &str, src: &Path, sha: &str, refname: Option<&str>) -> PathBuf {
+    let rd = root.join(format!("models--{}", repo.replace('/', "--")));
+    let (blobs, snap) = (rd.join("blobs"), rd.join("snapshots").join(sha));
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for (i, n) in names.iter().enumerate() {
+        let blob = format!("{}{i:04x}", &sha[..12]);
+        std::fs::copy(src.join(n), blobs.join(&blob)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snap.join(n)).unwrap();
+    }
+    if let Some(r) = refname {
+        std::fs::create_dir_all(rd.join("refs")).unwrap();
+        std::fs::write(rd.join("refs").join(r), sha).unwrap();
+    }
+    snap
+}
+
+/// The blob a snapshot link points to.
+fn blob_of(link: &Path) -> PathBuf {
+    let t = std::fs::read_link(link).unwrap();
+    let blob = t.file_name().unwrap();
+    link.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("blobs")
+        .join(blob)
+}
+
+#[cfg(unix)]
+#[test]
+fn hf_cache_snapshots_are_found_by_revision_only() {
+    use gemma_wgpu::checkpoint::cache::HubCache;
+    use gemma_wgpu::registry::locate_in;
+    let root = tmpdir("h-cache-rev");
+    let cache = HubCache::new(&root);
+    let a = write_hf("h-cache-rev-a", &tiny_tensors(false, 31), Dtype::BF16);
+    let b = write_hf("h-cache-rev-b", &tiny_tensors(false, 32), Dtype::BF16);
+    let none = locate_in(Some(&cache), CACHED, None, false).unwrap_err();
+    assert!(none.to_string().contains("not downloaded"), "{none}");
+    let snap_a = cache_put(&root, CACHED_REPO, &a, SHA_A, Some("main"));
+    let snap_b = cache_put(&root, CACHED_REPO, &b, SHA_B, Some("v2"));
+    // Unpinned: main.
+    let d = locate_in(Some(&cache), CACHED, None, false).unwrap();
+    assert_eq!(d, snap_a);
+    assert_eq!(expect_ok(&d), 1);
+    // A tag, and full commit hashes (no ref of their own).
+    assert_eq!(
+        locate_in(Some(&cache), CACHED, Some("v2"), false).unwrap(),
+        snap_b
+    );
+    assert_eq!(
+        locate_in(Some(&cache), CACHED, Some(SHA_B), false).unwrap(),
+        snap_b
+    );
+    assert_eq!(
+        locate_in(Some(&cache), CACHED, Some(SHA_A), false).unwrap(),
+        snap_a
+    );
+    // A revision not in the cache is not downloaded, though main is cached.
+    for rev in ["v3", "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf00010203", "../main"] {
+        let e = locate_in(Some(&cache), CACHED, Some(rev), false).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("not downloaded") && m.contains(rev), "{m}");
+    }
+    // No cache directory at all.
+    let e = locate_in(None, CACHED, None, false).unwrap_err();
+    assert!(e.to_string().contains("not downloaded"), "{e}");
+    // A revision with a local directory is refused (it would be silently ignored).
+    let e = locate_in(Some(&cache), a.to_str().unwrap(), Some("v2"), false).unwrap_err();
+    assert!(e.to_string().contains("local directory"), "{e}");
+    let e = gemma_wgpu::ModelBuilder::new(a.to_str().unwrap())
+        .with_revision("v2")
+        .allow_download(false)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("local directory"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn interrupted_or_damaged_hf_downloads_are_reported_with_their_path() {
+    use gemma_wgpu::checkpoint::cache::{CacheProblem, HubCache, Lookup, lookup};
+    use gemma_wgpu::registry::locate_in;
+    let src = write_hf("h-cache-dmg-src", &tiny_tensors(false, 33), Dtype::BF16);
+    let fresh = |name: &str| {
+        let root = tmpdir(name);
+        let snap = cache_put(&root, CACHED_REPO, &src, SHA_A, Some("main"));
+        (HubCache::new(&root), snap)
+    };
+    let incomplete = |cache: &HubCache| match locate_in(Some(cache), CACHED, None, false) {
+        Err(e @ LoadError::IncompleteDownload { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("downloading allowed"), "{m}");
+            let LoadError::IncompleteDownload { path, problem } = e else {
+                unreachable!()
+            };
+            (path, problem)
+        }
+        other => panic!("{other:?}"),
+    };
+    let st_len = std::fs::metadata(src.join("model.safetensors"))
+        .unwrap()
+        .len();
+
+    // Interrupted download: the link's blob is missing, hf-hub's partial file is next to it.
+    let (cache, snap) = fresh("h-cache-dangling");
+    let link = snap.join("model.safetensors");
+    let blob = blob_of(&link);
+    let part = blob.with_extension("part");
+    std::fs::rename(&blob, &part).unwrap();
+    truncate(&part, st_len / 3);
+    let (path, problem) = incomplete(&cache);
+    assert_eq!(path, link);
+    assert_eq!(
+        problem,
+        CacheProblem::DanglingLink {
+            target: blob.clone(),
+            partial: Some(part.clone())
+        }
+    );
+    // ... and without a partial file.
+    std::fs::remove_file(&part).unwrap();
+    let (_, problem) = incomplete(&cache);
+    assert_eq!(
+        problem,
+        CacheProblem::DanglingLink {
+            target: blob,
+            partial: None
+        }
+    );
+
+    // A short blob (renamed into place though incomplete): its own header says the size.
+    let (cache, snap) = fresh("h-cache-short");
+    let link = snap.join("model.safetensors");
+    truncate(&blob_of(&link), st_len - 10);
+    let (path, problem) = incomplete(&cache);
+    assert_eq!(path, link);
+    assert_eq!(
+        problem,
+        CacheProblem::WrongSize {
+            expected: st_len,
+            found: st_len - 10,
+            by: "its safetensors header"
+        }
+    );
+
+    // config.json missing from the snapshot.
+    let (cache, snap) = fresh("h-cache-noconf");
+    std::fs::remove_file(snap.join("config.json")).unwrap();
+    let (path, problem) = incomplete(&cache);
+    assert_eq!(
+        (path, problem),
+        (snap.join("config.json"), CacheProblem::Missing)
+    );
+
+    // Sizes the hub reports: a file of another size is damaged; the right sizes are sound.
+    let (cache, snap) = fresh("h-cache-hub");
+    let conf_len = std::fs::metadata(snap.join("config.json")).unwrap().len();
+    let check = |sizes: &[(&str, u64)]| {
+        let sizes: BTreeMap<String, u64> = sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        lookup(
+            &cache,
+            CACHED_REPO,
+            "main",
+            "model.safetensors",
+            &[],
+            &sizes,
+        )
+    };
+    assert_eq!(
+        check(&[("config.json", conf_len), ("model.safetensors", st_len)]),
+        Lookup::Complete(snap.clone())
+    );
+    match check(&[("config.json", conf_len + 1)]) {
+        Lookup::Damaged { dir, damaged } => {
+            assert_eq!(dir, snap);
+            assert_eq!(damaged.len(), 1);
+            assert_eq!(damaged[0].file, "config.json");
+            assert_eq!(
+                damaged[0].problem,
+                CacheProblem::WrongSize {
+                    expected: conf_len + 1,
+                    found: conf_len,
+                    by: "the hub"
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A sharded snapshot with one shard link missing (download stopped between shards).
+    let root = tmpdir("h-cache-shards");
+    let (d, _) = write_matrix_shard("h-cache-shards-src", &tiny_tensors(false, 34));
+    let snap = cache_put(&root, "google/gemma-4-E4B-it", &d, SHA_B, Some("main"));
+    let cache = HubCache::new(&root);
+    let e4b = "gemma-4-E4B-it";
+    assert_eq!(locate_in(Some(&cache), e4b, None, false).unwrap(), snap);
+    std::fs::remove_file(snap.join("rest.safetensors")).unwrap();
+    match locate_in(Some(&cache), e4b, None, false) {
+        Err(LoadError::IncompleteDownload { path, problem }) => {
+            assert_eq!(path, snap.join("rest.safetensors"));
+            assert_eq!(problem, CacheProblem::Missing);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hub_file_list_gives_sizes_and_blob_names() {
+    use gemma_wgpu::registry::{RemoteFile, RemoteRepo};
+    // The shape of `GET /api/models/{repo}/revision/{rev}?blobs=true` (huggingface_hub's
+    // `RepoSibling`: rfilename, size, blobId, lfs {size, sha256, pointerSize}).
+    let json = r#"{
+      "_id": "x", "id": "org/m", "sha": "0123456789abcdef0123456789abcdef01234567",
+      "siblings": [
+        {"rfilename": "config.json", "blobId": "9f8e7d", "size": 4821},
+        {"rfilename": "model.safetensors", "blobId": "1a2b3c", "size": 4096000123,
+         "lfs": {"sha256": "deadbeef", "size": 4096000123, "pointerSize": 135}},
+        {"rfilename": "README.md"}
+      ]
+    }"#;
+    let r = RemoteRepo::parse(json).unwrap();
+    assert_eq!(r.sha, "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(
+        r.files["config.json"],
+        RemoteFile {
+            size: Some(4821),
+            blob: Some("9f8e7d".into())
+        }
+    );
+    assert_eq!(
+        r.files["model.safetensors"],
+        RemoteFile {
+            size: Some(4096000123),
+            blob: Some("deadbeef".into())
+        }
+    );
+    assert_eq!(r.files["README.md"], RemoteFile::default());
+    assert_eq!(r.sizes().len(), 2);
+    assert!(RemoteRepo::parse("{\"error\": \"Repository not found\"}").is_err());
+}

@@ -6,9 +6,11 @@
 mod common;
 
 mod api;
+mod captioner;
 mod decode;
 mod desktop_api;
 mod errors;
+mod faults;
 mod fixtures;
 mod fuzz_corpus;
 mod loader;

@@ -5,6 +5,7 @@
 use crate::common;
 
 use common::golden::{Fixture, compare};
+use gemma_wgpu::ImageInput;
 use gemma_wgpu::model::{Model, ModelOptions};
 use gemma_wgpu::vision::ImagePatches;
 
@@ -673,5 +674,76 @@ fn moe26_like_router_chooses_the_reference_experts() {
                 r.max_abs
             );
         }
+    }
+}
+
+/// Two images with different soft-token budgets (140 and 70) in one prompt against transformers,
+/// which processed each image at its own budget (tools/oracle/issue16.py): the per-image
+/// preprocessing, the soft-token counts, the logits and the greedy tokens.
+#[test]
+fn per_image_budgets() {
+    let fx = Fixture::open("budgets");
+    let Some(model) = load(&fx, 64) else {
+        return;
+    };
+    let g = fx.golden();
+    let budgets = g.i64("budgets").data;
+    let want_soft = g.i64("num_soft_tokens").data;
+    let mut images = Vec::new();
+    let mut patches = Vec::new();
+    for (i, &b) in budgets.iter().enumerate() {
+        let (data, shape) = g.u8(&format!("image_u8.{i}"));
+        let img = image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, data).unwrap();
+        let img = image::DynamicImage::ImageRgb8(img);
+        let p = model.prepare_image_with(&img, Some(b as u32)).unwrap();
+        let soft = gemma_wgpu::model::media::pooled_tokens(p.grid, 3);
+        assert_eq!(soft as i64, want_soft[i], "image {i} at budget {b}");
+        // the model's own budget (70) cuts this image differently
+        let at_default = model.prepare_image(&img).unwrap();
+        if b != 70 {
+            assert_ne!(
+                at_default.grid, p.grid,
+                "image {i}: the budget changed nothing"
+            );
+        }
+        images.push(img);
+        patches.push(p);
+    }
+    let prompt = ids(&g.i64("input_ids").data);
+    let out = model.logits_and_greedy(&prompt, &patches, 16).unwrap();
+    let r = compare("budgets logits", &out.logits, &g.f32("logits"), TOL);
+    assert!(r.max_abs <= TOL, "max |Δlogits| {} > {TOL}", r.max_abs);
+    assert_eq!(
+        out.greedy,
+        ids(&g.i64("greedy").data),
+        "greedy continuation"
+    );
+
+    // Through the request API: each image's block has the golden's length.
+    let req = gemma_wgpu::Request::new("two images")
+        .with_images(
+            images
+                .iter()
+                .zip(&budgets)
+                .map(|(im, &b)| ImageInput::image(im.clone()).with_max_soft_tokens(b as u32)),
+        )
+        .with_options(
+            gemma_wgpu::GenerationOptions::default()
+                .greedy()
+                .with_max_new_tokens(1),
+        );
+    let reply = model.generate(req).unwrap();
+    let runs =
+        gemma_wgpu::model::media::image_runs(&reply.prompt_ids, model.config().image_token_id);
+    let lens: Vec<i64> = runs.iter().map(|&(s, e)| (e - s) as i64).collect();
+    assert_eq!(lens, want_soft);
+    // A budget the model was not trained with is a typed error.
+    let bad = gemma_wgpu::Request::new("x")
+        .with_image(ImageInput::image(images[0].clone()).with_max_soft_tokens(100));
+    match model.generate(bad) {
+        Err(gemma_wgpu::Error::Image(gemma_wgpu::ImageError::InvalidBudget { given, .. })) => {
+            assert_eq!(given, 100)
+        }
+        other => panic!("budget 100: {other:?}"),
     }
 }

@@ -23,6 +23,9 @@
 //! out element offsets multiples of 4 (16 bytes); `out` in a different buffer from q, k, v.
 //! k and v may share one buffer.
 
+use std::sync::Arc;
+
+use crate::gpu::context::BindGuard;
 use crate::gpu::{
     Access, DType, GpuContext, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder,
     uniform_params,
@@ -157,6 +160,7 @@ impl AttnShape {
 pub struct AttnScratch {
     ml: wgpu::Buffer,
     acc: wgpu::Buffer,
+    _guards: Arc<[BindGuard; 2]>,
     n_heads: u32,
     max_chunks: u32,
     head_dim: u32,
@@ -189,9 +193,12 @@ impl AttnScratch {
         head_dim: usize,
     ) -> Result<Self, GpuError> {
         let n = (n_heads * max_chunks.max(1)) as u64;
+        let ml = ctx.create_storage("attn-scratch-ml", n * 8)?;
+        let acc = ctx.create_storage("attn-scratch-acc", n * head_dim.max(4) as u64 * 4)?;
         Ok(AttnScratch {
-            ml: ctx.create_storage("attn-scratch-ml", n * 8)?,
-            acc: ctx.create_storage("attn-scratch-acc", n * head_dim.max(4) as u64 * 4)?,
+            _guards: Arc::new([ctx.bind_guard(&ml), ctx.bind_guard(&acc)]),
+            ml,
+            acc,
             n_heads: n_heads as u32,
             max_chunks: max_chunks.max(1) as u32,
             head_dim: head_dim as u32,

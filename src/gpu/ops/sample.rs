@@ -10,6 +10,9 @@
 //! On lavapipe (2 cores, noisy) a 262144-logit vector took about 2-10 ms for argmax and
 //! 40-60 ms for k = 64 on either path.
 
+use std::sync::Arc;
+
+use crate::gpu::context::BindGuard;
 use crate::gpu::{
     Access, BufSlice, GpuContext, GpuError, GpuTensor, KernelSpec, ParamLayout, Recorder,
     uniform_params,
@@ -110,6 +113,7 @@ impl SampleParams {
 #[derive(Debug, Clone)]
 pub struct SampleScratch {
     buffer: wgpu::Buffer,
+    _guard: Arc<BindGuard>,
     max_n: usize,
 }
 
@@ -125,8 +129,10 @@ impl SampleScratch {
         // up to MAX_TOP_K pairs
         let parts = split(max_n.max(1), 1).0 as u64;
         let bytes = parts * (MAX_TOP_K * 2 * 4) as u64;
+        let buffer = ctx.create_storage("sample scratch", bytes)?;
         Ok(SampleScratch {
-            buffer: ctx.create_storage("sample scratch", bytes)?,
+            _guard: Arc::new(ctx.bind_guard(&buffer)),
+            buffer,
             max_n,
         })
     }

@@ -213,10 +213,7 @@ impl TextDecoder {
     /// The chunk is lowered where its per-token buffers would not fit one storage binding of
     /// the device (the cache rings are split into windows that do, see [`LayerCache`](super::LayerCache)).
     pub fn new_session(&self, max_context: usize, chunk: usize) -> Result<(KvCache, Workspace)> {
-        let chunk = chunk.clamp(1, Workspace::max_chunk(&self.ctx, &self.cfg));
-        let cache = KvCache::new(&self.ctx, &self.cfg, max_context, chunk, self.kv_window)?;
-        let ws = Workspace::new(&self.ctx, &self.cfg, chunk, cache.max_windows())?;
-        Ok((cache, ws))
+        session_buffers(&self.ctx, &self.cfg, self.kv_window, max_context, chunk)
     }
 
     /// The routing decisions of every MoE layer for the prompt `ids` (run in one chunk from
@@ -638,4 +635,20 @@ pub fn argmax_host(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// The KV cache and workspace of a session of a model with config `cfg` on `ctx` (see
+/// [`TextDecoder::new_session`]); also run on a dry-run context to estimate their size before
+/// a model is loaded.
+pub(crate) fn session_buffers(
+    ctx: &GpuContext,
+    cfg: &TextConfig,
+    kv_window: Option<usize>,
+    max_context: usize,
+    chunk: usize,
+) -> Result<(KvCache, Workspace)> {
+    let chunk = chunk.clamp(1, Workspace::max_chunk(ctx, cfg));
+    let cache = KvCache::new(ctx, cfg, max_context, chunk, kv_window)?;
+    let ws = Workspace::new(ctx, cfg, chunk, cache.max_windows())?;
+    Ok((cache, ws))
 }
