@@ -37,6 +37,10 @@ dev_mod!(
     loading
 );
 dev_mod!(
+    /// Fuzz entry points: one per parser of outside bytes (`fuzz/`, and the corpus replay test).
+    fuzzing
+);
+dev_mod!(
     /// GPU and host memory accounting.
     memory
 );

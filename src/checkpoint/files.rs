@@ -106,5 +106,6 @@ pub fn processor_budget(text: &str) -> Option<u32> {
         .or_else(|| v.get("max_soft_tokens"))
         .or_else(|| v.get("image_seq_length"))
         .and_then(|x| x.as_u64())
-        .map(|x| x as u32)
+        // A value past u32 is no budget (it was truncated: 2^32 + 70 read as 70).
+        .and_then(|x| u32::try_from(x).ok())
 }

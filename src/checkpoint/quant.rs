@@ -77,16 +77,27 @@ pub fn check_shapes(
             "unsupported parameters: {bits} bits, group {group} (bits 2-6 or 8, group 32/64/128)"
         )));
     }
-    if !cols.is_multiple_of(group) || !(cols * bits).is_multiple_of(32) {
+    // `cols` comes from config.json: a size whose packed width overflows is refused, not wrapped.
+    let Some(code_bits) = cols.checked_mul(bits) else {
+        return Err(mism(format!(
+            "{cols} input features at {bits} bits overflow the packed width"
+        )));
+    };
+    if !cols.is_multiple_of(group) || !code_bits.is_multiple_of(32) {
         return Err(mism(format!(
             "{cols} input features are not a multiple of group {group} (or of 32/{bits} codes per word)"
         )));
     }
-    let packed = cols * bits / 32;
+    let packed = code_bits / 32;
     if weight_shape != [rows, packed] {
         let implied = weight_shape
             .get(1)
-            .map(|&c| format!(" (its packed width implies {} bits)", c * 32 / cols.max(1)))
+            .map(|&c| {
+                format!(
+                    " (its packed width implies {} bits)",
+                    c.saturating_mul(32) / cols.max(1)
+                )
+            })
             .unwrap_or_default();
         return Err(mism(format!(
             "weight has shape {weight_shape:?} but [{rows}, {packed}] is expected for [{rows}, \

@@ -317,6 +317,132 @@ struct RawInfo {
     data_offsets: [u64; 2],
 }
 
+/// One validated entry of a safetensors header: a tensor's key, dtype, shape and byte range in
+/// the file ([`parse_header`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderEntry {
+    /// The key as written in the file.
+    pub key: String,
+    /// Element type.
+    pub dtype: StDType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Offset of the tensor's first byte from the start of the file.
+    pub start: usize,
+    /// Its length in bytes (`numel · dtype size`).
+    pub len: usize,
+}
+
+/// The header length field against the file size and [`MAX_HEADER_BYTES`].
+fn check_header_len(header_len: u64, file_len: u64, path: &Path) -> Result<(), LoadError> {
+    if header_len > file_len.saturating_sub(8) || header_len > MAX_HEADER_BYTES {
+        return Err(LoadError::HeaderTooLarge {
+            path: path.to_path_buf(),
+            header_len,
+            file_len,
+        });
+    }
+    Ok(())
+}
+
+/// Validates the JSON header of a safetensors file of `file_len` bytes (`header` is the
+/// `header_len` bytes after the length field, already checked by the caller against the file
+/// size): UTF-8, a JSON object, every tensor's dtype, its byte range inside the data section and
+/// consistent with its dtype and shape, and no two tensors overlapping. Returns the tensors in
+/// the order of their offsets; every returned range lies inside the file. [`SafeFile::open`]
+/// runs it on the header read from the file; `path` names the file in errors.
+pub fn parse_header(
+    header: &[u8],
+    file_len: u64,
+    path: &Path,
+) -> Result<Vec<HeaderEntry>, LoadError> {
+    let corrupt = |reason: String| LoadError::CorruptFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let data_start = 8 + header.len();
+    let header = std::str::from_utf8(header)
+        .map_err(|e| corrupt(format!("the header is not UTF-8: {e}")))?;
+    let raw: BTreeMap<String, serde_json::Value> = serde_json::from_str(header.trim_end())
+        .map_err(|e| corrupt(format!("the header is not a JSON object: {e}")))?;
+    let data_len = file_len.saturating_sub(data_start as u64);
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (key, v) in raw {
+        if key == "__metadata__" {
+            continue;
+        }
+        let info: RawInfo = serde_json::from_value(v)
+            .map_err(|e| corrupt(format!("header entry {key:?}: {e}")))?;
+        let dtype = StDType::parse(&info.dtype)
+            .ok_or_else(|| corrupt(format!("tensor {key}: unknown dtype {:?}", info.dtype)))?;
+        let [start, end] = info.data_offsets;
+        if start > end || end > data_len {
+            return Err(LoadError::TensorOutOfBounds {
+                path: path.to_path_buf(),
+                key,
+                start,
+                end,
+                data_len,
+            });
+        }
+        let numel = info
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size() as u64))
+            .ok_or_else(|| corrupt(format!("tensor {key}: shape {:?} overflows", info.shape)))?;
+        if numel != end - start {
+            return Err(corrupt(format!(
+                "tensor {key}: shape {:?} of {} needs {numel} bytes but its offsets span {} bytes",
+                info.shape,
+                dtype,
+                end - start
+            )));
+        }
+        tensors.push(HeaderEntry {
+            key,
+            dtype,
+            shape: info.shape.iter().map(|&d| d as usize).collect(),
+            start: data_start + start as usize,
+            len: (end - start) as usize,
+        });
+    }
+    tensors.sort_by_key(|t| (t.start, t.len));
+    // Each non-empty tensor against the previous non-empty one (an empty tensor between two
+    // overlapping ones must not hide the overlap).
+    let mut prev: Option<&HeaderEntry> = None;
+    for t in tensors.iter().filter(|t| t.len > 0) {
+        if let Some(a) = prev
+            && a.start + a.len > t.start
+        {
+            return Err(LoadError::OverlappingTensors {
+                path: path.to_path_buf(),
+                first: a.key.clone(),
+                second: t.key.clone(),
+            });
+        }
+        prev = Some(t);
+    }
+    Ok(tensors)
+}
+
+/// [`parse_header`] on the bytes of a whole file in memory (the length field, its check against
+/// the file size, then the header), as [`SafeFile::open`] validates a file.
+pub fn parse_file(bytes: &[u8], path: &Path) -> Result<Vec<HeaderEntry>, LoadError> {
+    let file_len = bytes.len() as u64;
+    let Some(lenb) = bytes.first_chunk::<8>() else {
+        return Err(LoadError::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the file has {file_len} bytes, fewer than the 8-byte header length field"
+            ),
+        });
+    };
+    let header_len = u64::from_le_bytes(*lenb);
+    check_header_len(header_len, file_len, path)?;
+    parse_header(&bytes[8..8 + header_len as usize], file_len, path)
+}
+
 impl SafeFile {
     /// Opens, maps and validates `path`.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
@@ -364,14 +490,7 @@ impl SafeFile {
         let mut lenb = [0u8; 8];
         (&file).read_exact(&mut lenb).map_err(short)?;
         let header_len = u64::from_le_bytes(lenb);
-        if header_len > file_len - 8 || header_len > MAX_HEADER_BYTES {
-            return Err(LoadError::HeaderTooLarge {
-                path: path.to_path_buf(),
-                header_len,
-                file_len,
-            });
-        }
-        let data_start = 8 + header_len as usize;
+        check_header_len(header_len, file_len, path)?;
         let mut header = vec![0u8; header_len as usize];
         (&file).read_exact(&mut header).map_err(short)?;
         // SAFETY: the mapping is read-only and lives as long as the `Arc<MappedFile>` that every
@@ -402,69 +521,20 @@ impl SafeFile {
             path: path.to_path_buf(),
             stamp,
         });
-        let header = std::str::from_utf8(&header)
-            .map_err(|e| corrupt(format!("the header is not UTF-8: {e}")))?;
-        let raw: BTreeMap<String, serde_json::Value> = serde_json::from_str(header.trim_end())
-            .map_err(|e| corrupt(format!("the header is not a JSON object: {e}")))?;
-        let data_len = file_len - data_start as u64;
-        let mut tensors = Vec::with_capacity(raw.len());
-        for (key, v) in raw {
-            if key == "__metadata__" {
-                continue;
-            }
-            let info: RawInfo = serde_json::from_value(v)
-                .map_err(|e| corrupt(format!("header entry {key:?}: {e}")))?;
-            let dtype = StDType::parse(&info.dtype)
-                .ok_or_else(|| corrupt(format!("tensor {key}: unknown dtype {:?}", info.dtype)))?;
-            let [start, end] = info.data_offsets;
-            if start > end || end > data_len {
-                return Err(LoadError::TensorOutOfBounds {
-                    path: path.to_path_buf(),
-                    key,
-                    start,
-                    end,
-                    data_len,
-                });
-            }
-            let numel = info
-                .shape
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .and_then(|n| n.checked_mul(dtype.size() as u64))
-                .ok_or_else(|| {
-                    corrupt(format!("tensor {key}: shape {:?} overflows", info.shape))
-                })?;
-            if numel != end - start {
-                return Err(corrupt(format!(
-                    "tensor {key}: shape {:?} of {} needs {numel} bytes but its offsets span {} bytes",
-                    info.shape,
-                    dtype,
-                    end - start
-                )));
-            }
-            tensors.push(StoredTensor {
-                key,
-                dtype,
-                shape: info.shape.iter().map(|&d| d as usize).collect(),
+        let tensors = parse_header(&header, file_len, path)?
+            .into_iter()
+            .map(|e| StoredTensor {
+                key: e.key,
+                dtype: e.dtype,
+                shape: e.shape,
                 file: path.to_path_buf(),
                 bytes: MappedBytes {
                     map: map.clone(),
-                    start: data_start + start as usize,
-                    len: (end - start) as usize,
+                    start: e.start,
+                    len: e.len,
                 },
-            });
-        }
-        tensors.sort_by_key(|t| (t.bytes.start, t.bytes.len));
-        for w in tensors.windows(2) {
-            let (a, b) = (&w[0], &w[1]);
-            if a.bytes.start + a.bytes.len > b.bytes.start && a.bytes.len > 0 && b.bytes.len > 0 {
-                return Err(LoadError::OverlappingTensors {
-                    path: path.to_path_buf(),
-                    first: a.key.clone(),
-                    second: b.key.clone(),
-                });
-            }
-        }
+            })
+            .collect();
         Ok(SafeFile {
             path: path.to_path_buf(),
             tensors,
@@ -472,6 +542,97 @@ impl SafeFile {
             stamp,
         })
     }
+}
+
+/// `model.safetensors.index.json`, parsed and checked ([`parse_index`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardIndex {
+    /// `weight_map`: tensor key → (shard as spelled in the file, shard name normalised: leading
+    /// `./` removed).
+    pub weight_map: BTreeMap<String, (String, String)>,
+    /// The normalised shard names, each once, sorted: plain file names (not empty, no `/` or
+    /// `\`, no leading `.`).
+    pub shards: Vec<String>,
+}
+
+/// Parses the text of `model.safetensors.index.json` (`index` names it in errors, `dir` is the
+/// checkpoint directory the shards are in) as [`TensorStore::open_dir`] does before it opens
+/// any shard: valid JSON with a `weight_map` object of file-name strings, each a plain file
+/// name, one spelling per shard, each key listed once.
+pub fn parse_index(text: &str, index: &Path, dir: &Path) -> Result<ShardIndex, LoadError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| LoadError::MalformedConfig {
+        path: index.to_path_buf(),
+        field: String::new(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    if v.get("weight_map").and_then(|m| m.as_object()).is_none() {
+        return Err(LoadError::MalformedConfig {
+            path: index.to_path_buf(),
+            field: "weight_map".into(),
+            reason: "missing or not an object".into(),
+        });
+    }
+    let entries = weight_map_entries(index, text)?;
+    let mismatch = |key: &str, shards: Vec<PathBuf>, reason: String| LoadError::IndexMismatch {
+        index: index.to_path_buf(),
+        key: key.to_string(),
+        shards,
+        reason,
+    };
+    // key → (shard as spelled, shard normalised)
+    let mut map: BTreeMap<&str, (&str, String)> = BTreeMap::new();
+    // normalised shard → (first spelling, a key listed with it)
+    let mut spellings: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+    for (key, f) in &entries {
+        let f = f.as_str().ok_or_else(|| LoadError::MalformedConfig {
+            path: index.to_path_buf(),
+            field: format!("weight_map.{key}"),
+            reason: "expected a file name".into(),
+        })?;
+        let mut name = f;
+        while let Some(rest) = name.strip_prefix("./") {
+            name = rest;
+        }
+        if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.')
+        {
+            return Err(LoadError::MalformedConfig {
+                path: index.to_path_buf(),
+                field: format!("weight_map.{key}"),
+                reason: format!("shard name {f:?} must be a plain file name"),
+            });
+        }
+        match spellings.get(name) {
+            Some(&(first, first_key)) if first != f => {
+                return Err(mismatch(
+                    key,
+                    vec![dir.join(name)],
+                    format!(
+                        "the index names shard {name:?} under two spellings, {first:?} (for \
+                         {first_key}) and {f:?}; one file must be listed one way"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                spellings.insert(name.to_string(), (f, key));
+            }
+        }
+        if let Some((prev, _)) = map.get(key.as_str()) {
+            return Err(mismatch(
+                key,
+                vec![dir.join(prev), dir.join(name)],
+                format!("the index lists it twice, in {prev:?} and in {f:?}"),
+            ));
+        }
+        map.insert(key, (f, name.to_string()));
+    }
+    Ok(ShardIndex {
+        weight_map: map
+            .into_iter()
+            .map(|(k, (f, n))| (k.to_string(), (f.to_string(), n)))
+            .collect(),
+        shards: spellings.into_keys().collect(),
+    })
 }
 
 /// All safetensors files of a checkpoint directory, keyed by stored tensor name.
@@ -506,21 +667,8 @@ impl TensorStore {
                 path: index.clone(),
                 source: e,
             })?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| LoadError::MalformedConfig {
-                    path: index.clone(),
-                    field: String::new(),
-                    reason: format!("not valid JSON: {e}"),
-                })?;
-            if v.get("weight_map").and_then(|m| m.as_object()).is_none() {
-                return Err(LoadError::MalformedConfig {
-                    path: index.clone(),
-                    field: "weight_map".into(),
-                    reason: "missing or not an object".into(),
-                });
-            }
-            let entries = weight_map_entries(&index, &text)?;
-            store.open_index(dir, &index, &entries)?;
+            let plan = parse_index(&text, &index, dir)?;
+            store.open_index(dir, &index, &plan)?;
         } else if dir.join("model.safetensors").is_file() {
             store.add(SafeFile::open(&dir.join("model.safetensors"))?)?;
         } else {
@@ -548,13 +696,13 @@ impl TensorStore {
         Ok(store)
     }
 
-    /// Opens the shards `entries` (the index's `(key, shard)` pairs in file order) name and
-    /// checks that the index and the shards agree, key by key.
+    /// Opens the shards of a parsed index ([`parse_index`]) and checks that the index and the
+    /// shards agree, key by key.
     fn open_index(
         &mut self,
         dir: &Path,
         index: &Path,
-        entries: &[(String, serde_json::Value)],
+        plan: &ShardIndex,
     ) -> Result<(), LoadError> {
         let mismatch = |key: &str, shards: Vec<PathBuf>, reason: String| LoadError::IndexMismatch {
             index: index.to_path_buf(),
@@ -562,54 +710,8 @@ impl TensorStore {
             shards,
             reason,
         };
-        // key → (shard as spelled, shard normalised)
-        let mut map: BTreeMap<&str, (&str, String)> = BTreeMap::new();
-        // normalised shard → (first spelling, a key listed with it)
-        let mut spellings: BTreeMap<String, (&str, &str)> = BTreeMap::new();
-        for (key, f) in entries {
-            let f = f.as_str().ok_or_else(|| LoadError::MalformedConfig {
-                path: index.to_path_buf(),
-                field: format!("weight_map.{key}"),
-                reason: "expected a file name".into(),
-            })?;
-            let mut name = f;
-            while let Some(rest) = name.strip_prefix("./") {
-                name = rest;
-            }
-            if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.')
-            {
-                return Err(LoadError::MalformedConfig {
-                    path: index.to_path_buf(),
-                    field: format!("weight_map.{key}"),
-                    reason: format!("shard name {f:?} must be a plain file name"),
-                });
-            }
-            match spellings.get(name) {
-                Some(&(first, first_key)) if first != f => {
-                    return Err(mismatch(
-                        key,
-                        vec![dir.join(name)],
-                        format!(
-                            "the index names shard {name:?} under two spellings, {first:?} (for \
-                             {first_key}) and {f:?}; one file must be listed one way"
-                        ),
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    spellings.insert(name.to_string(), (f, key));
-                }
-            }
-            if let Some((prev, _)) = map.get(key.as_str()) {
-                return Err(mismatch(
-                    key,
-                    vec![dir.join(prev), dir.join(name)],
-                    format!("the index lists it twice, in {prev:?} and in {f:?}"),
-                ));
-            }
-            map.insert(key, (f, name.to_string()));
-        }
-        for name in spellings.keys() {
+        let map = &plan.weight_map;
+        for name in &plan.shards {
             let p = dir.join(name);
             if !p.is_file() {
                 return Err(LoadError::MissingFile {
@@ -622,9 +724,9 @@ impl TensorStore {
             }
             self.add(SafeFile::open(&p)?)?;
         }
-        for (key, (_, name)) in &map {
+        for (key, (_, name)) in map {
             let want = dir.join(name);
-            match self.tensors.get(*key) {
+            match self.tensors.get(key.as_str()) {
                 Some(t) if t.file == want => {}
                 Some(t) => {
                     return Err(mismatch(

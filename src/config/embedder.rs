@@ -89,6 +89,19 @@ impl VisionEmbedderConfig {
                 return Err(bad(name, "must be positive".into()));
             }
         }
+        if let Some((name, x)) = super::oversized([
+            ("mm_embed_dim", Some(self.mm_embed_dim)),
+            ("mm_posemb_size", Some(self.mm_posemb_size)),
+            ("output_proj_dims", Some(self.output_proj_dims)),
+        ]) {
+            return Err(bad(
+                name,
+                format!(
+                    "{x} exceeds the largest accepted size {}",
+                    super::MAX_CONFIG_SIZE
+                ),
+            ));
+        }
         if self.patch_size > 1024 || self.pooling_kernel_size > 64 {
             return Err(bad(
                 "patch_size",

@@ -36,6 +36,23 @@ pub use text::{
 };
 pub use vision::{VisionConfig, VisionRope};
 
+/// The first of `sizes` above [`MAX_CONFIG_SIZE`], as `(field, value)`.
+pub(crate) fn oversized<'a>(
+    sizes: impl IntoIterator<Item = (&'a str, Option<usize>)>,
+) -> Option<(&'a str, usize)> {
+    sizes.into_iter().find_map(|(name, v)| match v {
+        Some(v) if v > MAX_CONFIG_SIZE => Some((name, v)),
+        _ => None,
+    })
+}
+
+/// Largest value accepted for any size of the config (hidden sizes, heads, head sizes, MLP
+/// widths, vocabulary, positions, layers: 2^24 = 16 777 216). Far above every Gemma 4 model (the
+/// largest size is the 262 144-token vocabulary), and low enough that the products the model
+/// derives from up to three sizes (projection widths, buffer lengths) cannot overflow 64 bits:
+/// a larger value is [`ConfigError::Malformed`] instead of a wrapped or panicking size.
+pub const MAX_CONFIG_SIZE: usize = 1 << 24;
+
 /// The `model_type`s this crate loads. Anything else is [`ConfigError::UnsupportedModelType`]
 /// (or [`ConfigError::Unsupported`] for the Gemma 4 variants it cannot run yet).
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[

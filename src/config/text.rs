@@ -520,6 +520,51 @@ impl TextConfig {
                 return Err(bad(name, "must be positive".into()));
             }
         }
+        let per_layer = t.per_layer_config.iter().flat_map(|m| m.values());
+        if let Some((name, v)) = super::oversized(
+            [
+                ("hidden_size", Some(t.hidden_size)),
+                ("num_hidden_layers", Some(t.num_hidden_layers)),
+                ("intermediate_size", Some(t.intermediate_size)),
+                ("num_attention_heads", Some(t.num_attention_heads)),
+                ("num_key_value_heads", Some(t.num_key_value_heads)),
+                ("num_global_key_value_heads", t.num_global_key_value_heads),
+                ("head_dim", Some(t.head_dim)),
+                ("global_head_dim", t.global_head_dim),
+                (
+                    "hidden_size_per_layer_input",
+                    Some(t.hidden_size_per_layer_input),
+                ),
+                ("vocab_size", Some(t.vocab_size)),
+                (
+                    "vocab_size_per_layer_input",
+                    Some(t.vocab_size_per_layer_input),
+                ),
+                ("sliding_window", Some(t.sliding_window)),
+                ("max_position_embeddings", Some(t.max_position_embeddings)),
+                ("num_experts", t.num_experts),
+                ("top_k_experts", t.top_k_experts),
+                ("moe_intermediate_size", t.moe_intermediate_size),
+            ]
+            .into_iter()
+            .chain(per_layer.flat_map(|o| {
+                [
+                    ("per_layer_config.head_dim", o.head_dim),
+                    (
+                        "per_layer_config.num_key_value_heads",
+                        o.num_key_value_heads,
+                    ),
+                ]
+            })),
+        ) {
+            return Err(bad(
+                name,
+                format!(
+                    "{v} exceeds the largest accepted size {}",
+                    super::MAX_CONFIG_SIZE
+                ),
+            ));
+        }
         if t.global_head_dim == Some(0) {
             return Err(bad("global_head_dim", "must be positive".into()));
         }

@@ -126,6 +126,35 @@ impl VisionConfig {
                 return Err(bad(name, "must be positive".into()));
             }
         }
+        if let Some((name, x)) = super::oversized([
+            ("hidden_size", Some(v.hidden_size)),
+            ("intermediate_size", Some(v.intermediate_size)),
+            ("num_hidden_layers", Some(v.num_hidden_layers)),
+            ("num_attention_heads", Some(v.num_attention_heads)),
+            ("num_key_value_heads", v.num_key_value_heads),
+            ("head_dim", v.head_dim),
+            ("position_embedding_size", Some(v.position_embedding_size)),
+            ("default_output_length", Some(v.default_output_length)),
+        ]) {
+            return Err(bad(
+                name,
+                format!(
+                    "{x} exceeds the largest accepted size {}",
+                    super::MAX_CONFIG_SIZE
+                ),
+            ));
+        }
+        // The image preprocessor's bounds (`ImageOptions::validate`): a larger patch would
+        // overflow `patch_values` and be truncated where it becomes a u32.
+        if v.patch_size > 1024 || v.pooling_kernel_size > 64 {
+            return Err(bad(
+                "patch_size",
+                format!(
+                    "patch_size {} / pooling_kernel_size {} out of range (at most 1024 / 64)",
+                    v.patch_size, v.pooling_kernel_size
+                ),
+            ));
+        }
         match v.head_dim {
             Some(0) => return Err(bad("head_dim", "must be positive".into())),
             None if !v.hidden_size.is_multiple_of(v.num_attention_heads) => {

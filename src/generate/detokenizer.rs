@@ -11,7 +11,13 @@ use crate::prompt::tokenizer::Tokenizer;
 ///
 /// It decodes a window of recent tokens twice — without and with the pending ones — and emits
 /// the difference once it no longer ends in U+FFFD (the decoder's mark for an incomplete byte
-/// sequence). The concatenated deltas plus [`finish`](Self::finish) equal the decode of all ids.
+/// sequence) nor in a byte-fallback token (`<0xNN>`): the decoder turns a whole run of byte
+/// tokens into U+FFFDs when the run is not valid UTF-8, so a character the run completed (`é`
+/// from `<0xC3><0xA9>`) is taken back when a stray continuation byte (`<0xA9>`) follows; the
+/// run is emitted when a token of another kind ends it, or by `finish`. A token that decodes
+/// to nothing (a skipped special token) does not end a run: the decoder never sees it, so the
+/// bytes on either side of it form one run. The concatenated deltas
+/// plus [`finish`](Self::finish) equal the decode of all ids.
 #[derive(Debug, Clone)]
 pub struct Detokenizer {
     tokenizer: Arc<Tokenizer>,
@@ -22,6 +28,8 @@ pub struct Detokenizer {
     /// Tokens before this index have been emitted.
     read_offset: usize,
     text: String,
+    /// The last token that decodes to something is a byte-fallback token (a run is open).
+    in_byte_run: bool,
 }
 
 impl Detokenizer {
@@ -34,6 +42,7 @@ impl Detokenizer {
             prefix_offset: 0,
             read_offset: 0,
             text: String::new(),
+            in_byte_run: false,
         }
     }
 
@@ -46,6 +55,14 @@ impl Detokenizer {
     /// Appends a token; returns the new text when the pending tokens form complete UTF-8.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
+        if self.is_byte_token(id) {
+            self.in_byte_run = true;
+        } else if !self.tokenizer.decode(&[id], self.skip_special)?.is_empty() {
+            self.in_byte_run = false;
+        }
+        if self.in_byte_run {
+            return Ok(None);
+        }
         let prefix = self.tokenizer.decode(
             &self.ids[self.prefix_offset..self.read_offset],
             self.skip_special,
@@ -71,6 +88,16 @@ impl Detokenizer {
         Ok(Some(delta))
     }
 
+    /// Whether `id` is a byte-fallback token (`<0x00>` … `<0xFF>`).
+    fn is_byte_token(&self, id: u32) -> bool {
+        self.tokenizer.id_to_token(id).is_some_and(|t| {
+            t.len() == 6
+                && t.starts_with("<0x")
+                && t.ends_with('>')
+                && t.as_bytes()[3..5].iter().all(u8::is_ascii_hexdigit)
+        })
+    }
+
     /// Flushes what is pending (an incomplete sequence decodes to U+FFFD here) and returns it.
     pub fn finish(&mut self) -> Result<String> {
         if self.read_offset == self.ids.len() {
@@ -90,6 +117,7 @@ impl Detokenizer {
             .to_string();
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
+        self.in_byte_run = false;
         self.text.push_str(&delta);
         Ok(delta)
     }
@@ -110,5 +138,6 @@ impl Detokenizer {
         self.prefix_offset = 0;
         self.read_offset = 0;
         self.text.clear();
+        self.in_byte_run = false;
     }
 }

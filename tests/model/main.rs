@@ -12,6 +12,7 @@ mod desktop_api;
 mod errors;
 mod faults;
 mod fixtures;
+mod fuzz_corpus;
 mod loader;
 mod parity;
 mod preprocess;
