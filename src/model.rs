@@ -190,35 +190,7 @@ impl Model {
                 options,
             ));
         }
-        let bytes0 = ctx.counters().bytes_allocated();
-        let mut uploaded = UploadProgress::default();
-        let weights = checkpoint
-            .upload_with_progress(ctx, &options.load, &mut |u: &UploadProgress| {
-                uploaded = *u;
-                hooks.emit(LoadProgress::stage(LoadStage::Uploading, u));
-                if hooks.cancelled() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .map_err(|e| match e {
-                LoadError::Cancelled => Error::Cancelled,
-                // Everything the upload created is dropped with its partial tree.
-                LoadError::Gpu(GpuError::OutOfMemory { context, message }) => {
-                    let got = ctx.counters().bytes_allocated().saturating_sub(bytes0);
-                    does_not_fit(
-                        &estimate,
-                        got,
-                        format!(
-                            "device memory: the device ran out after {got} bytes, creating \
-                             {context}: {message}"
-                        ),
-                        options,
-                    )
-                }
-                e => Error::Load(e),
-            })?;
+        let (weights, uploaded) = upload(ctx, &checkpoint, options, hooks, &estimate)?;
         log::info!("{}: {}", dir.display(), weights.report);
         checkpoint.release_tensors();
         hooks.emit(LoadProgress::stage(LoadStage::Preparing, &uploaded));
@@ -231,24 +203,7 @@ impl Model {
             Some(config.image_token_id),
         )?
         .with_kv_window(options.kv_window_positions);
-        let hidden = config.text_config.hidden_size;
-        let vision = match (weights.vision, &config.vision_config) {
-            (Some(w), Some(vc)) => Some(VisionModel::Tower(VisionEncoder::new(
-                ctx,
-                vc,
-                hidden,
-                Arc::new(w),
-            )?)),
-            _ => match (weights.embedder, &config.vision_embedder) {
-                (Some(w), Some(ec)) => Some(VisionModel::Embedder(VisionEmbedder::new(
-                    ctx,
-                    ec,
-                    hidden,
-                    Arc::new(w),
-                ))),
-                _ => None,
-            },
-        };
+        let vision = vision_model(ctx, config, weights.vision, weights.embedder)?;
         let (tokenizer, template, generation) = text_assets(dir, &mut checkpoint.files)?;
         hooks.check()?;
         let model = Model {
@@ -750,6 +705,76 @@ impl ModelBuilder {
         };
         Model::load_hooked(&ctx, &dir, &self.options, hooks)
     }
+}
+
+/// Uploads the weights of `checkpoint` with progress and cancellation; out of memory is
+/// `DoesNotFit` against `estimate` (everything the upload created is dropped with its partial
+/// tree).
+fn upload(
+    ctx: &GpuContext,
+    checkpoint: &Checkpoint,
+    options: &ModelOptions,
+    hooks: &LoadHooks,
+    estimate: &MemoryEstimate,
+) -> Result<(crate::checkpoint::ModelWeights, UploadProgress)> {
+    let bytes0 = ctx.counters().bytes_allocated();
+    let mut uploaded = UploadProgress::default();
+let weights = checkpoint
+        .upload_with_progress(ctx, &options.load, &mut |u: &UploadProgress| {
+            uploaded = *u;
+            hooks.emit(LoadProgress::stage(LoadStage::Uploading, u));
+            if hooks.cancelled() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .map_err(|e| match e {
+            LoadError::Cancelled => Error::Cancelled,
+            // Everything the upload created is dropped with its partial tree.
+            LoadError::Gpu(GpuError::OutOfMemory { context, message }) => {
+                let got = ctx.counters().bytes_allocated().saturating_sub(bytes0);
+                does_not_fit(
+                    estimate,
+                    got,
+                    format!(
+                        "device memory: the device ran out after {got} bytes, creating \
+                         {context}: {message}"
+                    ),
+                    options,
+                )
+            }
+            e => Error::Load(e),
+        })?;
+    Ok((weights, uploaded))
+}
+
+/// The image path of a checkpoint: the vision tower, the unified model's embedder, or none.
+fn vision_model(
+    ctx: &GpuContext,
+    config: &Gemma4Config,
+    vision: Option<crate::checkpoint::VisionWeights>,
+    embedder: Option<crate::checkpoint::EmbedderWeights>,
+) -> Result<Option<VisionModel>> {
+    let hidden = config.text_config.hidden_size;
+    let vision = match (vision, &config.vision_config) {
+        (Some(w), Some(vc)) => Some(VisionModel::Tower(VisionEncoder::new(
+            ctx,
+            vc,
+            hidden,
+            Arc::new(w),
+        )?)),
+        _ => match (embedder, &config.vision_embedder) {
+            (Some(w), Some(ec)) => Some(VisionModel::Embedder(VisionEmbedder::new(
+                ctx,
+                ec,
+                hidden,
+                Arc::new(w),
+            ))),
+            _ => None,
+        },
+    };
+    Ok(vision)
 }
 
 /// Image preprocessing options of `checkpoint` under `options` (see [`Model::image_options`]).
