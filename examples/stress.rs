@@ -15,6 +15,8 @@
 //!
 //! ```sh
 //! cargo run --release --example stress -- --threads 8 --turns 1000
+//! # replay one thread's script alone, printing every step
+//! STRESS_TRACE=1 cargo run --release --example stress -- --threads 8 --turns 1000 --only 2
 //! ```
 
 use std::path::PathBuf;
@@ -51,6 +53,10 @@ struct Cli {
     /// Seconds without any finished turn after which the run counts as deadlocked.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Run only this thread's script (to replay a failure alone; `STRESS_TRACE=1` in the
+    /// environment prints every step and its outcome).
+    #[arg(long)]
+    only: Option<usize>,
 }
 
 /// splitmix64: a tiny deterministic generator for the scripts.
@@ -351,13 +357,23 @@ impl Ctx {
     /// Runs a thread's script on a fresh session.
     fn thread(&self, steps: &[Step], full: bool) -> Result<(Vec<Outcome>, Tally), String> {
         let mut chat = self.model.chat().map_err(|e| e.to_string())?;
+        let trace = std::env::var_os("STRESS_TRACE").is_some();
         let mut tally = Tally::default();
         let outs = steps
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                self.run(&mut chat, s, full, &mut tally)
-                    .map_err(|e| format!("turn {i} ({:?}): {e}", s.mode))
+                let o = self
+                    .run(&mut chat, s, full, &mut tally)
+                    .map_err(|e| format!("turn {i} ({:?}): {e}", s.mode));
+                if trace {
+                    eprintln!(
+                        "[{}] turn {i}: {s:?} -> {o:?}; messages {}",
+                        if full { "ref" } else { "stress" },
+                        chat.messages().len()
+                    );
+                }
+                o
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((outs, tally))
@@ -411,7 +427,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.context().adapter_name()
     );
     let per = cli.turns.div_ceil(cli.threads.max(1));
-    let scripts: Vec<Vec<Step>> = (0..cli.threads).map(|t| script(cli.seed, t, per)).collect();
+    let threads: Vec<usize> = match cli.only {
+        Some(t) => vec![t],
+        None => (0..cli.threads).collect(),
+    };
+    let scripts: Vec<Vec<Step>> = threads.iter().map(|&t| script(cli.seed, t, per)).collect();
     let ctx = Arc::new(Ctx {
         model: model.clone(),
         image,
@@ -463,7 +483,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     eprintln!(
         "reference: {} turns in {ref_s:.1} s; memory after it: {} GPU bytes in {} sessions",
-        per * cli.threads,
+        per * scripts.len(),
         base.gpu_total(),
         base.sessions
     );
@@ -482,12 +502,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut failures = Vec::new();
     for (t, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Err(_) => failures.push(format!("thread {t} panicked")),
-            Ok(Err(e)) => failures.push(format!("thread {t}: {e}")),
+            Err(_) => failures.push(format!("thread {} panicked", threads[t])),
+            Ok(Err(e)) => failures.push(format!("thread {}: {e}", threads[t])),
             Ok(Ok((outs, tally))) => {
                 for (i, (got, want)) in outs.iter().zip(&reference[t]).enumerate() {
                     if let Err(e) = compare(&scripts[t][i], got, want) {
-                        failures.push(format!("thread {t} turn {i}: {e}"));
+                        failures.push(format!("thread {} turn {i}: {e}", threads[t]));
                     }
                 }
                 total.whole += tally.whole;
@@ -512,8 +532,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let end_arenas = model.context().pooled_arena_bytes();
     println!(
         "stress: {} threads, {} turns in {stress_s:.1} s (reference {ref_s:.1} s single-threaded)",
-        cli.threads,
-        per * cli.threads
+        scripts.len(),
+        per * scripts.len()
     );
     println!(
         "  whole replies {}, cancellations {} ({} before the reply's end), dropped streams {}, dropped handles {}, \

@@ -15,7 +15,7 @@
 //! | `sampler.rs` | token selection on the GPU (penalty, argmax / sample) |
 //! | `state.rs` | a conversation's KV cache, workspace, messages, images |
 //! | `step.rs` | the step machine: setup, prefill with cache reuse, decode loop, finalize |
-//! | `session.rs` | [`ChatSession`] |
+//! | `session.rs`, `order.rs` | [`ChatSession`], the order of the calls on it |
 //! | `channel.rs` | the one channel behind every stream and handle |
 //! | `stream.rs`, `background.rs` | [`ReplyStream`], [`GenerationHandle`] |
 //! | `oneshot.rs` | `Model::generate`, `spawn`, `caption`, `ask` |
@@ -26,6 +26,7 @@ pub(crate) mod channel;
 mod detokenizer;
 mod oneshot;
 mod options;
+mod order;
 mod reply;
 mod request;
 mod sampler;

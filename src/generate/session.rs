@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
+use super::order::{Order, Ticket};
 use super::state::{State, lock};
 use super::step::{Generation, Turn};
 use super::{CancelToken, GenerationHandle, Reply, ReplyStream, Request};
@@ -37,6 +38,29 @@ pub struct ChatSession {
     state: Arc<Mutex<State>>,
     cancel: CancelToken,
     mem: Arc<SessionMem>,
+    /// Runs the calls on the conversation in the order they were made (see `order.rs`).
+    order: Arc<Order>,
+}
+
+/// The conversation, locked once every earlier call on the session (a spawned turn included)
+/// has ended.
+struct Held<'a> {
+    // Dropped in this order: the state's lock first, then the place in the order.
+    state: std::sync::MutexGuard<'a, State>,
+    _ticket: Ticket,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
 }
 
 impl std::fmt::Debug for ChatSession {
@@ -58,7 +82,18 @@ impl ChatSession {
             mem: state.mem.clone(),
             state: Arc::new(Mutex::new(state)),
             cancel: CancelToken::new(),
+            order: Arc::default(),
         })
+    }
+
+    /// The conversation, after the calls made before this one.
+    fn state(&self) -> Held<'_> {
+        let ticket = self.order.ticket();
+        ticket.wait();
+        Held {
+            state: lock(&self.state),
+            _ticket: ticket,
+        }
     }
 
     /// Sets the system prompt (builder form).
@@ -84,12 +119,12 @@ impl ChatSession {
 
     /// The conversation so far (user and model messages; the system prompt is separate).
     pub fn messages(&self) -> Vec<Message> {
-        lock(&self.state).messages.clone()
+        self.state().messages.clone()
     }
 
     /// Tokens of the conversation so far (prompt and replies, end-of-turn tokens included).
     pub fn history(&self) -> Vec<u32> {
-        lock(&self.state).history.clone()
+        self.state().history.clone()
     }
 
     fn history_len(&self) -> usize {
@@ -98,19 +133,19 @@ impl ChatSession {
 
     /// Tokens held in the KV cache.
     pub fn cached_tokens(&self) -> usize {
-        lock(&self.state).position()
+        self.state().position()
     }
 
     /// The logits (`[vocab]`) at the last prompt position of the latest turn, as prefilled.
     pub fn last_prompt_logits(&self) -> Option<Vec<f32>> {
-        lock(&self.state).last_logits.clone()
+        self.state().last_logits.clone()
     }
 
     /// Replaces the text of the latest model reply (e.g. after post-processing it). The next
     /// turn renders the conversation with it and reuses the KV cache up to the first token that
     /// differs. Returns false when the conversation has no reply yet.
     pub fn set_last_reply(&mut self, text: impl Into<String>) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         match st.messages.last_mut() {
             Some(m) if m.role == Role::Assistant => {
                 m.content = vec![Content::Text(text.into())];
@@ -135,7 +170,7 @@ impl ChatSession {
     /// # Ok::<(), gemma_wgpu::Error>(())
     /// ```
     pub fn truncate(&mut self, keep: usize) -> usize {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         if keep >= st.messages.len() {
             return 0;
         }
@@ -154,7 +189,7 @@ impl ChatSession {
 
     /// Forgets the conversation (the system prompt stays; buffers are kept).
     pub fn reset(&mut self) {
-        lock(&self.state).reset();
+        self.state().reset();
     }
 
     /// GPU bytes the session holds now, by category. Never waits for a running generation.
@@ -172,13 +207,13 @@ impl ChatSession {
     /// kept: the next turn allocates the buffers again and prefills the whole conversation
     /// (the encoded images are kept, so they are not encoded again).
     pub fn release_cache(&mut self) -> u64 {
-        lock(&self.state).release()
+        self.state().release()
     }
 
     /// Whether the session holds its KV cache and workspace (false after
     /// [`release_cache`](Self::release_cache) until the next turn).
     pub fn has_cache(&self) -> bool {
-        lock(&self.state).bufs.is_some()
+        self.state().bufs.is_some()
     }
 
     /// The session's cancel token: [`CancelToken::cancel`] from any thread stops the running
@@ -195,15 +230,15 @@ impl ChatSession {
     /// Sends a user turn and generates the whole reply on this thread. The reply joins the
     /// conversation.
     pub fn send(&mut self, req: impl Into<Request>) -> Result<Reply> {
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let g = begin(
             &self.model,
-            &mut st,
+            &mut st.state,
             self.system.as_deref(),
             self.cancel.clone(),
             req.into(),
         )?;
-        g.run(&self.model, &mut st, &mut |_| ControlFlow::Continue(()))
+        g.run(&self.model, &mut st.state, &mut |_| ControlFlow::Continue(()))
     }
 
     /// Sends a user turn and returns the reply's text deltas as they are generated (a
@@ -230,7 +265,11 @@ impl ChatSession {
         let state = self.state.clone();
         let system = self.system.clone();
         let session_cancel = self.cancel.clone();
+        // Taken now, on the caller's thread: the worker runs this turn after the calls made
+        // before it, and the calls made after it wait for it, whenever the worker starts.
+        let ticket = self.order.ticket();
         Box::new(move |cancel, published, on_delta| {
+            ticket.wait();
             let mut st = lock(&state);
             let g = begin(&model, &mut st, system.as_deref(), session_cancel, req)?
                 .with_cancel_also(cancel)

@@ -432,6 +432,33 @@ fn dense31_like_chat_reuses_the_cache_after_an_image_block() {
 }
 
 #[test]
+fn calls_after_spawn_wait_for_the_spawned_turns_even_with_dropped_handles() {
+    // Found by examples/stress: a handle dropped before its worker thread had started let the
+    // caller's next `truncate` run first, and the turn joined the conversation after it.
+    let Some(model) = model() else { return };
+    let mut chat = model.chat().unwrap();
+    let first = chat.spawn(Request::new("cat").with_options(greedy(6)));
+    drop(chat.spawn(Request::new("river blue").with_options(greedy(6))));
+    // Both spawned turns come before this call, whatever their threads are doing now.
+    let seen = chat.messages().len();
+    assert_eq!(seen, 4, "messages() ran before the spawned turns ended");
+    first.wait().unwrap();
+    drop(chat.spawn(Request::new("seven").with_options(greedy(6))));
+    assert_eq!(chat.truncate(0), 6);
+    assert!(chat.messages().is_empty());
+    // The rewound session answers as a fresh one.
+    let a = chat
+        .send(Request::new("garden").with_options(greedy(4)))
+        .unwrap();
+    let b = model
+        .chat()
+        .unwrap()
+        .send(Request::new("garden").with_options(greedy(4)))
+        .unwrap();
+    assert_eq!((a.tokens, a.text), (b.tokens, b.text));
+}
+
+#[test]
 fn truncate_rewinds_the_conversation_and_reuses_the_cache() {
     let Some(model) = model() else { return };
     let mut chat = model.chat().unwrap();
