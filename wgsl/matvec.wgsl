@@ -18,6 +18,11 @@
 //   EPI 1: gated GELU over two matrices: y[r] = gelu_tanh(W_0[r] . x) * (W_1[r] . x);
 //   EPI 2: y[r] = gelu_tanh(W_0[r] . x) * e[e_off + r].
 // Workgroup index = wid.x + wid.y * num_workgroups.x (2-D grid beyond 65535 workgroups).
+// Batch: NB x rows (x row b at x_off + b * cols, its outputs at y_off + b * y_stride, its
+// epilogue operand at e_off + b * e_stride) are done one after another by every workgroup, so
+// a workgroup's weight rows are fetched from memory once and re-read from cache for the other
+// x rows, and each output is computed by exactly the same instructions for any NB (a batched
+// decode gives the same bits as decoding each sequence alone).
 
 struct Params {
     rows: u32,      // output rows of this window (EPI 0: total virtual rows)
@@ -26,12 +31,12 @@ struct Params {
     groups: u32,    // affine: groups per row
     x_off: u32,     // element offset of x
     y_off: u32,     // element offset of y[row_start]
-    _p0: u32,
-    _p1: u32,
+    nb: u32,        // x rows (batch)
+    y_stride: u32,  // elements between the outputs of consecutive x rows
     rows0: u32,     // MAT2/MAT3 with EPI 0: rows of matrix 0
     rows1: u32,     // MAT3 with EPI 0: rows of matrix 1
     e_off: u32,     // EPI 2: element offset of e
-    _p2: u32,
+    e_stride: u32,  // EPI 2: elements between the operands of consecutive x rows
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -71,12 +76,17 @@ struct Params {
 @group(0) @binding({{B_E}}) var<storage, read> ev: array<f32>;
 //#endif
 
+// The x row being multiplied: element offsets of x, y and e for batch row b.
+var<private> x_base: u32;
+var<private> y_base: u32;
+var<private> e_base: u32;
+
 // Four consecutive x values starting at element k (k % 4 == 0 when XVEC).
 fn x4(k: u32) -> vec4<f32> {
 //#if XVEC
-    return xs[(p.x_off + k) / 4u];
+    return xs[(x_base + k) / 4u];
 //#else
-    let i = p.x_off + k;
+    let i = x_base + k;
     return vec4<f32>(xs[i], xs[i + 1u], xs[i + 2u], xs[i + 3u]);
 //#endif
 }
@@ -263,7 +273,7 @@ fn row_partial(m: u32, row: u32, lane: u32, step: u32) -> f32 {
     var acc = 0.0;
     let base = row * p.cols;
     for (var k = lane; k < p.cols; k += step) {
-        acc += wel(m, base + k) * xs[p.x_off + k];
+        acc += wel(m, base + k) * xs[x_base + k];
     }
     return acc;
 }
@@ -292,7 +302,7 @@ fn epilogue(row0: u32, i: u32, s: array<vec4<f32>, 2>) -> f32 {
         return gelu_tanh(s[0][i]) * s[1][i];
     }
 //#if EPI_E
-    return gelu_tanh(s[0][i]) * ev[p.e_off + row0 + i];
+    return gelu_tanh(s[0][i]) * ev[e_base + row0 + i];
 //#else
     return s[0][i];
 //#endif
@@ -317,6 +327,27 @@ fn main(
 //#endif
 ) {
     let g = wid.x + wid.y * nwg.x;
+    for (var b = 0u; b < p.nb; b++) {
+        x_base = p.x_off + b * p.cols;
+        y_base = p.y_off + b * p.y_stride;
+        e_base = p.e_off + b * p.e_stride;
+        rows_of_x(g, li
+//#if SUBGROUP
+            , lane, sgs
+//#endif
+        );
+    }
+}
+
+// The workgroup's rows for the current x row (x_base / y_base / e_base).
+fn rows_of_x(
+    g: u32,
+    li: u32,
+//#if SUBGROUP
+    lane: u32,
+    sgs: u32,
+//#endif
+) {
 //#if SUBGROUP
     // Subgroup index derived from the invocation index (subgroups of a 1-D workgroup are
     // consecutive); `first` is the same for every lane of a subgroup, so control flow stays
@@ -338,7 +369,7 @@ fn main(
         if (lane == 0u) {
             for (var i = 0u; i < NR; i++) {
                 if (row0 + i < p.rows) {
-                    ys[p.y_off + row0 + i] = epilogue(row0, i, s);
+                    ys[y_base + row0 + i] = epilogue(row0, i, s);
                 }
             }
         }
@@ -362,9 +393,11 @@ fn main(
         }
         for (var i = 0u; i < NR; i++) {
             if (row0 + i < p.rows) {
-                ys[p.y_off + row0 + i] = epilogue(row0, i, s);
+                ys[y_base + row0 + i] = epilogue(row0, i, s);
             }
         }
     }
+    // `red` is written again for the next x row.
+    workgroupBarrier();
 //#endif
 }

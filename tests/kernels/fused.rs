@@ -7,8 +7,8 @@ use crate::common;
 
 use common::{Rng, assert_close, paths};
 use gemma_wgpu::gpu::ops::{
-    AttnInput, KvTarget, KvWindows, attention_input, fusable, linear_gelu_gate, linear_gelu_mul,
-    linear_multi, residual_norm,
+    AttnInput, KvTarget, KvWindows, MATVEC_MAX_ROWS, attention_input, fusable, linear,
+    linear_gelu_gate, linear_gelu_mul, linear_multi, residual_norm,
 };
 use gemma_wgpu::gpu::{
     GpuContext, GpuTensor, HostMatrix, Matrix, ScaleDType, WeightFormat, reference,
@@ -118,7 +118,7 @@ fn linear_multi_matches_concatenated_reference() {
                 let ms: Vec<&Matrix> = mats[..nmat].iter().map(|h| &h.m).collect();
                 assert!(fusable(&ctx, &ms), "{path} {f:?} should fuse");
                 let total: usize = ms.iter().map(|m| m.rows).sum();
-                for batch in [1, 3] {
+                for batch in [1, 3, 17] {
                     let x = rng.normals(batch * cols, 1.0);
                     let (_xa, xt) = tensor(&ctx, &x, 4, &[batch, cols]);
                     let (ya, yt) = tensor(&ctx, &vec![0.0; batch * total], 5, &[batch, total]);
@@ -126,7 +126,7 @@ fn linear_multi_matches_concatenated_reference() {
                     linear_multi(&mut rec, &ms, &xt, &yt).unwrap();
                     let st = rec.stats();
                     rec.finish().unwrap();
-                    if batch == 1 {
+                    if batch <= MATVEC_MAX_ROWS {
                         assert_eq!(st.dispatches, 1, "{path} {f:?}: one fused dispatch");
                     }
                     let mut want = vec![0f32; batch * total];
@@ -191,7 +191,7 @@ fn gelu_gate_and_gelu_mul_epilogues() {
             let rows = 45;
             let g = make(&ctx, &mut rng, rows, cols, f);
             let u = make(&ctx, &mut rng, rows, cols, f);
-            for batch in [1, 2] {
+            for batch in [1, 2, 17] {
                 let x = rng.normals(batch * cols, 1.0);
                 let (_xa, xt) = tensor(&ctx, &x, 8, &[batch, cols]);
                 let (ya, yt) = tensor(&ctx, &vec![0.0; batch * rows], 3, &[batch, rows]);
@@ -201,7 +201,7 @@ fn gelu_gate_and_gelu_mul_epilogues() {
                 linear_gelu_gate(&mut rec, &g.m, &u.m, &xt, &yt, &scratch).unwrap();
                 let st = rec.stats();
                 rec.finish().unwrap();
-                if batch == 1 {
+                if batch <= MATVEC_MAX_ROWS {
                     assert_eq!(st.dispatches, 1);
                 }
                 let gr = reference::linear_ref(&g.w, rows, cols, &x, batch);
@@ -247,6 +247,94 @@ fn gelu_gate_and_gelu_mul_epilogues() {
             }
         }
     }
+}
+
+/// Runs `f` (recording into `y`) and returns y's values.
+fn run(
+    ctx: &GpuContext,
+    y: &GpuTensor,
+    f: impl FnOnce(&mut gemma_wgpu::gpu::Recorder),
+) -> Vec<f32> {
+    let mut rec = ctx.recorder();
+    f(&mut rec);
+    rec.finish().unwrap();
+    y.to_f32(ctx).unwrap()
+}
+
+#[test]
+fn batched_matvec_rows_are_bit_identical_to_single_rows() {
+    // A batched decode must give every sequence exactly what decoding it alone gives: each row
+    // of a batch of up to MATVEC_MAX_ROWS rows equals, bit for bit, the same row run alone, for
+    // the plain, multi-matrix and both epilogue forms.
+    for (path, ctx) in paths() {
+        let mut rng = Rng::new(31);
+        for (f, cols) in formats() {
+            let mats: Vec<Host> = [45, 45, 17]
+                .iter()
+                .map(|&r| make(&ctx, &mut rng, r, cols, f))
+                .collect();
+            let (g, u) = (&mats[0].m, &mats[1].m);
+            let (rows, total) = (g.rows, 45 + 45 + 17);
+            let ms: Vec<&Matrix> = mats.iter().map(|h| &h.m).collect();
+            for batch in [5, MATVEC_MAX_ROWS] {
+                let x = rng.normals(batch * cols, 1.0);
+                let (_xa, xt) = tensor(&ctx, &x, 4, &[batch, cols]);
+                let stride = rows + 3;
+                let e = rng.normals(batch * stride, 1.0);
+                let et = GpuTensor::from_f32(&ctx, &[e.len()], &e).unwrap();
+                let ym =
+                    GpuTensor::from_f32(&ctx, &[batch, total], &vec![0.0; batch * total]).unwrap();
+                let yr =
+                    || GpuTensor::from_f32(&ctx, &[batch, rows], &vec![0.0; batch * rows]).unwrap();
+                let (yl, yg, ye, sc) = (yr(), yr(), yr(), yr());
+                let all_multi = run(&ctx, &ym, |r| linear_multi(r, &ms, &xt, &ym).unwrap());
+                let all_lin = run(&ctx, &yl, |r| linear(r, g, &xt, &yl).unwrap());
+                let all_gate = run(&ctx, &yg, |r| {
+                    linear_gelu_gate(r, g, u, &xt, &yg, &sc).unwrap()
+                });
+                let all_mul = run(&ctx, &ye, |r| {
+                    linear_gelu_mul(r, g, &xt, &et, stride, &ye).unwrap()
+                });
+                for b in 0..batch {
+                    let x1 = xt.rows(b, 1);
+                    let what = format!("{path} {f:?} batch {batch} row {b}");
+                    let y1 = ym.rows(0, 1);
+                    let one = run(&ctx, &y1, |r| linear_multi(r, &ms, &x1, &y1).unwrap());
+                    assert!(
+                        bits_eq(&one, &all_multi[b * total..(b + 1) * total]),
+                        "{what}: linear_multi"
+                    );
+                    let y1 = yl.rows(0, 1);
+                    let one = run(&ctx, &y1, |r| linear(r, g, &x1, &y1).unwrap());
+                    assert!(
+                        bits_eq(&one, &all_lin[b * rows..(b + 1) * rows]),
+                        "{what}: linear"
+                    );
+                    let (y1, s1) = (yg.rows(0, 1), sc.rows(0, 1));
+                    let one = run(&ctx, &y1, |r| {
+                        linear_gelu_gate(r, g, u, &x1, &y1, &s1).unwrap()
+                    });
+                    assert!(
+                        bits_eq(&one, &all_gate[b * rows..(b + 1) * rows]),
+                        "{what}: gelu gate"
+                    );
+                    let y1 = ye.rows(0, 1);
+                    let e1 = et.view(b * stride, &[rows]);
+                    let one = run(&ctx, &y1, |r| {
+                        linear_gelu_mul(r, g, &x1, &e1, stride, &y1).unwrap()
+                    });
+                    assert!(
+                        bits_eq(&one, &all_mul[b * rows..(b + 1) * rows]),
+                        "{what}: gelu mul"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn bits_eq(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// CPU reference of the attention input (see `ops::attention_input`).

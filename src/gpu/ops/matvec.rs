@@ -1,7 +1,7 @@
 //! The decode matvec (`wgsl/matvec.wgsl`) and the linear layers built on it: [`linear`]
-//! (`y = x @ W^T` over a [`Matrix`] in any [`WeightFormat`]; one row runs the matvec, a batch the
-//! tiled matmul of [`super::matmul`]) and the fused forms for a single row — one dispatch over
-//! up to three matrices ([`linear_multi`]) or with a GELU epilogue ([`linear_gelu_gate`],
+//! (`y = x @ W^T` over a [`Matrix`] in any [`WeightFormat`]; up to [`MATVEC_MAX_ROWS`] rows run
+//! the matvec, more the tiled matmul of [`super::matmul`]) and the fused forms — one dispatch
+//! over up to three matrices ([`linear_multi`]) or with a GELU epilogue ([`linear_gelu_gate`],
 //! [`linear_gelu_mul`]). Row windows are handled transparently: one dispatch per window.
 
 use bytemuck::Zeroable;
@@ -20,13 +20,15 @@ uniform_params! {
         groups: u32,
         x_off: u32,
         y_off: u32,
-        _p0: u32,
-        _p1: u32,
+        /// x rows (batch) and the elements between their outputs in y.
+        nb: u32,
+        y_stride: u32,
         /// Fused matvec: rows of matrix 0 / matrix 1, element offset of the epilogue operand.
         rows0: u32,
         rows1: u32,
         e_off: u32,
-        _p2: u32,
+        /// Elements between the epilogue operands of consecutive x rows.
+        e_stride: u32,
     }
 }
 
@@ -38,6 +40,12 @@ pub fn param_layout() -> ParamLayout {
 
 /// Rows per workgroup of the matvec, both paths (must match `RPW` in `matvec.wgsl`).
 const MATVEC_RPW: usize = 32;
+
+/// The most x rows a linear layer runs through the matvec (one dispatch per row window for
+/// all of them); more rows run the tiled matmul. A batched decode of up to this many sequences
+/// therefore computes every sequence's outputs with exactly the instructions of a
+/// single-sequence decode: the same bits.
+pub const MATVEC_MAX_ROWS: usize = 16;
 
 /// Whether the matvec binds the weights as `vec4<u32>` for a matrix of `cols` columns.
 pub fn matvec_wvec(format: WeightFormat, cols: usize) -> bool {
@@ -149,8 +157,10 @@ pub fn all_specs() -> Vec<KernelSpec> {
 }
 
 /// Records `y = x @ W^T`: `x` is `[batch, cols]` f32 (any element offset; a `[cols]` vector is
-/// batch 1), `y` is `[batch, rows]` f32. Batch 1 runs the decode matvec (subgroup reduction when
-/// the context has subgroups, a one-barrier workgroup-memory reduction otherwise); batch > 1 runs the tiled matmul.
+/// batch 1), `y` is `[batch, rows]` f32. Up to [`MATVEC_MAX_ROWS`] rows run the decode matvec
+/// (subgroup reduction when the context has subgroups, a one-barrier workgroup-memory reduction
+/// otherwise; each row's result is bit-identical to running that row alone); a larger batch
+/// runs the tiled matmul.
 /// Each row window of `w` is one dispatch writing its columns of `y`. `y` must not share a
 /// buffer with `x`.
 pub fn linear(
@@ -192,7 +202,7 @@ fn linear_at(
             y.numel()
         )));
     }
-    if batch > 1 {
+    if batch > MATVEC_MAX_ROWS {
         return super::matmul::matmul(rec, w, x, y, col0, y_stride, batch);
     }
     let (row_words, groups) = w.affine_dims();
@@ -213,6 +223,8 @@ fn linear_at(
             groups,
             x_off: x.elem_offset(),
             y_off: y.elem_offset() + (col0 + win.row_start) as u32,
+            nb: batch as u32,
+            y_stride: y_stride as u32,
             ..Zeroable::zeroed()
         };
         let mut bufs = w.window_bindings(win, "linear")?;
@@ -242,14 +254,18 @@ pub fn fusable(ctx: &crate::gpu::GpuContext, mats: &[&Matrix]) -> bool {
         })
 }
 
-/// One fused matvec dispatch over the (fusable) matrices `mats` for a single x row.
+/// One fused matvec dispatch over the (fusable) matrices `mats` for `batch` x rows (up to
+/// [`MATVEC_MAX_ROWS`]); row `b` of the epilogue operand `e` starts `b * e_stride` elements
+/// after its offset.
+#[allow(clippy::too_many_arguments)]
 fn matvec_fused(
     rec: &mut Recorder,
     mats: &[&Matrix],
     epi: MatvecEpilogue,
     x: &GpuTensor,
     y: &GpuTensor,
-    e: Option<&GpuTensor>,
+    e: Option<(&GpuTensor, usize)>,
+    batch: usize,
 ) -> Result<(), GpuError> {
     let w0 = mats[0];
     let cols = w0.cols;
@@ -278,8 +294,10 @@ fn matvec_fused(
         y_off: y.elem_offset(),
         rows0: w0.rows as u32,
         rows1: mats.get(1).map_or(0, |m| m.rows) as u32,
-        e_off: e.map_or(0, |e| e.elem_offset()),
-        ..Zeroable::zeroed()
+        e_off: e.map_or(0, |(e, _)| e.elem_offset()),
+        nb: batch as u32,
+        y_stride: out_rows as u32,
+        e_stride: e.map_or(0, |(_, s)| s as u32),
     };
     let mut bufs = Vec::new();
     for m in mats {
@@ -287,7 +305,7 @@ fn matvec_fused(
     }
     bufs.push((&x.buffer).into());
     bufs.push((&y.buffer).into());
-    if let Some(e) = e {
+    if let Some((e, _)) = e {
         bufs.push((&e.buffer).into());
     }
     rec.dispatch_linear(
@@ -332,8 +350,8 @@ fn check_xy(
 
 /// Records `y = x @ [W0; W1; W2]^T` for one to three matrices of the same width: each row of `y`
 /// holds matrix 0's outputs, then matrix 1's, then matrix 2's (e.g. the q/k/v projections into one
-/// `[batch, q + k + v]` buffer). A single row with [`fusable`] matrices is **one** dispatch;
-/// otherwise one [`linear`] per matrix.
+/// `[batch, q + k + v]` buffer). Up to [`MATVEC_MAX_ROWS`] rows with [`fusable`] matrices are
+/// **one** dispatch; otherwise one [`linear`] per matrix.
 pub fn linear_multi(
     rec: &mut Recorder,
     mats: &[&Matrix],
@@ -348,8 +366,8 @@ pub fn linear_multi(
     if batch == 0 || total == 0 {
         return Ok(());
     }
-    if batch == 1 && mats.len() > 1 && fusable(rec.ctx(), mats) {
-        return matvec_fused(rec, mats, MatvecEpilogue::None, x, y, None);
+    if batch <= MATVEC_MAX_ROWS && mats.len() > 1 && fusable(rec.ctx(), mats) {
+        return matvec_fused(rec, mats, MatvecEpilogue::None, x, y, None, batch);
     }
     let mut col0 = 0;
     for m in mats {
@@ -360,7 +378,8 @@ pub fn linear_multi(
 }
 
 /// Records the gated GELU of a feed-forward block, `y = gelu_tanh(x @ Wg^T) * (x @ Wu^T)`. A
-/// single row with [`fusable`] gate and up matrices is **one** dispatch; otherwise two linears
+/// batch of up to [`MATVEC_MAX_ROWS`] rows with [`fusable`] gate and up matrices is **one**
+/// dispatch; otherwise two linears
 /// (the up projection into `scratch`, `[batch, rows]`) and an elementwise product.
 pub fn linear_gelu_gate(
     rec: &mut Recorder,
@@ -380,8 +399,8 @@ pub fn linear_gelu_gate(
     if batch == 0 || gate.rows == 0 {
         return Ok(());
     }
-    if batch == 1 && fusable(rec.ctx(), &[gate, up]) {
-        return matvec_fused(rec, &[gate, up], MatvecEpilogue::GeluGate, x, y, None);
+    if batch <= MATVEC_MAX_ROWS && fusable(rec.ctx(), &[gate, up]) {
+        return matvec_fused(rec, &[gate, up], MatvecEpilogue::GeluGate, x, y, None, batch);
     }
     linear(rec, gate, x, y)?;
     linear(rec, up, x, scratch)?;
@@ -395,7 +414,8 @@ pub fn linear_gelu_gate(
 
 /// Records `y = gelu_tanh(x @ W^T) * e` where row `b` of `e` starts `b * e_stride` elements
 /// after `e`'s offset (e.g. one layer's slice of the per-layer inputs `[tokens, layers, P]`).
-/// A single row is **one** dispatch; otherwise a linear and an elementwise product.
+/// Up to [`MATVEC_MAX_ROWS`] rows are **one** dispatch; otherwise a linear and an elementwise
+/// product.
 pub fn linear_gelu_mul(
     rec: &mut Recorder,
     w: &Matrix,
@@ -415,8 +435,9 @@ pub fn linear_gelu_mul(
             w.rows
         )));
     }
-    if batch == 1 && fusable(rec.ctx(), &[w]) {
-        return matvec_fused(rec, &[w], MatvecEpilogue::GeluMul, x, y, Some(e));
+    if batch <= MATVEC_MAX_ROWS && fusable(rec.ctx(), &[w]) {
+        let e = Some((e, e_stride));
+        return matvec_fused(rec, &[w], MatvecEpilogue::GeluMul, x, y, e, batch);
     }
     linear(rec, w, x, y)?;
     super::elementwise_inplace(

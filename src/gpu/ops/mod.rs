@@ -36,7 +36,8 @@ pub use gather::embedding;
 pub use kvcache::kv_write;
 pub use layernorm::layer_norm;
 pub use matvec::{
-    MatvecEpilogue, fusable, linear, linear_gelu_gate, linear_gelu_mul, linear_multi,
+    MATVEC_MAX_ROWS, MatvecEpilogue, fusable, linear, linear_gelu_gate, linear_gelu_mul,
+    linear_multi,
 };
 pub use penalty::repetition_penalty;
 
