@@ -197,3 +197,135 @@ fn an_image_block_longer_than_the_chunk_is_refused() {
     let eids: Vec<u32> = eg.i64("input_ids").data.iter().map(|&x| x as u32).collect();
     assert_eq!(e2b.text().min_chunk(&eids), 1);
 }
+
+/// Decodes `steps[i]` tokens of each prompt, each sequence alone (`step_with`), then all
+/// together (`step_batch`, a sequence leaving the batch when its count is reached): every
+/// sequence's tokens must be the same. Sequence `i` samples with uniform numbers drawn from
+/// `(i, step)` (so it is not only greedy that is compared).
+fn batched_equals_alone(case: &str) {
+    use gemma_wgpu::gpu::ops::{self, SampleParams};
+    use gemma_wgpu::model::text::{BatchSeq, argmax_host};
+    if common::gpu().is_none() {
+        return;
+    }
+    let ctx = GpuContext::new().unwrap();
+    let dir = common::golden::fixtures_dir().join(case);
+    let model = Model::load_with(&ctx, &dir, &ModelOptions::default()).unwrap();
+    let text = model.text();
+    let prompts: [&[u32]; 4] = [
+        &[2, 17, 23, 42, 99, 7, 150],
+        &[2, 5],
+        &[2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51],
+        &[2, 9, 9, 9],
+    ];
+    let steps = [6usize, 2, 9, 4];
+    let params = |i: usize, t: usize| SampleParams {
+        temperature: if i % 2 == 0 { 0.0 } else { 0.9 },
+        top_k: 20,
+        top_p: 0.95,
+        min_p: 0.0,
+        uniform: ((i * 7919 + t * 104_729) % 1000) as f32 / 1000.0,
+    };
+    let select = |rec: &mut gemma_wgpu::gpu::Recorder,
+                  sel: &gemma_wgpu::model::text::Selection<'_>,
+                  p: SampleParams| {
+        if p.temperature == 0.0 {
+            ops::argmax(rec, sel.logits, sel.out, sel.scratch)?;
+        } else {
+            ops::sample(rec, sel.logits, sel.out, &p, sel.scratch)?;
+        }
+        Ok(())
+    };
+    // Alone.
+    let mut alone = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (mut cache, mut ws) = text.new_session(64, 16).unwrap();
+        let logits = text
+            .forward(
+                &mut cache,
+                &mut ws,
+                p,
+                None,
+                gemma_wgpu::model::text::Logits::Last,
+            )
+            .unwrap();
+        let mut toks = vec![argmax_host(&logits)];
+        for t in 1..steps[i] {
+            let prev = *toks.last().unwrap();
+            let id = text
+                .step_with(&mut cache, &mut ws, prev, |rec, sel| {
+                    select(rec, sel, params(i, t))
+                })
+                .unwrap();
+            toks.push(id);
+        }
+        alone.push(toks);
+    }
+    // Together.
+    let mut sessions: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (mut cache, mut ws) = text.new_session(64, 16).unwrap();
+            let logits = text
+                .forward(
+                    &mut cache,
+                    &mut ws,
+                    p,
+                    None,
+                    gemma_wgpu::model::text::Logits::Last,
+                )
+                .unwrap();
+            (cache, vec![argmax_host(&logits)])
+        })
+        .collect();
+    let mut bws = text.batch_workspace(4, 64).unwrap();
+    assert!(text.max_batch(&bws) >= 4);
+    let (b0, g0) = ctx.counters().allocations();
+    for t in 1..*steps.iter().max().unwrap() {
+        let live: Vec<usize> = (0..prompts.len()).filter(|&i| t < steps[i]).collect();
+        let mut seqs: Vec<BatchSeq<'_>> = sessions
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| live.contains(i))
+            .map(|(_, (cache, toks))| BatchSeq {
+                cache,
+                token: *toks.last().unwrap(),
+            })
+            .collect();
+        let ids = text
+            .step_batch(&mut seqs, &mut bws, |b, rec, sel| {
+                select(rec, sel, params(live[b], t))
+            })
+            .unwrap();
+        drop(seqs);
+        let st = bws.last_step_stats();
+        assert_eq!(
+            (st.submits, st.copies),
+            (1, 1),
+            "one submit and one copy per batched step"
+        );
+        for (&i, id) in live.iter().zip(ids) {
+            sessions[i].1.push(id);
+        }
+    }
+    if case == "e2b-like" {
+        // Steady state after the first steps: the caches' bind groups exist by now.
+        let (b1, _) = ctx.counters().allocations();
+        assert_eq!(b1 - b0, 0, "buffers created in the batched decode loop");
+        let _ = g0;
+    }
+    for (i, (_, toks)) in sessions.iter().enumerate() {
+        assert_eq!(toks, &alone[i], "{case}: sequence {i} batched vs alone");
+    }
+}
+
+#[test]
+fn batched_decode_equals_each_sequence_alone() {
+    batched_equals_alone("e2b-like");
+}
+
+#[test]
+fn batched_decode_equals_each_sequence_alone_on_moe_and_dense() {
+    batched_equals_alone("moe26-like");
+    batched_equals_alone("dense31-like");
+}

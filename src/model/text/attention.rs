@@ -9,6 +9,7 @@ use crate::checkpoint::var_builder::VarBuilder;
 use crate::checkpoint::{LoadError, Sink};
 
 use super::cache::KvCache;
+use super::decoder::Seqs;
 use super::workspace::Workspace;
 
 /// Where a layer's keys and values come from.
@@ -101,12 +102,13 @@ impl RopeTables {
     }
 }
 
-/// What attention reads besides its weights and input: the workspace, the cache, the RoPE tables.
+/// What attention reads besides its weights and input: the workspace, the cache(s), the RoPE
+/// tables.
 pub(crate) struct AttnEnv<'a> {
     /// Scratch buffers.
     pub ws: &'a Workspace,
-    /// The session's KV cache.
-    pub cache: &'a KvCache,
+    /// The KV cache of the chunk's sequence, or one per row of a batched decode step.
+    pub seqs: Seqs<'a>,
     /// RoPE tables.
     pub rope: &'a RopeTables,
     /// RMSNorm epsilon.
@@ -221,12 +223,44 @@ impl Attention {
             KvSource::OwnKEqV { k_proj, .. } => vec![&self.q_proj, k_proj],
             KvSource::Shared { .. } => vec![&self.q_proj],
         };
-        let qkv = env.ws.qkv.view(0, &[l, mats.iter().map(|m| m.rows).sum()]);
+        let width = mats.iter().map(|m| m.rows).sum();
+        let qkv = env.ws.qkv.view(0, &[l, width]);
         ops::linear_multi(rec, &mats, x, &qkv)?;
-        let (q, src) = (env.ws.q.view(0, &[l, nh, hd]), self.cache_layer());
+        match env.seqs {
+            Seqs::Chunk(cache) => self.attend(rec, env, cache, &qkv, 0, pos0, bounds)?,
+            // Each row of a batched step against its own sequence's cache, at its position.
+            Seqs::Batch(caches) => {
+                for (b, cache) in caches.iter().enumerate() {
+                    let row = qkv.rows(b, 1);
+                    self.attend(rec, env, cache, &row, b, cache.position(), None)?;
+                }
+            }
+        }
+        let attn = env.ws.attn.view(0, &[l, nh * hd]);
+        ops::linear(rec, &self.o_proj, &attn, out)?;
+        Ok(())
+    }
+
+    /// Records the attention of the `l` rows `qkv` (`[l, q + k + v]`) of one sequence at
+    /// positions `pos0..` against `cache` (norms, RoPE and the cache write first) into rows
+    /// `row0..row0 + l` of the workspace's attention output.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        rec: &mut Recorder,
+        env: &AttnEnv<'_>,
+        cache: &KvCache,
+        qkv: &GpuTensor,
+        row0: usize,
+        pos0: usize,
+        bounds: Option<&GpuTensor>,
+    ) -> Result<()> {
+        let (l, nh, hd) = (qkv.shape[0], self.n_heads, self.head_dim);
+        let q = env.ws.q.view(row0 * nh * hd, &[l, nh, hd]);
+        let src = self.cache_layer();
         let kv = match self.kv.k_norm() {
             Some(k_norm) => {
-                let own = env.cache.layer(self.layer)?;
+                let own = cache.layer(self.layer)?;
                 Some(ops::KvTarget {
                     k_norm,
                     store: own.store(),
@@ -239,7 +273,7 @@ impl Attention {
         ops::attention_input(
             rec,
             &ops::AttnInput {
-                qkv: &qkv,
+                qkv,
                 q_out: &q,
                 q_norm: &self.q_norm,
                 inv_freq: env.rope.get(self.layer_type),
@@ -251,10 +285,10 @@ impl Attention {
                 kv,
             },
         )?;
-        let lc = env.cache.layer(src)?;
+        let lc = cache.layer(src)?;
         let mut shape = self.shape(lc.cap);
         let store = lc.store();
-        let attn = env.ws.attn.view(0, &[l, nh, hd]);
+        let attn = env.ws.attn.view(row0 * nh * hd, &[l, nh, hd]);
         let bounds = bounds.filter(|_| self.image_blocks);
         if l == 1 {
             // One query: its block (if any) ends at itself or was cut; causal either way.
@@ -271,7 +305,6 @@ impl Attention {
             let p0 = pos0 as u32;
             ops::attention_prefill_windows(rec, &q, &store, &attn, &shape, p0, bounds, scratch)?;
         }
-        ops::linear(rec, &self.o_proj, &attn.reshape(&[l, nh * hd]), out)?;
         Ok(())
     }
 

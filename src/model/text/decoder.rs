@@ -132,6 +132,24 @@ pub struct TextDecoder {
     kv_window: Option<usize>,
 }
 
+/// The sequences a recorded forward pass runs over.
+#[derive(Clone, Copy)]
+pub(crate) enum Seqs<'a> {
+    /// One sequence's chunk, at consecutive positions from its cache's position.
+    Chunk(&'a KvCache),
+    /// A batched decode step: row `b` is the next token of sequence `b`, at the position of
+    /// its own cache.
+    Batch(&'a [&'a KvCache]),
+}
+
+/// One sequence of a batched decode step ([`TextDecoder::step_batch`]).
+pub struct BatchSeq<'a> {
+    /// The sequence's KV cache (advanced by one).
+    pub cache: &'a mut KvCache,
+    /// The token it feeds at the cache's position.
+    pub token: u32,
+}
+
 /// What a token-selection hook of [`TextDecoder::step_with`] / [`TextDecoder::select_last`]
 /// works on: the last position's logits (`[vocab]` f32, may be modified in place), the u32
 /// output the selected id must be written to, and the selection ops' scratch.
@@ -421,20 +439,109 @@ impl TextDecoder {
         let mut rec = self.ctx.recorder();
         self.record_chunk(&mut rec, cache, ws, &[token], None, None, Logits::Last, true)?;
         let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
+        let out = ws.token.view(0, &[1]);
         select(
             &mut rec,
             &Selection {
                 logits: &logits,
-                out: &ws.token,
+                out: &out,
                 scratch: &ws.sample_scratch,
             },
         )?;
-        rec.read_back(&ws.readback, &ws.token)?;
+        rec.read_back(&ws.readback, &out)?;
         rec.submit()?;
         ws.last_step = rec.stats();
         let id = ws.readback.read_u32(&self.ctx)?;
         cache.advance(1);
         Ok(id)
+    }
+
+    /// The most sequences one [`step_batch`](Self::step_batch) over `ws` takes.
+    pub fn max_batch(&self, ws: &Workspace) -> usize {
+        ws.chunk
+            .min(ws.logits_rows)
+            .min(ops::MATVEC_MAX_ROWS)
+            .min(ws.token.numel())
+    }
+
+    /// A workspace for batched decode steps of up to `rows` sequences whose caches hold up to
+    /// `max_context` tokens (no KV cache of its own).
+    pub fn batch_workspace(&self, rows: usize, max_context: usize) -> Result<Workspace> {
+        let rows = rows.clamp(1, ops::MATVEC_MAX_ROWS);
+        // The windows a cache of this context is split into, measured on a dry run.
+        let (dry, _) = self.ctx.measuring();
+        let windows = KvCache::new(&dry, &self.cfg, max_context, 1, self.kv_window)?.max_windows();
+        Workspace::new(&self.ctx, &self.cfg, rows, windows)
+    }
+
+    /// One decode step of several sequences at once ([`max_batch`](Self::max_batch) at
+    /// most): row `b` feeds `seqs[b].token` at the position of `seqs[b].cache`, every weight
+    /// matrix is read once for all rows, and `select(b, …)` records the token selection of
+    /// sequence `b` (as [`step_with`](Self::step_with)'s hook does) into the **same**
+    /// recorder: one submit for the whole batch, and only the `4·B` bytes of the selected ids
+    /// are read back. Every sequence's logits are bit-identical to a [`step_with`] of that
+    /// sequence alone (the matvec computes each row with the same instructions for any batch
+    /// size; attention and the per-row kernels run per sequence). Advances every cache by one.
+    pub fn step_batch(
+        &self,
+        seqs: &mut [BatchSeq<'_>],
+        ws: &mut Workspace,
+        mut select: impl FnMut(usize, &mut Recorder, &Selection<'_>) -> Result<()>,
+    ) -> Result<Vec<u32>> {
+        let n = seqs.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let most = self.max_batch(ws);
+        if n > most {
+            return Err(Error::InvalidArgument(format!(
+                "a batched step of {n} sequences exceeds this workspace's {most}"
+            )));
+        }
+        for (b, s) in seqs.iter().enumerate() {
+            let c = &s.cache;
+            if c.position() + 1 > c.max_context() {
+                return Err(Error::InvalidArgument(format!(
+                    "context overflow: sequence {b} is at position {} of its maximum context {}",
+                    c.position(),
+                    c.max_context()
+                )));
+            }
+            if c.max_windows() > ws.kv_windows {
+                return Err(Error::InvalidArgument(format!(
+                    "sequence {b}'s KV cache is split into {} windows but the batch workspace \
+                     was made for {} (make it for the largest context of the batch)",
+                    c.max_windows(),
+                    ws.kv_windows
+                )));
+            }
+        }
+        let ids: Vec<u32> = seqs.iter().map(|s| s.token).collect();
+        let mut rec = self.ctx.recorder();
+        {
+            let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
+            let all = Logits::All;
+            self.record_rows(&mut rec, Seqs::Batch(&caches), ws, &ids, None, None, all, true)?;
+        }
+        let vocab = self.cfg.vocab_size;
+        for b in 0..n {
+            let logits = ws.logits.view(b * vocab, &[vocab]);
+            let out = ws.token.view(b, &[1]);
+            let sel = Selection {
+                logits: &logits,
+                out: &out,
+                scratch: &ws.sample_scratch,
+            };
+            select(b, &mut rec, &sel)?;
+        }
+        rec.read_back(&ws.readback, &ws.token.view(0, &[n]))?;
+        rec.submit()?;
+        ws.last_step = rec.stats();
+        let bytes = ws.readback.read(&self.ctx, 4 * n as u64)?;
+        for s in seqs.iter_mut() {
+            s.cache.advance(1);
+        }
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Selects a token from the logits the last [`forward`](Self::forward) with
@@ -448,16 +555,17 @@ impl TextDecoder {
     ) -> Result<u32> {
         let mut rec = self.ctx.recorder();
         let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
+        let out = ws.token.view(0, &[1]);
         select(
             &mut rec,
             &Selection {
                 logits: &logits,
-                out: &ws.token,
+                out: &out,
                 scratch: &ws.sample_scratch,
             },
         )?;
         rec.submit()?;
-        Ok(ws.token.to_u32(&self.ctx)?[0])
+        Ok(out.to_u32(&self.ctx)?[0])
     }
 
     /// Greedy generation of up to `max_new` tokens after the prompt (the prompt is prefilled
@@ -501,9 +609,33 @@ impl TextDecoder {
         want: Logits,
         head: bool,
     ) -> Result<()> {
-        let (w, l, pos0) = (&*self.w, ids.len(), cache.position());
+        let seqs = Seqs::Chunk(cache);
+        self.record_rows(rec, seqs, ws, ids, media, bounds, want, head)
+    }
+
+    /// [`record_chunk`](Self::record_chunk) over `seqs`: one sequence's chunk, or a batched
+    /// decode step (one row per sequence; no media, causal, [`Logits::All`]).
+    #[allow(clippy::too_many_arguments)]
+    fn record_rows(
+        &self,
+        rec: &mut Recorder,
+        seqs: Seqs<'_>,
+        ws: &mut Workspace,
+        ids: &[u32],
+        media: Option<(&MediaRuns, Range<usize>)>,
+        bounds: Option<&[u32]>,
+        want: Logits,
+        head: bool,
+    ) -> Result<()> {
+        let (w, l) = (&*self.w, ids.len());
         let eps = self.cfg.rms_norm_eps as f32;
-        if pos0 + l > cache.max_context() {
+        let pos0 = match seqs {
+            Seqs::Chunk(cache) => cache.position(),
+            Seqs::Batch(_) => 0,
+        };
+        if let Seqs::Chunk(cache) = seqs
+            && pos0 + l > cache.max_context()
+        {
             return Err(Error::InvalidArgument(format!(
                 "context overflow: position {} + {} tokens exceeds the maximum context of {} \
                  (raise it when creating the session)",
@@ -541,12 +673,16 @@ impl TextDecoder {
         }
         let env = AttnEnv {
             ws,
-            cache,
+            seqs,
             rope: &self.rope,
             eps,
         };
         for (i, layer) in w.layers.iter().enumerate() {
-            let r0 = self.first_live_row(i, l, want);
+            // Every row of a batch is some sequence's last position.
+            let r0 = match seqs {
+                Seqs::Chunk(_) => self.first_live_row(i, l, want),
+                Seqs::Batch(_) => 0,
+            };
             let rows = LayerRows {
                 h: h.rows(r0, l - r0),
                 xn: xn.rows(r0, l - r0),

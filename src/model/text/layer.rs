@@ -100,7 +100,16 @@ impl DecoderLayer {
         let pre_ff = Some((&self.pre_feedforward_layernorm, xn));
         ops::residual_norm(rec, h, &o, &self.post_attention_layernorm, 1.0, pre_ff, eps)?;
         let layer = self.self_attn.layer;
-        self.mlp.record(rec, env.ws, layer, h, xn, &o, eps)?;
+        match env.seqs {
+            // Expert routing per sequence of a batched step, as when each decodes alone.
+            super::decoder::Seqs::Batch(_) if self.mlp.moe().is_some() => {
+                for b in 0..h.shape[0] {
+                    let (hb, xb, ob) = (h.rows(b, 1), xn.rows(b, 1), o.rows(b, 1));
+                    self.mlp.record(rec, env.ws, layer, &hb, &xb, &ob, eps)?;
+                }
+            }
+            _ => self.mlp.record(rec, env.ws, layer, h, xn, &o, eps)?,
+        }
         // The layer's last residual add carries `* layer_scalar` and the next norm.
         let next = next_norm.map(|w| (w, xn));
         let (post_ff, scalar) = (&self.post_feedforward_layernorm, self.layer_scalar);

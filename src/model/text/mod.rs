@@ -33,7 +33,7 @@ mod workspace;
 
 pub use attention::{Attention, KvSource, RopeTables};
 pub use cache::{KvCache, LayerCache};
-pub use decoder::{Logits, Selection, TextDecoder, TextWeights, argmax_host};
+pub use decoder::{BatchSeq, Logits, Selection, TextDecoder, TextWeights, argmax_host};
 pub(crate) use decoder::session_buffers;
 pub use embedding::TokenEmbedding;
 pub use head::LmHead;

@@ -43,7 +43,11 @@ pub struct Workspace {
     /// The MoE layers' routing and expert buffers (MoE models).
     pub(crate) moe: Option<super::moe::MoeWorkspace>,
     pub(crate) sample_scratch: SampleScratch,
+    /// Holds the selected token ids of a step (`[chunk]` u32: one per sequence of a batched
+    /// step) on their way back.
     pub(crate) readback: Readback,
+    /// The most windows a KV cache ring decoded with this workspace may be split into.
+    pub(crate) kv_windows: usize,
     pub(crate) host_ple: Vec<f32>,
     pub(crate) last_step: RecorderStats,
 }
@@ -129,7 +133,7 @@ impl Workspace {
             final_h: z(&[chunk, h])?,
             logits: z(&[logits_rows, c.vocab_size])?,
             logits_rows,
-            token: GpuTensor::zeros(ctx, &[1], DType::U32)?,
+            token: GpuTensor::zeros(ctx, &[chunk.max(1)], DType::U32)?,
             attn_bounds: GpuTensor::zeros(ctx, &[chunk, 2], DType::U32)?,
             attn_scratch: AttnScratch::new(
                 ctx,
@@ -152,7 +156,8 @@ impl Workspace {
                 None => None,
             },
             sample_scratch: SampleScratch::new(ctx, c.vocab_size)?,
-            readback: Readback::new(ctx, 4)?,
+            readback: Readback::new(ctx, 4 * chunk.max(1) as u64)?,
+            kv_windows,
             host_ple: vec![0.0; chunk * np],
             last_step: RecorderStats::default(),
         })
