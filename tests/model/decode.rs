@@ -220,7 +220,7 @@ fn batched_equals_alone(case: &str) {
     ];
     let steps = [6usize, 2, 9, 4];
     let params = |i: usize, t: usize| SampleParams {
-        temperature: if i % 2 == 0 { 0.0 } else { 0.9 },
+        temperature: if i.is_multiple_of(2) { 0.0 } else { 0.9 },
         top_k: 20,
         top_p: 0.95,
         min_p: 0.0,
