@@ -74,9 +74,9 @@ pub use model::vision;
 pub use checkpoint::{FloatFormat, LoadError, LoadReport};
 pub use error::{Error, Result};
 pub use generate::{
-    CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent, GenerationHandle,
-    GenerationOptions, GenerationStats, ImageInput, ImageSource, Reply, ReplyStream, Request,
-    Sampling,
+    Batch, CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent,
+    GenerationHandle, GenerationOptions, GenerationStats, ImageInput, ImageSource, Reply,
+    ReplyStream, Request, RequestId, Sampling,
 };
 pub use loading::{LoadHandle, LoadProgress, LoadStage};
 pub use memory::{MemoryEstimate, MemoryReport, SessionMemory};

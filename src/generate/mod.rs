@@ -2,7 +2,8 @@
 //! completion ([`ChatSession::send`], [`Model::generate`](crate::Model::generate)), as a stream
 //! of text deltas ([`ChatSession::stream`]: an iterator and an async
 //! [`Stream`](futures_core::Stream)) or in the background ([`ChatSession::spawn`],
-//! [`Model::spawn`](crate::Model::spawn): a [`GenerationHandle`]), plus the one-liners
+//! [`Model::spawn`](crate::Model::spawn): a [`GenerationHandle`]), many at once
+//! ([`Model::batch`](crate::Model::batch): a [`Batch`]), plus the one-liners
 //! [`Model::caption`](crate::Model::caption) and [`Model::ask`](crate::Model::ask).
 //!
 //! | file | holds |
@@ -19,8 +20,10 @@
 //! | `channel.rs` | the one channel behind every stream and handle |
 //! | `stream.rs`, `background.rs` | [`ReplyStream`], [`GenerationHandle`] |
 //! | `oneshot.rs` | `Model::generate`, `spawn`, `caption`, `ask` |
+//! | `batch.rs` | [`Batch`]: continuous batching of one-shot requests (`Model::batch`) |
 
 pub(crate) mod background;
+mod batch;
 mod cancel;
 pub(crate) mod channel;
 mod detokenizer;
@@ -37,6 +40,7 @@ mod stop;
 mod stream;
 
 pub use background::{GenerationEvent, GenerationHandle};
+pub use batch::{Batch, RequestId};
 pub use cancel::CancelToken;
 pub use detokenizer::Detokenizer;
 pub use options::{

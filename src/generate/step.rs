@@ -255,10 +255,9 @@ impl Generation {
     /// Produces the next token (one submit). Ends the generation on cancellation or a full
     /// context instead.
     fn step(&mut self, model: &Model, st: &mut State) -> Result<Option<u32>> {
-        if self.cancel.take() | self.cancel_also.as_ref().is_some_and(|c| c.take()) {
-            self.finish = Some(FinishReason::Cancelled);
+        let Some(prev) = self.next_input(st)? else {
             return Ok(None);
-        }
+        };
         let Buffers {
             cache,
             ws,
@@ -266,23 +265,49 @@ impl Generation {
         } = bufs(&mut st.bufs)?;
         let text = model.text();
         let sampler = &mut self.sampler;
-        let id = match self.tokens.last() {
+        let id = match prev {
+            None => text.select_last(ws, |rec, sel| sampler.record(rec, sel, penalty_ids))?,
+            Some(prev) => text.step_with(cache, ws, prev, |rec, sel| {
+                sampler.record(rec, sel, penalty_ids)
+            })?,
+        };
+        self.sampler.observe(model, id, penalty_ids);
+        Ok(Some(id))
+    }
+
+    /// What the next step feeds: `Some(None)` for the first token (selected from the
+    /// prompt's logits), `Some(Some(prev))` for a decode step after `prev`; `None` when the
+    /// generation ends instead (cancelled, or the context is full), which sets the finish.
+    pub(crate) fn next_input(&mut self, st: &mut State) -> Result<Option<Option<u32>>> {
+        if self.cancel.take() | self.cancel_also.as_ref().is_some_and(|c| c.take()) {
+            self.finish = Some(FinishReason::Cancelled);
+            return Ok(None);
+        }
+        match self.tokens.last() {
             None => {
                 self.decode_start = Some(Instant::now());
-                text.select_last(ws, |rec, sel| sampler.record(rec, sel, penalty_ids))?
+                Ok(Some(None))
             }
             Some(&prev) => {
+                let cache = &bufs(&mut st.bufs)?.cache;
                 if cache.position() + 1 > cache.max_context() {
                     self.finish = Some(FinishReason::ContextFull);
                     return Ok(None);
                 }
-                text.step_with(cache, ws, prev, |rec, sel| {
-                    sampler.record(rec, sel, penalty_ids)
-                })?
+                Ok(Some(Some(prev)))
             }
-        };
-        self.sampler.observe(model, id, penalty_ids);
-        Ok(Some(id))
+        }
+    }
+
+    /// The selection state (for a batched step that records it for this generation).
+    pub(crate) fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
+    /// Whether the generation has ended (its remaining text is then flushed by
+    /// [`next_delta`](Self::next_delta)).
+    pub(crate) fn finished(&self) -> bool {
+        self.finish.is_some()
     }
 
     /// Runs the generation to its end, calling `on_delta` with every text delta; returning
@@ -353,35 +378,45 @@ impl Generation {
                     return Some(Err(e));
                 }
             };
-            self.tokens.push(id);
-            st.history.push(id);
-            if let Some(p) = &self.published {
-                p.store(self.tokens.len(), Ordering::SeqCst);
+            if let Some(d) = self.accept(id, st) {
+                return Some(d);
             }
-            if self.opts.is_stop_token(id) {
-                self.finish = Some(FinishReason::StopToken(id));
-                continue;
-            }
-            if self.tokens.len() >= self.opts.max_new_tokens {
-                self.finish = Some(FinishReason::MaxTokens);
-            }
-            match self.detok.push(id) {
-                Ok(Some(delta)) => {
-                    let (out, stopped) = self.stops.push(&delta);
-                    if stopped {
-                        self.finish = Some(FinishReason::StopString);
-                    }
-                    if !out.is_empty() {
-                        self.text.push_str(&out);
-                        return Some(Ok(out));
-                    }
+        }
+    }
+
+    /// Takes the generated token `id` (already observed by the sampler): the stop and length
+    /// rules, the detokenizer and the stop strings. Returns the text delta it completes, if
+    /// any (an error ends the generation).
+    pub(crate) fn accept(&mut self, id: u32, st: &mut State) -> Option<Result<String>> {
+        self.tokens.push(id);
+        st.history.push(id);
+        if let Some(p) = &self.published {
+            p.store(self.tokens.len(), Ordering::SeqCst);
+        }
+        if self.opts.is_stop_token(id) {
+            self.finish = Some(FinishReason::StopToken(id));
+            return None;
+        }
+        if self.tokens.len() >= self.opts.max_new_tokens {
+            self.finish = Some(FinishReason::MaxTokens);
+        }
+        match self.detok.push(id) {
+            Ok(Some(delta)) => {
+                let (out, stopped) = self.stops.push(&delta);
+                if stopped {
+                    self.finish = Some(FinishReason::StopString);
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    self.finish = Some(FinishReason::Cancelled);
-                    self.flushed = true;
-                    return Some(Err(e));
+                if !out.is_empty() {
+                    self.text.push_str(&out);
+                    return Some(Ok(out));
                 }
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.finish = Some(FinishReason::Cancelled);
+                self.flushed = true;
+                Some(Err(e))
             }
         }
     }

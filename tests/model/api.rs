@@ -572,3 +572,91 @@ fn dropped_sessions_and_models_give_their_gpu_memory_back() {
         "{gone} bytes live after the model was dropped, {empty:?} before it was loaded"
     );
 }
+
+#[test]
+fn batched_requests_reply_exactly_as_each_alone() {
+    // Continuous batching: 6 requests through 3 slots (so finished requests hand their slot to
+    // queued ones mid-batch), of different prompt lengths, one with an image, greedy and
+    // sampled, one that stops early and one submitted while the batch runs. Each reply must
+    // be the reply `generate` gives the request alone.
+    let Some(model) = model() else { return };
+    let image = fixtures_dir().join("chat/image.png");
+    let sampled = GenerationOptions::default()
+        .with_max_new_tokens(7)
+        .with_seed(99)
+        .with_stop_tokens(Vec::new());
+    let reqs = vec![
+        Request::new("cat").with_options(greedy(6)),
+        Request::new("river blue seven garden light stone").with_options(greedy(9)),
+        Request::caption(image.clone()).with_options(greedy(5)),
+        Request::new("why").with_options(greedy(2)),
+        Request::new("quiet music").with_options(sampled.clone()),
+        Request::new("salt window").with_options(greedy(4).with_stop_tokens(vec![6])),
+    ];
+    let alone: Vec<Reply> = reqs
+        .iter()
+        .map(|r| model.generate(r.clone()).unwrap())
+        .collect();
+    let mut batch = model.batch(3).unwrap();
+    assert_eq!(batch.max_batch(), 3);
+    let mut ids = Vec::new();
+    for r in &reqs[..5] {
+        ids.push(batch.submit(r.clone()));
+    }
+    let mut got = std::collections::BTreeMap::new();
+    let (id, reply) = batch.next_reply().unwrap();
+    got.insert(id, reply.unwrap());
+    ids.push(batch.submit(reqs[5].clone())); // joins a running batch
+    for (id, reply) in batch.by_ref() {
+        assert!(got.insert(id, reply.unwrap()).is_none(), "reply {id} twice");
+    }
+    assert_eq!(batch.pending(), 0);
+    assert_eq!(got.len(), reqs.len());
+    for (i, id) in ids.iter().enumerate() {
+        let (b, a) = (&got[id], &alone[i]);
+        assert_eq!(
+            (&b.tokens, &b.text, b.finish),
+            (&a.tokens, &a.text, a.finish),
+            "request {i}"
+        );
+        assert_eq!(b.prompt_ids, a.prompt_ids, "request {i}");
+    }
+    // Batched: fewer decode steps than decoded tokens.
+    let decoded: usize = got.values().map(|r| r.tokens.len().saturating_sub(1)).sum();
+    assert!(
+        (batch.steps() as usize) < decoded,
+        "{} steps for {decoded} decoded tokens",
+        batch.steps()
+    );
+}
+
+#[test]
+fn batch_cancels_queued_and_running_requests_and_refuses_bad_sizes() {
+    let Some(model) = model() else { return };
+    assert!(model.batch(0).is_err());
+    assert!(model.batch(17).is_err());
+    let mut batch = model.batch(1).unwrap();
+    let running = batch.submit(Request::new("cat").with_options(greedy(50)));
+    let queued = batch.submit(Request::new("river").with_options(greedy(3)));
+    let later = batch.submit(Request::new("blue").with_options(greedy(3)));
+    batch.step();
+    batch.step();
+    assert_eq!(batch.running(), 1);
+    assert!(batch.cancel(running));
+    assert!(batch.cancel(queued));
+    assert!(!batch.cancel(1234));
+    let replies = batch.run_all();
+    let ids: Vec<_> = replies.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![running, queued, later]);
+    let r = replies[0].1.as_ref().unwrap();
+    assert_eq!(r.finish, FinishReason::Cancelled);
+    assert!(r.tokens.len() < 50 && !r.tokens.is_empty());
+    assert!(
+        replies[1].1.is_err(),
+        "a cancelled queued request never runs"
+    );
+    let want = model
+        .generate(Request::new("blue").with_options(greedy(3)))
+        .unwrap();
+    assert_eq!(replies[2].1.as_ref().unwrap().tokens, want.tokens);
+}

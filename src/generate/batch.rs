@@ -1,0 +1,322 @@
+//! [`Batch`]: continuous batching of one-shot requests. Up to `max_batch` requests decode
+//! together — each decode step is **one** submit for all of them, reading every weight matrix
+//! once ([`TextDecoder::step_batch`](crate::text::TextDecoder::step_batch)) — and a request
+//! that finishes frees its slot for the next queued one at once, without draining the batch.
+//! Every request's reply is exactly the reply [`Model::generate`] gives it alone (same tokens,
+//! same text), greedy or sampled with its own seed.
+
+use std::collections::VecDeque;
+
+use super::sampler::Sampler;
+use super::state::{Buffers, State, bufs};
+use super::step::{Generation, Turn};
+use super::{CancelToken, Reply, Request};
+use crate::error::{Error, Result};
+use crate::gpu::GpuTensor;
+use crate::model::Model;
+use crate::model::text::{BatchSeq, Workspace};
+
+/// The id [`Batch::submit`] gives a request; its reply comes back with it.
+pub type RequestId = u64;
+
+/// A running request: its own KV cache (sized for it, as [`Model::generate`] does) and step
+/// machine.
+struct Slot {
+    id: RequestId,
+    st: State,
+    g: Generation,
+    cancel: CancelToken,
+}
+
+/// Continuous batching of one-shot requests on one model (see the module docs).
+///
+/// ```no_run
+/// use gemma_wgpu::{GenerationOptions, Model, Request};
+/// let model = Model::load("path/to/gemma-4-E2B-it")?;
+/// let mut batch = model.batch(8)?;
+/// let opts = GenerationOptions::default().greedy().with_max_new_tokens(64);
+/// for path in ["a.jpg", "b.jpg", "c.jpg"] {
+///     batch.submit(Request::caption(path).with_options(opts.clone()));
+/// }
+/// // Replies arrive in completion order, each with the id `submit` returned.
+/// for (id, reply) in batch.by_ref() {
+///     println!("{id}: {}", reply?.text);
+/// }
+/// # Ok::<(), gemma_wgpu::Error>(())
+/// ```
+pub struct Batch {
+    model: Model,
+    max: usize,
+    ws: Workspace,
+    queue: VecDeque<(RequestId, Request, CancelToken)>,
+    active: Vec<Slot>,
+    done: VecDeque<(RequestId, Result<Reply>)>,
+    next_id: RequestId,
+    steps: u64,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("max_batch", &self.max)
+            .field("queued", &self.queue.len())
+            .field("active", &self.active.len())
+            .field("done", &self.done.len())
+            .finish()
+    }
+}
+
+impl Model {
+    /// A continuous batch of up to `max_batch` concurrently decoding requests (1 to 16; see
+    /// [`Batch`]). Allocates the batch's decode workspace; each request allocates its own KV
+    /// cache when it starts and frees it when it ends.
+    pub fn batch(&self, max_batch: usize) -> Result<Batch> {
+        self.context().check_health()?;
+        let most = crate::gpu::ops::MATVEC_MAX_ROWS;
+        if max_batch == 0 || max_batch > most {
+            return Err(Error::InvalidArgument(format!(
+                "max_batch = {max_batch}: a batch decodes 1 to {most} requests at once"
+            )));
+        }
+        let text = self.text();
+        let ws = text.batch_workspace(max_batch, self.options().max_context)?;
+        let max = text.max_batch(&ws).min(max_batch);
+        Ok(Batch {
+            model: self.clone(),
+            max,
+            ws,
+            queue: VecDeque::new(),
+            active: Vec::new(),
+            done: VecDeque::new(),
+            next_id: 0,
+            steps: 0,
+        })
+    }
+}
+
+impl Batch {
+    /// Queues a one-shot request (as [`Model::generate`] runs it); it starts as soon as a slot
+    /// is free. Returns the id its reply comes back with.
+    pub fn submit(&mut self, req: impl Into<Request>) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back((id, req.into(), CancelToken::new()));
+        id
+    }
+
+    /// Cancels a queued or running request: a queued one is answered with an error when its
+    /// turn comes (it never runs); a running one ends before its next token, its reply with
+    /// [`FinishReason::Cancelled`](super::FinishReason::Cancelled) and the text so far.
+    /// Returns false for an unknown or already finished id.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        if let Some(s) = self.active.iter().find(|s| s.id == id) {
+            s.cancel.cancel();
+            return true;
+        }
+        match self.queue.iter().find(|(i, ..)| *i == id) {
+            Some((_, _, c)) => {
+                c.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The most requests that decode at once.
+    pub fn max_batch(&self) -> usize {
+        self.max
+    }
+
+    /// Requests submitted and not yet answered (queued, running, or answered but not
+    /// received).
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.active.len() + self.done.len()
+    }
+
+    /// Requests decoding now.
+    pub fn running(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Batched decode steps run so far (each one submit).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The next reply in completion order, running the batch until one is ready; `None` when
+    /// nothing is pending.
+    pub fn next_reply(&mut self) -> Option<(RequestId, Result<Reply>)> {
+        while self.done.is_empty() && !(self.queue.is_empty() && self.active.is_empty()) {
+            self.step();
+        }
+        self.done.pop_front()
+    }
+
+    /// Runs every pending request to its end; the replies in submission order.
+    pub fn run_all(&mut self) -> Vec<(RequestId, Result<Reply>)> {
+        let mut all: Vec<_> = std::iter::from_fn(|| self.next_reply()).collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    /// One round: queued requests start in the free slots (image encoding and prefill, each
+    /// in its own submits, and the first token), then one batched decode step advances every
+    /// running request by a token. Finished requests move to the replies.
+    pub fn step(&mut self) {
+        self.admit();
+        self.decode();
+        self.retire();
+    }
+
+    /// Starts queued requests while slots are free.
+    fn admit(&mut self) {
+        while self.active.len() < self.max {
+            let Some((id, req, cancel)) = self.queue.pop_front() else {
+                return;
+            };
+            if cancel.take() {
+                self.done.push_back((id, Err(cancelled_before_start())));
+                continue;
+            }
+            match self.start(req, cancel.clone()) {
+                Ok((st, g)) => self.active.push(Slot { id, st, g, cancel }),
+                Err(e) => self.done.push_back((id, Err(e))),
+            }
+        }
+    }
+
+    /// Sets up a request on a fresh state sized for it and selects its first token.
+    fn start(&self, req: Request, cancel: CancelToken) -> Result<(State, Generation)> {
+        let model = &self.model;
+        let turn = Turn::prepare(model, None, &[], &[], req)?;
+        let n = turn.ids.len();
+        let max_context = (n + turn.opts.max_new_tokens + 1).min(model.options().max_context);
+        let mut st = State::new(model, max_context.max(n + 1))?;
+        let mut g = Generation::start(model, &mut st, turn, cancel)?;
+        // The first token comes from the prompt's logits (this request's own submit).
+        if !g.finished()
+            && let Some(None) = g.next_input(&mut st)?
+        {
+            let b = bufs(&mut st.bufs)?;
+            let sampler = g.sampler_mut();
+            let id = model
+                .text()
+                .select_last(&mut b.ws, |rec, sel| sampler.record(rec, sel, &b.penalty_ids))?;
+            sampler.observe(model, id, &b.penalty_ids);
+            // A delta (or a detokenizer error, which ends it) is in the reply's text.
+            let _ = g.accept(id, &mut st);
+        }
+        Ok((st, g))
+    }
+
+    /// One batched decode step over the running requests that continue.
+    fn decode(&mut self) {
+        let model = self.model.clone();
+        // Which slots feed a token now (the others ended: cancelled or a full context).
+        let mut feeds: Vec<(usize, u32)> = Vec::new();
+        for (i, s) in self.active.iter_mut().enumerate() {
+            if s.g.finished() {
+                continue;
+            }
+            match s.g.next_input(&mut s.st) {
+                Ok(Some(Some(prev))) => feeds.push((i, prev)),
+                Ok(_) => {}
+                Err(e) => fail(&mut self.done, s, e),
+            }
+        }
+        if feeds.is_empty() {
+            return;
+        }
+        let mut parts: Vec<(&mut Sampler, &GpuTensor)> = Vec::with_capacity(feeds.len());
+        let mut seqs: Vec<BatchSeq<'_>> = Vec::with_capacity(feeds.len());
+        let mut fi = feeds.iter().peekable();
+        for (i, s) in self.active.iter_mut().enumerate() {
+            let Some(&&(_, token)) = fi.peek().filter(|(j, _)| *j == i) else {
+                continue;
+            };
+            fi.next();
+            let Some(Buffers {
+                cache, penalty_ids, ..
+            }) = s.st.bufs.as_mut()
+            else {
+                continue;
+            };
+            seqs.push(BatchSeq { cache, token });
+            parts.push((s.g.sampler_mut(), penalty_ids));
+        }
+        let r = model.text().step_batch(&mut seqs, &mut self.ws, |b, rec, sel| {
+            let (sampler, penalty) = &mut parts[b];
+            sampler.record(rec, sel, penalty)
+        });
+        drop(seqs);
+        drop(parts);
+        self.steps += 1;
+        match r {
+            Ok(ids) => {
+                for (&(i, _), id) in feeds.iter().zip(ids) {
+                    let s = &mut self.active[i];
+                    if let Some(b) = s.st.bufs.as_ref() {
+                        s.g.sampler_mut().observe(&model, id, &b.penalty_ids);
+                    }
+                    let _ = s.g.accept(id, &mut s.st);
+                }
+            }
+            Err(e) => {
+                // Every sequence of the failed step ends with the error.
+                let msg = e.to_string();
+                let mut first = Some(e);
+                for &(i, _) in &feeds {
+                    let e = first
+                        .take()
+                        .unwrap_or_else(|| Error::InvalidArgument(msg.clone()));
+                    let s = &mut self.active[i];
+                    fail(&mut self.done, s, e);
+                }
+            }
+        }
+    }
+
+    /// Moves the finished requests to the replies (their KV caches are freed).
+    fn retire(&mut self) {
+        let model = self.model.clone();
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].g.finished() || self.active[i].st.bufs.is_none() {
+                let mut s = self.active.remove(i);
+                if s.st.bufs.is_none() {
+                    continue; // failed: its error is already in `done`
+                }
+                // Flush the detokenizer's tail into the text.
+                while let Some(d) = s.g.next_delta(&model, &mut s.st) {
+                    if d.is_err() {
+                        break;
+                    }
+                }
+                let reply = s.g.finalize(&model, &mut s.st);
+                self.done.push_back((s.id, Ok(reply)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Ends slot `s` with the error `e` (its buffers are released; `retire` drops it).
+fn fail(done: &mut VecDeque<(RequestId, Result<Reply>)>, s: &mut Slot, e: Error) {
+    s.st.bufs = None;
+    s.st.update_mem();
+    done.push_back((s.id, Err(e)));
+}
+
+fn cancelled_before_start() -> Error {
+    Error::InvalidArgument("the request was cancelled before it started".into())
+}
+
+impl Iterator for Batch {
+    type Item = (RequestId, Result<Reply>);
+
+    /// [`next_reply`](Batch::next_reply).
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_reply()
+    }
+}
