@@ -585,7 +585,7 @@ fn batched_requests_reply_exactly_as_each_alone() {
         .with_max_new_tokens(7)
         .with_seed(99)
         .with_stop_tokens(Vec::new());
-    let reqs = vec![
+    let reqs = [
         Request::new("cat").with_options(greedy(6)),
         Request::new("river blue seven garden light stone").with_options(greedy(9)),
         Request::caption(image.clone()).with_options(greedy(5)),
