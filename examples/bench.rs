@@ -41,7 +41,7 @@ use gemma_wgpu::gpu::ops::streaming;
 use gemma_wgpu::gpu::{GpuContext, Profile};
 use gemma_wgpu::prompt::preprocess;
 use gemma_wgpu::synthetic::SyntheticSpec;
-use gemma_wgpu::text::{ExpertWeights, Logits, argmax_host};
+use gemma_wgpu::text::{BatchSeq, ExpertWeights, Logits, argmax_host};
 use gemma_wgpu::vision::ImagePatches;
 use gemma_wgpu::{Model, ModelOptions};
 use serde_json::{Value, json};
@@ -117,6 +117,16 @@ struct Args {
     /// Seed of the random prompt token ids.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Batched decode: sequences decoded together (`TextDecoder::step_batch`), each after its
+    /// own `--batch-prompt`-token prompt; empty to skip.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
+    batch: Vec<usize>,
+    /// Prompt length of each sequence of the batched decode measurements.
+    #[arg(long, default_value_t = 16)]
+    batch_prompt: usize,
+    /// Batched decode steps measured per batch size.
+    #[arg(long, default_value_t = 16)]
+    batch_steps: usize,
 }
 
 type BoxErr = Box<dyn std::error::Error>;
@@ -453,6 +463,55 @@ fn main() -> Result<(), failure::Failure> {
         );
     }
 
+    // Batched decode: B sequences (own caches, own prompts) one step at a time together.
+    let mut batched = Vec::new();
+    for &b in &args.batch {
+        let b = b.clamp(1, gemma_wgpu::gpu::ops::MATVEC_MAX_ROWS);
+        let ctx_len = args.batch_prompt.max(1) + args.batch_steps + 4;
+        let mut seqs = Vec::with_capacity(b);
+        for _ in 0..b {
+            let (mut cache, mut ws) = text.new_session(ctx_len, chunk)?;
+            let ids = rng.ids(args.batch_prompt.max(1), 3, hi);
+            let logits = text.forward(&mut cache, &mut ws, &ids, None, Logits::Last)?;
+            seqs.push((cache, argmax_host(&logits)));
+        }
+        let mut bws = text.batch_workspace(b, ctx_len)?;
+        let mut step = |seqs: &mut Vec<(gemma_wgpu::text::KvCache, u32)>| -> Result<(), BoxErr> {
+            let mut rows: Vec<BatchSeq<'_>> = seqs
+                .iter_mut()
+                .map(|(cache, token)| BatchSeq {
+                    cache,
+                    token: *token,
+                })
+                .collect();
+            let ids = text.step_batch(&mut rows, &mut bws, |_, rec, sel| {
+                gemma_wgpu::gpu::ops::argmax(rec, sel.logits, sel.out, sel.scratch)?;
+                Ok(())
+            })?;
+            drop(rows);
+            for ((_, t), id) in seqs.iter_mut().zip(ids) {
+                *t = id;
+            }
+            Ok(())
+        };
+        step(&mut seqs)?; // first step off the clock
+        let t = Instant::now();
+        let mut lat = Vec::with_capacity(args.batch_steps);
+        for _ in 0..args.batch_steps {
+            let t1 = Instant::now();
+            step(&mut seqs)?;
+            lat.push(ms(t1.elapsed()));
+        }
+        let s = t.elapsed().as_secs_f64();
+        let agg = (b * args.batch_steps) as f64 / s.max(1e-9);
+        let per_ms = median(&lat);
+        eprintln!(
+            "batched decode B={b}: {agg:.2} tok/s aggregate, median {per_ms:.1} ms per step \
+             (per-sequence latency)"
+        );
+        batched.push((b, agg, per_ms));
+    }
+
     // Bandwidth yardstick in the same run, right after the decode it is compared with (on a
     // shared CPU adapter the load of the machine changes over minutes).
     let (stream, stream_bytes) = stream_gbs(&ctx, args.stream_mib)?;
@@ -620,6 +679,14 @@ fn main() -> Result<(), failure::Failure> {
     for (n, tps) in &decode_at {
         rows.push((format!("decode at context {n}"), format!("{tps:.2} tok/s")));
     }
+    let b1 = batched.iter().find(|(b, ..)| *b == 1).map(|(_, a, _)| *a);
+    for (b, agg, per_ms) in &batched {
+        let ratio = b1.map_or_else(String::new, |a1| format!(", {:.2}x B=1", agg / a1));
+        rows.push((
+            format!("batched decode, B = {b}"),
+            format!("{agg:.2} tok/s aggregate{ratio}; {per_ms:.1} ms per step (each sequence)"),
+        ));
+    }
     for (b, e, n, soft) in &vision {
         rows.push((
             format!("vision encode, budget {b}"),
@@ -786,6 +853,10 @@ fn main() -> Result<(), failure::Failure> {
         "decode_tokens": args.decode_tokens,
         "decode_tok_s": decode_tok_s,
         "decode_median_ms": decode_median_ms,
+        "batched_decode": batched
+            .iter()
+            .map(|(b, agg, per)| json!({"batch": b, "tok_s": agg, "step_ms": per}))
+            .collect::<Vec<_>>(),
         "decode_at_tok_s": decode_at
             .iter()
             .map(|(n, t)| (n.to_string(), json!(t)))

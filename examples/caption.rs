@@ -2,7 +2,8 @@
 //! `--out captions.jsonl`: a folder captioner for large datasets (library:
 //! `gemma_wgpu::captioner`) — one JSON line per image (key, path, caption, tokens, timings, or
 //! the error), `--resume` skips what the file holds (a torn last line is repaired, so a killed
-//! run loses at most the image in flight), `--shard I/N` takes a deterministic part of the list
+//! run loses at most the images in flight), `--batch B` captions B images at once (continuous
+//! batching: one decode submit per step for all of them), `--shard I/N` takes a deterministic part of the list
 //! (N processes, GPUs or machines split a dataset with no coordination; concatenate their
 //! files), `--sidecar` writes `<image>.txt` next to each image, and a progress bar shows
 //! images/s and the ETA. An image that fails is recorded (or reported on stderr) and the others
@@ -12,7 +13,7 @@
 //! cargo run --release --example caption -- photo.jpg more/*.png
 //! cargo run --release --example caption -- --model tests/fixtures/e2b-like tests/fixtures/chat/image.png
 //! cargo run --release --example caption -- --greedy --max-tokens 64 --out captions.jsonl \
-//!     --resume --shard 0/4 --sidecar ./dataset/
+//!     --resume --shard 0/4 --sidecar --batch 8 ./dataset/
 //! ```
 
 mod common;
@@ -44,6 +45,9 @@ struct Cli {
     /// Also write each caption to `<image>.txt` next to the image.
     #[arg(long)]
     sidecar: bool,
+    /// Caption up to this many images at once (continuous batching, 1 to 16; with --out).
+    #[arg(long, default_value_t = 1, requires = "out")]
+    batch: usize,
     /// Image files or folders (walked recursively).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -75,6 +79,7 @@ fn to_file(
         .max_soft_tokens(cli.model.max_soft_tokens)
         .sidecar(cli.sidecar)
         .resume(cli.resume)
+        .batch(cli.batch)
         .shard(cli.shard.unwrap_or_default());
     let shard = cli.shard.unwrap_or_default();
     let total = files.iter().filter(|f| shard.contains(&f.key)).count();

@@ -209,6 +209,7 @@ pub struct Captioner {
     sidecar: bool,
     resume: bool,
     shard: Shard,
+    batch: usize,
 }
 
 impl Captioner {
@@ -223,7 +224,17 @@ impl Captioner {
             sidecar: false,
             resume: false,
             shard: Shard::default(),
+            batch: 1,
         }
+    }
+
+    /// Captions up to `n` images at once (1 to 16; [`Model::batch`]: continuous batching, one
+    /// decode submit per step for all of them). Lines are written in completion order; every
+    /// caption is the one a single [`Model::generate`] of [`request`](Self::request) gives.
+    /// A killed run loses at most the `n` images in flight.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
     }
 
     /// The prompt shown with every image.
@@ -289,13 +300,16 @@ impl Captioner {
         let t0 = Instant::now();
         let (mut file, done) = self.open_output()?;
         let mut s = Summary::default();
+        let mut todo = Vec::new();
         for img in files.iter().filter(|f| self.shard.contains(&f.key)) {
             s.in_shard += 1;
             if done.contains(&img.key) {
                 s.skipped += 1;
-                continue;
+            } else {
+                todo.push(img);
             }
-            let rec = self.caption_one(model, img);
+        }
+        let mut write = |rec: Record, s: &mut Summary| -> Result<()> {
             match &rec.error {
                 None => s.captioned += 1,
                 Some(_) => s.failed += 1,
@@ -310,13 +324,37 @@ impl Captioner {
                     source,
                 })?;
             progress(&rec);
+            Ok(())
+        };
+        if self.batch > 1 && todo.len() > 1 {
+            let mut batch = model.batch(self.batch)?;
+            let mut by_id = std::collections::HashMap::new();
+            for img in &todo {
+                by_id.insert(batch.submit(self.request(&img.path)), *img);
+            }
+            for (id, reply) in batch.by_ref() {
+                let Some(img) = by_id.remove(&id) else {
+                    continue;
+                };
+                let total = reply.as_ref().map_or(0.0, |r| {
+                    r.stats.image_encode_s + r.stats.prefill_s + r.stats.decode_s
+                });
+                write(self.record(img, reply, total), &mut s)?;
+            }
+        } else {
+            for img in todo {
+                let t = Instant::now();
+                let reply = model.generate(self.request(&img.path));
+                let rec = self.record(img, reply, t.elapsed().as_secs_f64());
+                write(rec, &mut s)?;
+            }
         }
         s.seconds = t0.elapsed().as_secs_f64();
         Ok(s)
     }
 
-    fn caption_one(&self, model: &Model, img: &ImageFile) -> Record {
-        let t = Instant::now();
+    /// The output line of `img` from its reply (writing the sidecar).
+    fn record(&self, img: &ImageFile, reply: Result<crate::Reply>, total_s: f64) -> Record {
         let mut rec = Record {
             key: img.key.clone(),
             path: img.path.to_string_lossy().into_owned(),
@@ -329,7 +367,7 @@ impl Captioner {
             decode_s: 0.0,
             total_s: 0.0,
         };
-        match model.generate(self.request(&img.path)) {
+        match reply {
             Ok(r) => {
                 if self.sidecar
                     && let Err(e) = write_sidecar(&img.path, &r.text)
@@ -346,7 +384,7 @@ impl Captioner {
             }
             Err(e) => rec.error = Some(e.to_string()),
         }
-        rec.total_s = t.elapsed().as_secs_f64();
+        rec.total_s = total_s;
         rec
     }
 

@@ -201,5 +201,15 @@ fn killed_and_resumed_runs_caption_every_image_once() {
     let whole: BTreeMap<String, Option<String>> =
         got.into_iter().map(|r| (r.key, r.caption)).collect();
     assert_eq!(union, whole);
+
+    // 4. Batched (continuous batching, 3 at a time): the same captions, every image once.
+    let o = dir.join("batched.jsonl");
+    let s = captioner(&o).batch(3).run(&model, &files, |_| {}).unwrap();
+    assert_eq!((s.captioned, s.failed), (files.len() - 1, 1));
+    let batched: BTreeMap<String, Option<String>> = records(&o)
+        .into_iter()
+        .map(|r| (r.key, r.caption))
+        .collect();
+    assert_eq!(batched, whole);
     std::fs::remove_dir_all(&dir).unwrap();
 }
