@@ -18,14 +18,19 @@ fn moe_decode_reads_back_no_routing() {
     decode_budget("moe26-like");
 }
 
-fn decode_budget(case: &str) {
-    if common::gpu().is_none() {
-        return;
-    }
-    // A private device, so that parallel tests do not touch its counters.
+/// Fixture `case` on a private device, so that parallel tests do not touch its counters.
+fn private_model(case: &str) -> Option<(GpuContext, Model)> {
+    common::gpu()?;
     let ctx = GpuContext::new().unwrap();
     let dir = common::golden::fixtures_dir().join(case);
     let model = Model::load_with(&ctx, &dir, &ModelOptions::default()).unwrap();
+    Some((ctx, model))
+}
+
+fn decode_budget(case: &str) {
+    let Some((ctx, model)) = private_model(case) else {
+        return;
+    };
     let text = model.text();
     let (mut cache, mut ws) = text.new_session(256, 64).unwrap();
     let prompt: Vec<u32> = vec![2, 17, 23, 42, 99, 7, 150];
@@ -205,12 +210,9 @@ fn an_image_block_longer_than_the_chunk_is_refused() {
 fn batched_equals_alone(case: &str) {
     use gemma_wgpu::gpu::ops::{self, SampleParams};
     use gemma_wgpu::model::text::{BatchSeq, argmax_host};
-    if common::gpu().is_none() {
+    let Some((ctx, model)) = private_model(case) else {
         return;
-    }
-    let ctx = GpuContext::new().unwrap();
-    let dir = common::golden::fixtures_dir().join(case);
-    let model = Model::load_with(&ctx, &dir, &ModelOptions::default()).unwrap();
+    };
     let text = model.text();
     let prompts: [&[u32]; 4] = [
         &[2, 17, 23, 42, 99, 7, 150],

@@ -316,9 +316,9 @@ impl TextDecoder {
             let mut rec = self.ctx.recorder();
             let chunk_media = media.map(|m| (m, start..end));
             let head_now = want != Logits::All || len <= ws.logits_rows;
-            self.record_chunk(
+            self.record_rows(
                 &mut rec,
-                cache,
+                Seqs::Chunk(cache),
                 ws,
                 chunk_ids,
                 chunk_media,
@@ -437,7 +437,8 @@ impl TextDecoder {
         select: impl FnOnce(&mut Recorder, &Selection<'_>) -> Result<()>,
     ) -> Result<u32> {
         let mut rec = self.ctx.recorder();
-        self.record_chunk(&mut rec, cache, ws, &[token], None, None, Logits::Last, true)?;
+        let seqs = Seqs::Chunk(cache);
+        self.record_rows(&mut rec, seqs, ws, &[token], None, None, Logits::Last, true)?;
         let logits = ws.logits.view(0, &[self.cfg.vocab_size]);
         let out = ws.token.view(0, &[1]);
         select(
@@ -592,29 +593,13 @@ impl TextDecoder {
         Ok(out)
     }
 
-    /// Records one chunk: embed (with the media scatter) → per-layer inputs → layers → head.
+    /// Records one chunk of one sequence ([`Seqs::Chunk`]) or a batched decode step
+    /// ([`Seqs::Batch`]: one row per sequence; no media, causal, [`Logits::All`]): embed (with
+    /// the media scatter) → per-layer inputs → layers → head.
     /// `media`: the forward pass's placed media and the chunk's positions within its ids.
     /// `bounds`: per query, the exclusive key bound of sliding layers (image blocks of
     /// bidirectional-vision models; `None`: causal). `head`: record the LM head too (else
     /// the final-normed rows stay in `ws.xn` for [`record_head`](Self::record_head)).
-    #[allow(clippy::too_many_arguments)]
-    fn record_chunk(
-        &self,
-        rec: &mut Recorder,
-        cache: &mut KvCache,
-        ws: &mut Workspace,
-        ids: &[u32],
-        media: Option<(&MediaRuns, Range<usize>)>,
-        bounds: Option<&[u32]>,
-        want: Logits,
-        head: bool,
-    ) -> Result<()> {
-        let seqs = Seqs::Chunk(cache);
-        self.record_rows(rec, seqs, ws, ids, media, bounds, want, head)
-    }
-
-    /// [`record_chunk`](Self::record_chunk) over `seqs`: one sequence's chunk, or a batched
-    /// decode step (one row per sequence; no media, causal, [`Logits::All`]).
     #[allow(clippy::too_many_arguments)]
     fn record_rows(
         &self,
