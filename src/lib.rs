@@ -74,7 +74,7 @@ pub use model::vision;
 pub use checkpoint::{FloatFormat, LoadError, LoadReport};
 pub use error::{Error, Result};
 pub use generate::{
-    Batch, CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent,
+    Batch, BatchHandle, CAPTION_PROMPT, CancelToken, ChatSession, FinishReason, GenerationEvent,
     GenerationHandle, GenerationOptions, GenerationStats, ImageInput, ImageSource, Reply,
     ReplyStream, Request, RequestId, Sampling,
 };

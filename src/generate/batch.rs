@@ -6,6 +6,14 @@
 //! same text), greedy or sampled with its own seed.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use super::channel::{self, Flow, Notify, Receiver};
 
 use super::sampler::Sampler;
 use super::state::{Buffers, State, bufs};
@@ -102,6 +110,19 @@ impl Batch {
         self.next_id += 1;
         self.queue.push_back((id, req.into(), CancelToken::new()));
         id
+    }
+
+    /// Queues `req` under a caller-chosen id (the worker of a [`BatchHandle`]).
+    fn submit_as(&mut self, id: RequestId, req: Request) {
+        self.queue.push_back((id, req, CancelToken::new()));
+    }
+
+    /// Moves this batch to a worker thread: requests are then submitted and cancelled from
+    /// any thread through the returned [`BatchHandle`], and replies arrive through it (polled
+    /// once per UI frame, blocked on, or awaited), as the desktop API's
+    /// [`GenerationHandle`](super::GenerationHandle) delivers one generation's events.
+    pub fn spawn(self) -> BatchHandle {
+        BatchHandle::spawn(self)
     }
 
     /// Cancels a queued or running request: a queued one is answered with an error when its
@@ -318,5 +339,149 @@ impl Iterator for Batch {
     /// [`next_reply`](Batch::next_reply).
     fn next(&mut self) -> Option<Self::Item> {
         self.next_reply()
+    }
+}
+
+/// What a [`BatchHandle`] tells its worker.
+enum Command {
+    Submit(RequestId, Request),
+    Cancel(RequestId),
+}
+
+/// A [`Batch`] on a worker thread ([`Batch::spawn`]). `submit` and `cancel` take `&self` and
+/// never block (share the handle with an `Arc`); replies come back in completion order with
+/// their ids, through [`try_recv`](Self::try_recv) (a UI frame loop), [`recv`](Self::recv)
+/// or as a [`Stream`](futures_core::Stream); a notify callback (e.g. egui's
+/// `request_repaint`) runs after every reply. Dropping the handle stops the worker (running
+/// requests are abandoned) and waits for it.
+///
+/// ```no_run
+/// # use gemma_wgpu::{Model, Request};
+/// # let model = Model::load("dir")?;
+/// let batch = model.batch(8)?.spawn().with_notify(|| { /* request a repaint */ });
+/// let id = batch.submit(Request::caption("photo.jpg"));
+/// // Once per UI frame:
+/// while let Some((done, reply)) = batch.try_recv() {
+///     println!("{done} (asked {id}): {}", reply?.text);
+/// }
+/// # Ok::<(), gemma_wgpu::Error>(())
+/// ```
+pub struct BatchHandle {
+    commands: Option<mpsc::Sender<Command>>,
+    replies: Receiver<(RequestId, Result<Reply>)>,
+    next_id: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchHandle")
+            .field("submitted", &self.next_id.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchHandle {
+    fn spawn(mut batch: Batch) -> BatchHandle {
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command>();
+        let (tx, rx) = channel::channel(Flow::Free);
+        let thread = std::thread::Builder::new()
+            .name("gemma-wgpu batch".into())
+            .spawn(move || {
+                loop {
+                    let idle = batch.queue.is_empty() && batch.active.is_empty();
+                    let cmd = if idle {
+                        match cmd_rx.recv() {
+                            Ok(c) => c,
+                            Err(_) => return, // the handle is gone
+                        }
+                    } else {
+                        match cmd_rx.try_recv() {
+                            Ok(c) => c,
+                            Err(mpsc::TryRecvError::Empty) => {
+                                batch.step();
+                                while let Some(r) = batch.done.pop_front() {
+                                    if !tx.send(r) {
+                                        return;
+                                    }
+                                }
+                                continue;
+                            }
+                            Err(mpsc::TryRecvError::Disconnected) => return,
+                        }
+                    };
+                    match cmd {
+                        Command::Submit(id, req) => batch.submit_as(id, req),
+                        Command::Cancel(id) => {
+                            batch.cancel(id);
+                        }
+                    }
+                }
+            })
+            .ok();
+        BatchHandle {
+            commands: thread.as_ref().map(|_| cmd_tx),
+            replies: rx,
+            next_id: AtomicU64::new(0),
+            thread,
+        }
+    }
+
+    /// Queues a request; returns its id at once. (Without a worker, because its thread
+    /// could not start or it ended on a panic, nothing answers: [`recv`](Self::recv) then
+    /// returns `None`.)
+    pub fn submit(&self, req: impl Into<Request>) -> RequestId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = &self.commands {
+            let _ = c.send(Command::Submit(id, req.into()));
+        }
+        id
+    }
+
+    /// Cancels a queued or running request ([`Batch::cancel`]); its reply still arrives.
+    pub fn cancel(&self, id: RequestId) {
+        if let Some(c) = &self.commands {
+            let _ = c.send(Command::Cancel(id));
+        }
+    }
+
+    /// The next reply if one is waiting (never blocks).
+    pub fn try_recv(&self) -> Option<(RequestId, Result<Reply>)> {
+        self.replies.try_recv()
+    }
+
+    /// The next reply, blocking until there is one; `None` once the worker has ended (it
+    /// could not start, or it stopped on a panic).
+    pub fn recv(&self) -> Option<(RequestId, Result<Reply>)> {
+        self.replies.recv()
+    }
+
+    /// Runs `notify` after every reply from now on (on the worker thread), and once at once
+    /// when replies are already waiting.
+    pub fn with_notify(self, notify: impl Fn() + Send + Sync + 'static) -> Self {
+        let notify: Notify = Arc::new(notify);
+        if self.replies.set_notify(notify.clone()) {
+            notify();
+        }
+        self
+    }
+}
+
+impl futures_core::Stream for BatchHandle {
+    type Item = (RequestId, Result<Reply>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.replies.poll_recv(cx)
+    }
+}
+
+impl Drop for BatchHandle {
+    fn drop(&mut self) {
+        // The worker sees the closed command channel (at once when idle, else after its
+        // current step) and ends.
+        self.commands = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -40,7 +40,7 @@ mod stop;
 mod stream;
 
 pub use background::{GenerationEvent, GenerationHandle};
-pub use batch::{Batch, RequestId};
+pub use batch::{Batch, BatchHandle, RequestId};
 pub use cancel::CancelToken;
 pub use detokenizer::Detokenizer;
 pub use options::{

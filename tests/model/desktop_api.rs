@@ -521,3 +521,75 @@ fn host_keeps_rendering_on_the_shared_queue() {
     assert_eq!(r.tokens, ids(&g, "chat_turn1_greedy"));
     assert!(frame.render(&device, &queue, 7));
 }
+
+#[test]
+fn a_batch_on_a_worker_thread_takes_requests_from_any_thread() {
+    // The batch API from a UI's point of view: submit from two threads while the worker
+    // decodes, a notify per reply, polling with try_recv, a cancel, and replies equal to
+    // generate() alone.
+    let Some(model) = model() else { return };
+    let opts = |n: usize| {
+        GenerationOptions::default()
+            .greedy()
+            .with_max_new_tokens(n)
+            .with_stop_tokens(Vec::new())
+    };
+    let notified = Arc::new(AtomicUsize::new(0));
+    let n2 = notified.clone();
+    let batch = Arc::new(model.batch(2).unwrap().spawn().with_notify(move || {
+        n2.fetch_add(1, Ordering::SeqCst);
+    }));
+    let texts = ["cat", "river blue", "seven", "garden light stone"];
+    // Submitted first, so it runs in one slot while the short ones pass through the other.
+    let long = batch.submit(Request::new("why").with_options(opts(400)));
+    let mut ids = vec![batch.submit(Request::new(texts[0]).with_options(opts(5)))];
+    let other = {
+        let b = batch.clone();
+        std::thread::spawn(move || {
+            (1..4)
+                .map(|i| b.submit(Request::new(texts[i]).with_options(opts(5))))
+                .collect::<Vec<_>>()
+        })
+    };
+    ids.extend(other.join().unwrap());
+    let mut got = std::collections::BTreeMap::new();
+    let t0 = std::time::Instant::now();
+    while got.len() < 5 {
+        match batch.try_recv() {
+            Some((id, r)) => {
+                if got.len() == 4 {
+                    panic!("the cancelled request should be last");
+                }
+                got.insert(id, r);
+                if got.len() == 4 {
+                    batch.cancel(long);
+                }
+            }
+            None => {
+                assert!(t0.elapsed() < Duration::from_secs(600), "no reply");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if got.len() == 4 && !got.contains_key(&long) {
+            let (id, r) = batch.recv().expect("the cancelled request's reply");
+            got.insert(id, r);
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let want = model
+            .generate(Request::new(texts[i]).with_options(opts(5)))
+            .unwrap();
+        let r = got[id].as_ref().unwrap();
+        assert_eq!(
+            (&r.tokens, &r.text),
+            (&want.tokens, &want.text),
+            "{}",
+            texts[i]
+        );
+    }
+    let r = got[&long].as_ref().unwrap();
+    assert_eq!(r.finish, FinishReason::Cancelled);
+    assert!(r.tokens.len() < 400);
+    drop(batch); // joins the worker: every notify has run
+    assert_eq!(notified.load(Ordering::SeqCst), 5, "one notify per reply");
+}
