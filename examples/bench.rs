@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gemma_wgpu::checkpoint::{Checkpoint, PerLayerTable};
-use gemma_wgpu::gpu::ops::streaming;
-use gemma_wgpu::gpu::{GpuContext, Profile};
+use gemma_wgpu::gpu::ops::{fma_probe, streaming};
+use gemma_wgpu::gpu::{GpuContext, GpuTensor, Profile};
 use gemma_wgpu::prompt::preprocess;
 use gemma_wgpu::synthetic::SyntheticSpec;
 use gemma_wgpu::text::{BatchSeq, ExpertWeights, Logits, argmax_host};
@@ -124,6 +124,10 @@ struct Args {
     /// Prompt length of each sequence of the batched decode measurements.
     #[arg(long, default_value_t = 16)]
     batch_prompt: usize,
+    /// Rows (tokens) of the GEMM measurement: the first layer's gate projection over this many
+    /// rows, in GFLOP/s next to a plain FMA loop.
+    #[arg(long, default_value_t = 256)]
+    gemm_rows: usize,
     /// Batched decode steps measured per batch size.
     #[arg(long, default_value_t = 16)]
     batch_steps: usize,
@@ -281,6 +285,60 @@ fn stream_gbs(ctx: &GpuContext, mib_wanted: u64) -> Result<(f64, u64), BoxErr> {
 }
 
 /// A deterministic noise image (content does not matter for timing).
+/// GFLOP/s of a plain FMA loop (best of 3 after a warm-up).
+fn fma_gflops(ctx: &GpuContext) -> Result<f64, BoxErr> {
+    let threads = 1u32 << 16;
+    let out = ctx.create_storage("fma-out", 4 * u64::from(threads))?;
+    let mut iters = 64u32;
+    let run = |iters: u32| -> Result<f64, BoxErr> {
+        let t = Instant::now();
+        let mut rec = ctx.recorder();
+        fma_probe::fma_probe(&mut rec, &out, threads, iters, 0.999, 0.001)?;
+        rec.finish()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Grow the loop until one dispatch takes >= 50 ms (overheads negligible).
+    while run(iters)? < 0.05 && iters < (1 << 20) {
+        iters *= 2;
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(run(iters)?);
+    }
+    Ok(fma_probe::fma_probe_flops(threads, iters) / best / 1e9)
+}
+
+/// GFLOP/s of the tiled matmul on the first layer's MLP gate projection over `rows` rows
+/// (best of 3 after a warm-up); `None` without layers.
+fn gemm_gflops(
+    ctx: &GpuContext,
+    model: &Model,
+    rows: usize,
+) -> Result<Option<(String, f64)>, BoxErr> {
+    let Some(layer) = model.text().weights().layers.first() else {
+        return Ok(None);
+    };
+    let w = &layer.mlp.dense().gate_proj;
+    let rows = rows.max(gemma_wgpu::gpu::ops::MATVEC_MAX_ROWS + 1);
+    let x = GpuTensor::from_f32(ctx, &[rows, w.cols], &vec![0.01; rows * w.cols])?;
+    let y = GpuTensor::zeros(ctx, &[rows, w.rows], gemma_wgpu::gpu::DType::F32)?;
+    let run = || -> Result<f64, BoxErr> {
+        let t = Instant::now();
+        let mut rec = ctx.recorder();
+        gemma_wgpu::gpu::ops::linear(&mut rec, w, &x, &y)?;
+        rec.finish()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(run()?);
+    }
+    let flops = 2.0 * (rows * w.rows * w.cols) as f64;
+    let what = format!("{rows} x {} x {} {:?}", w.cols, w.rows, w.format);
+    Ok(Some((what, flops / best / 1e9)))
+}
+
 fn test_image(w: u32, h: u32) -> image::DynamicImage {
     let mut r = Rng(0x1234_5678);
     let img = image::RgbImage::from_fn(w, h, |_, _| {
@@ -516,6 +574,15 @@ fn main() -> Result<(), failure::Failure> {
     // shared CPU adapter the load of the machine changes over minutes).
     let (stream, stream_bytes) = stream_gbs(&ctx, args.stream_mib)?;
     eprintln!("streaming read: {stream:.2} GB/s");
+    // Arithmetic yardstick and the prefill/vision GEMM (tiled matmul) in the same run.
+    let fma = fma_gflops(&ctx)?;
+    let gemm = gemm_gflops(&ctx, &model, args.gemm_rows)?;
+    if let Some((what, g)) = &gemm {
+        eprintln!(
+            "FMA loop: {fma:.2} GFLOP/s; GEMM ({what}): {g:.2} GFLOP/s = {:.1}% of it",
+            100.0 * g / fma.max(1e-9)
+        );
+    }
 
     // Per-kernel profile over extra decode steps (measured decode above is unperturbed).
     let mut profile: Option<Profile> = None;
@@ -754,6 +821,16 @@ fn main() -> Result<(), failure::Failure> {
             "decode bandwidth / streaming".into(),
             format!("{:.1}%", 100.0 * frac),
         ),
+        ("FMA-loop kernel".into(), format!("{fma:.2} GFLOP/s")),
+        (
+            "GEMM (tiled matmul) / FMA loop".into(),
+            gemm.as_ref().map_or_else(na, |(what, g)| {
+                format!(
+                    "{g:.2} GFLOP/s ({what}) = {:.1}%",
+                    100.0 * g / fma.max(1e-9)
+                )
+            }),
+        ),
     ]);
     if let Some((n, routed, k, e)) = moe_info {
         rows.push((
@@ -884,6 +961,12 @@ fn main() -> Result<(), failure::Failure> {
         "synthetic_write_s": write_s,
         "profile": profile_json,
     });
+    let mut j = j;
+    j["fma_gflops"] = json!(fma);
+    j["gemm"] = gemm.as_ref().map_or(
+        Value::Null,
+        |(what, g)| json!({"shape": what, "gflops": g, "fraction": g / fma.max(1e-9)}),
+    );
     println!("\nBENCH_JSON {}", serde_json::to_string(&j)?);
     Ok(())
 }

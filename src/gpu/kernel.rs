@@ -412,6 +412,7 @@ pub fn preprocess_with(
 pub const WGSL_SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../wgsl/elementwise.wgsl")),
     ("streaming", include_str!("../../wgsl/streaming.wgsl")),
+    ("fma_probe", include_str!("../../wgsl/fma_probe.wgsl")),
     (
         "attention_input",
         include_str!("../../wgsl/attention_input.wgsl"),

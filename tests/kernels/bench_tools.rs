@@ -6,7 +6,7 @@ use crate::common;
 use std::path::PathBuf;
 
 use gemma_wgpu::checkpoint::{Checkpoint, PerLayerTable};
-use gemma_wgpu::gpu::ops::streaming;
+use gemma_wgpu::gpu::ops::{fma_probe, streaming};
 use gemma_wgpu::synthetic::SyntheticSpec;
 use gemma_wgpu::text::{Logits, argmax_host};
 use gemma_wgpu::{Model, ModelOptions};
@@ -528,4 +528,43 @@ fn synthetic_real_dims_of_26b_a4b() {
         assert!(q.get(format!("{l}.experts.switch_glu.gate_proj")).is_none());
     }
     assert_eq!(q["bits"], 4);
+}
+
+#[test]
+fn fma_probe_computes_its_chains() {
+    // The arithmetic yardstick must really run its loop: every invocation's value equals the
+    // CPU reference of the same chains (awkward count: not a multiple of the workgroup).
+    for (path, ctx) in common::paths() {
+        let threads = 300u32;
+        let out = ctx
+            .create_storage("fma-out", 4 * u64::from(threads))
+            .unwrap();
+        for (iters, m, c) in [
+            (1u32, 0.5f32, 0.25f32),
+            (37, 0.999, 0.001),
+            (200, -0.97, 0.5),
+        ] {
+            let mut rec = ctx.recorder();
+            fma_probe::fma_probe(&mut rec, &out, threads, iters, m, c).unwrap();
+            rec.finish().unwrap();
+            let t = gemma_wgpu::gpu::GpuTensor::from_buffer(
+                &ctx,
+                out.clone(),
+                &[threads as usize],
+                gemma_wgpu::gpu::DType::F32,
+            );
+            let got = t.to_f32(&ctx).unwrap();
+            for (i, &g) in got.iter().enumerate() {
+                let want = fma_probe::fma_probe_ref(i as u32, iters, m, c);
+                assert!(
+                    (g - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{path} iters {iters} invocation {i}: {g} vs {want}"
+                );
+            }
+        }
+        let too_small = ctx.create_storage("fma-small", 16).unwrap();
+        let mut rec = ctx.recorder();
+        assert!(fma_probe::fma_probe(&mut rec, &too_small, 5, 1, 1.0, 0.0).is_err());
+        assert_eq!(fma_probe::fma_probe_flops(256, 10), 64.0 * 2560.0);
+    }
 }

@@ -23,6 +23,7 @@ pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
+pub mod fma_probe;
 pub mod streaming;
 
 pub use attention::{
@@ -77,6 +78,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     v.extend(elementwise::Elementwise::all_specs());
     v.extend(streaming::all_specs());
+    v.extend(fma_probe::all_specs());
     v.extend(pool::all_specs());
     v.extend(sample::all_specs());
     v.extend(penalty::all_specs());
@@ -126,5 +128,6 @@ pub fn param_layouts() -> Vec<(&'static str, ParamLayout)> {
         ("rope", rope::param_layout()),
         ("sample", sample::param_layout()),
         ("streaming", streaming::param_layout()),
+        ("fma_probe", fma_probe::param_layout()),
     ]
 }

@@ -1,4 +1,5 @@
-//! A plain streaming-read kernel, the bandwidth yardstick of the benchmarks.
+//! A plain streaming-read kernel, the bandwidth yardstick of the benchmarks (the arithmetic
+//! one is [`super::fma_probe`]).
 
 use crate::gpu::{Access, GpuError, KernelSpec, ParamLayout, Recorder, uniform_params};
 
