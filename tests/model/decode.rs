@@ -240,18 +240,16 @@ fn batched_equals_alone(case: &str) {
     };
     // Alone.
     let mut alone = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
+    // A fresh session with `p` prefilled, and its first (greedy) token.
+    let prefilled = |p: &[u32]| {
         let (mut cache, mut ws) = text.new_session(64, 16).unwrap();
-        let logits = text
-            .forward(
-                &mut cache,
-                &mut ws,
-                p,
-                None,
-                gemma_wgpu::model::text::Logits::Last,
-            )
-            .unwrap();
-        let mut toks = vec![argmax_host(&logits)];
+        let last = gemma_wgpu::model::text::Logits::Last;
+        let logits = text.forward(&mut cache, &mut ws, p, None, last).unwrap();
+        (cache, ws, argmax_host(&logits))
+    };
+    for (i, p) in prompts.iter().enumerate() {
+        let (mut cache, mut ws, first) = prefilled(p);
+        let mut toks = vec![first];
         for t in 1..steps[i] {
             let prev = *toks.last().unwrap();
             let id = text
@@ -267,17 +265,8 @@ fn batched_equals_alone(case: &str) {
     let mut sessions: Vec<_> = prompts
         .iter()
         .map(|p| {
-            let (mut cache, mut ws) = text.new_session(64, 16).unwrap();
-            let logits = text
-                .forward(
-                    &mut cache,
-                    &mut ws,
-                    p,
-                    None,
-                    gemma_wgpu::model::text::Logits::Last,
-                )
-                .unwrap();
-            (cache, vec![argmax_host(&logits)])
+            let (cache, _, first) = prefilled(p);
+            (cache, vec![first])
         })
         .collect();
     let mut bws = text.batch_workspace(4, 64).unwrap();
