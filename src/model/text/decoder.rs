@@ -629,28 +629,8 @@ impl TextDecoder {
                 cache.max_context()
             )));
         }
-        // h0 = embed(ids') * sqrt(H) (ids' = ids with media positions -> pad); media rows
-        // replaced by the projected features.
-        let lookup_ids = self.lookup_ids(ids)?;
-        let ids_t = ws.ids.rows(0, l);
-        ids_t.write_u32(&self.ctx, &lookup_ids)?;
         let (h, xn) = (ws.h.rows(0, l), ws.xn.rows(0, l));
-        w.embed.record(rec, &ids_t, &h)?;
-        if let Some((m, positions)) = media {
-            scatter_media_rows(rec, m, positions, &h)?;
-        }
-        let bounds = match bounds {
-            Some(b) => {
-                let t = ws.attn_bounds.rows(0, l).reshape(&[2 * l]);
-                t.write_u32(&self.ctx, b)?;
-                Some(t)
-            }
-            None => None,
-        };
-        let ple = match &w.per_layer {
-            Some(p) => Some(p.record(rec, &self.ctx, ws, &lookup_ids, &ids_t, &h, eps)?),
-            None => None,
-        };
+        let (bounds, ple) = self.record_inputs(rec, ws, ids, media, bounds, &h)?;
         // The first layer's input norm; every later one (and the final norm) is fused into the
         // residual kernel that produces its input (`next_norm`).
         if let Some(first) = w.layers.first() {
@@ -690,6 +670,43 @@ impl TextDecoder {
             Logits::All => l,
         };
         self.record_head(rec, ws, l, l - n..l)
+    }
+
+    /// Records the chunk's inputs into `h` (`[L, H]`): h0 = embed(ids') * sqrt(H) (ids' = ids
+    /// with media positions -> pad) with the media rows replaced by the projected features;
+    /// writes the image-block `bounds` and records the per-layer inputs. Returns the bounds
+    /// tensor and the per-layer inputs (when the model has them).
+    fn record_inputs(
+        &self,
+        rec: &mut Recorder,
+        ws: &mut Workspace,
+        ids: &[u32],
+        media: Option<(&MediaRuns, Range<usize>)>,
+        bounds: Option<&[u32]>,
+        h: &GpuTensor,
+    ) -> Result<(Option<GpuTensor>, Option<GpuTensor>)> {
+        let (w, l) = (&*self.w, ids.len());
+        let lookup_ids = self.lookup_ids(ids)?;
+        let ids_t = ws.ids.rows(0, l);
+        ids_t.write_u32(&self.ctx, &lookup_ids)?;
+        w.embed.record(rec, &ids_t, h)?;
+        if let Some((m, positions)) = media {
+            scatter_media_rows(rec, m, positions, h)?;
+        }
+        let bounds = match bounds {
+            Some(b) => {
+                let t = ws.attn_bounds.rows(0, l).reshape(&[2 * l]);
+                t.write_u32(&self.ctx, b)?;
+                Some(t)
+            }
+            None => None,
+        };
+        let eps = self.cfg.rms_norm_eps as f32;
+        let ple = match &w.per_layer {
+            Some(p) => Some(p.record(rec, &self.ctx, ws, &lookup_ids, &ids_t, h, eps)?),
+            None => None,
+        };
+        Ok((bounds, ple))
     }
 
     /// Records the LM head over `rows` of the last `l`-token chunk (final-normed in `ws.xn`;
