@@ -1,4 +1,4 @@
-//! The tiled matrix-matrix product (`wgsl/matmul.wgsl`): the batched form of
+//! The register-blocked matrix-matrix product (`wgsl/matmul.wgsl`): the batched form of
 //! [`linear`](super::linear) (prefill, the vision tower), `y[b] = W x[b]` over a [`Matrix`] in
 //! any [`WeightFormat`](crate::gpu::WeightFormat), one dispatch per row window.
 
@@ -27,21 +27,30 @@ pub fn param_layout() -> ParamLayout {
     Params::layout()
 }
 
-/// Output tile edge of the matmul kernel.
-const MATMUL_TILE: usize = 32;
+/// Weight rows of one workgroup's output tile (8 invocations x 16 rows each).
+const MATMUL_TILE_ROWS: usize = 128;
+/// Batch rows of one workgroup's output tile (8 invocations x 4 rows each).
+const MATMUL_TILE_BATCH: usize = 32;
 
-/// The tiled matmul specialisation (no subgroups: one kernel for both paths).
-pub fn matmul_spec(format: WeightFormat) -> KernelSpec {
-    format.define_in(KernelSpec::new(
-        "matmul",
-        "main",
-        &format.bindings_then(&[Access::Read, Access::ReadWrite]),
-    ))
+/// The register-blocked matmul specialisation, `xvec`: x bound as `vec4<f32>` (its element
+/// offset and width are multiples of 4). No subgroups: one kernel for both paths.
+pub fn matmul_spec(format: WeightFormat, xvec: bool) -> KernelSpec {
+    format.define_in(
+        KernelSpec::new(
+            "matmul",
+            "main",
+            &format.bindings_then(&[Access::Read, Access::ReadWrite]),
+        )
+        .define("XVEC", u8::from(xvec)),
+    )
 }
 
 /// All specialisations (for shader validation).
 pub fn all_specs() -> Vec<KernelSpec> {
-    WeightFormat::all().into_iter().map(matmul_spec).collect()
+    WeightFormat::all()
+        .into_iter()
+        .flat_map(|f| [matmul_spec(f, false), matmul_spec(f, true)])
+        .collect()
 }
 
 /// Records `y[b, col0 + r] = W[r] . x[b]` for `batch` rows of `x` (`[batch, cols]`), the rows of
@@ -56,7 +65,8 @@ pub(super) fn matmul(
     batch: usize,
 ) -> Result<(), GpuError> {
     let (row_words, groups) = w.affine_dims();
-    let kernel = rec.ctx().kernel(&matmul_spec(w.format))?;
+    let xvec = x.elem_offset().is_multiple_of(4) && w.cols.is_multiple_of(4);
+    let kernel = rec.ctx().kernel(&matmul_spec(w.format, xvec))?;
     for win in &w.windows {
         if win.rows == 0 {
             continue;
@@ -75,8 +85,8 @@ pub(super) fn matmul(
         bufs.push((&x.buffer).into());
         bufs.push((&y.buffer).into());
         let grid = [
-            win.rows.div_ceil(MATMUL_TILE) as u32,
-            batch.div_ceil(MATMUL_TILE) as u32,
+            win.rows.div_ceil(MATMUL_TILE_ROWS) as u32,
+            batch.div_ceil(MATMUL_TILE_BATCH) as u32,
             1,
         ];
         rec.dispatch(&kernel, &params, &bufs, grid)?;
