@@ -1,20 +1,23 @@
 // Register-blocked matrix-matrix product Y[b, row] = sum_k X[b, k] * W[row, k] over one row
 // window of a weight matrix (prefill, vision tower). A 64-invocation workgroup (8 x 8) computes a
-// 32 (batch) x 128 (rows) output tile; invocation (tx, ty) = (li % 8, li / 8) owns the 4 x 16
-// block of batch rows b0 + ty + 8 i (i < 4) and weight rows r0 + tx + 8 j (j < 16), kept in 64
-// registers. K is walked in steps of 8: the invocation loads its 4 x rows' 8 values, then for
-// each of its 16 weight rows decodes that row's 8 values (straight from the packed words: two
-// u32 per 8 codes at most, scales/biases once per 32 codes) and adds 8 FMAs into each of the 4
-// accumulators. So each x value loaded feeds 16 rows and each weight decoded feeds 4 x rows:
-// 64 FMAs per (4 x 8 + 16 x words) values loaded, with no workgroup memory or barriers (on
-// CPU adapters a load costs far more than an FMA; GPUs cache the re-read x and weight lines).
+// (8 BA) x (8 BR) output tile; invocation (tx, ty) owns the BA x BR block of batch rows
+// b0 + ty + 8 i (i < BA) and weight rows r0 + tx + 8 j (j < BR), kept in BA * BR = 64
+// registers. K is walked in steps of 8: the invocation gets its BA x rows' 8 values, then for
+// each of its BR weight rows decodes that row's 8 values (straight from the packed words: two
+// u32 per 8 affine codes at most, scales/biases once per 32 codes) and adds 8 FMAs into each of
+// its BA accumulators of that row. Each x value thus feeds BR rows and each decoded weight BA
+// x rows, with no workgroup memory or barriers (on CPU adapters a load costs far more than an
+// FMA; GPUs cache the re-read x and weight lines).
+// Block shapes (defines BA, BR): 4 x 16 on the portable path; 8 x 8 with SUBGROUP (subgroup
+// sizes 8..64): the 8 invocations of a group (same ty) share their BA x rows, each loading
+// BA / 4 of the group's 2 BA x vec4s and taking the others by subgroupShuffle, so an invocation
+// loads BA values per 8 columns instead of 8 BA.
 // Dense formats: K % 8 leftover columns by a scalar tail; f16/bf16 rows of odd width decode
 // element by element. XVEC: x bound as vec4<f32> (its element offset and K are multiples of 4).
-// Same defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT
-// (common/affine.wgsl); otherwise W_FMT (common/dense.wgsl). Grid: x = row tiles, y = batch
-// tiles. No subgroup operations (one kernel for both paths). Every out-of-range row or batch
-// index is clamped for loading (the values are discarded), so all invocations run the same
-// uniform control flow.
+// Same defines as matvec.wgsl: AFFINE with BITS, GROUP, SB_FMT (common/affine.wgsl); otherwise
+// W_FMT (common/dense.wgsl). Grid: x = row tiles, y = batch tiles. Every out-of-range row or
+// batch index is clamped for loading (the values are discarded), so all invocations run the
+// same uniform control flow (required by the shuffles).
 
 struct Params {
     rows: u32,      // rows of this window
@@ -46,29 +49,53 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> ys: array<f32>;
 //#endif
 
-const BA: u32 = 4u;   // batch rows per invocation
-const BR: u32 = 16u;  // weight rows per invocation
-const TB: u32 = 32u;  // batch rows per workgroup (8 BA)
-const TR: u32 = 128u; // weight rows per workgroup (8 BR)
+const BA: u32 = {{BA}}u; // batch rows per invocation
+const BR: u32 = {{BR}}u; // weight rows per invocation
+const TB: u32 = 8u * BA; // batch rows per workgroup
+const TR: u32 = 8u * BR; // weight rows per workgroup
+const NL: u32 = BA / 4u; // SUBGROUP: x vec4s each invocation loads per 8 columns
 
-// The 8 x values k .. k + 7 of each of the invocation's batch rows (x row offsets xo).
+// The 8 x values k .. k + 7 of each of the invocation's batch rows.
 struct X8 {
-    a: array<vec4<f32>, 4>,
-    b: array<vec4<f32>, 4>,
+    a: array<vec4<f32>, BA>,
+    b: array<vec4<f32>, BA>,
 }
 
-fn load_x8(xo: ptr<function, array<u32, 4>>, k: u32) -> X8 {
+// One x vec4 at element offset o.
+fn x4(o: u32) -> vec4<f32> {
+//#if XVEC
+    return xs[o / 4u];
+//#else
+    return vec4<f32>(xs[o], xs[o + 1u], xs[o + 2u], xs[o + 3u]);
+//#endif
+}
+
+// xo: offsets of the invocation's BA x rows; xsh, sbase (SUBGROUP): the offsets of the NL x
+// vec4s this invocation loads for its group of 8 (vec4 u = tx + 8 r of the group's 2 BA: row
+// u / 2, half u % 2) and the group's first subgroup lane.
+fn load_x8(
+    xo: ptr<function, array<u32, BA>>,
+    xsh: ptr<function, array<u32, NL>>,
+    sbase: u32,
+    k: u32,
+) -> X8 {
     var x: X8;
+//#if SUBGROUP
+    var mine: array<vec4<f32>, NL>;
+    for (var r = 0u; r < NL; r++) {
+        mine[r] = x4((*xsh)[r] + k);
+    }
+    for (var i = 0u; i < BA; i++) {
+        x.a[i] = subgroupShuffle(mine[(2u * i) / 8u], sbase + (2u * i) % 8u);
+        x.b[i] = subgroupShuffle(mine[(2u * i + 1u) / 8u], sbase + (2u * i + 1u) % 8u);
+    }
+//#else
     for (var i = 0u; i < BA; i++) {
         let o = (*xo)[i] + k;
-//#if XVEC
-        x.a[i] = xs[o / 4u];
-        x.b[i] = xs[o / 4u + 1u];
-//#else
-        x.a[i] = vec4<f32>(xs[o], xs[o + 1u], xs[o + 2u], xs[o + 3u]);
-        x.b[i] = vec4<f32>(xs[o + 4u], xs[o + 5u], xs[o + 6u], xs[o + 7u]);
-//#endif
+        x.a[i] = x4(o);
+        x.b[i] = x4(o + 4u);
     }
+//#endif
     return x;
 }
 
@@ -130,30 +157,52 @@ fn load_w8(e0: u32, k: u32) -> array<vec4<f32>, 2> {
 //#endif
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let tx = li % 8u;
-    let ty = li / 8u;
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+//#if SUBGROUP
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_id) sg_id: u32,
+//#endif
+) {
+//#if SUBGROUP
+    // invocation index by subgroup (the host picks this path for subgroup sizes 8..64, so a
+    // group of 8 consecutive indices lies in one subgroup)
+    let lx = sg_id * sg_size + sg_lane;
+    let sbase = sg_lane - lx % 8u;
+//#else
+    let lx = li;
+    let sbase = 0u;
+//#endif
+    let tx = lx % 8u;
+    let ty = lx / 8u;
     let r0 = wid.x * TR + tx;
     let b0 = wid.y * TB + ty;
     // acc[i * BR + j]: batch row b0 + 8 i, weight row r0 + 8 j
     var acc: array<f32, 64>; // zero-initialised
-    var xo: array<u32, 4>;
+    var xo: array<u32, BA>;
     for (var i = 0u; i < BA; i++) {
         xo[i] = p.x_off + min(b0 + 8u * i, p.batch - 1u) * p.cols;
     }
-    var wr: array<u32, 16>;
+    var xsh: array<u32, NL>;
+    for (var r = 0u; r < NL; r++) {
+        let u = tx + 8u * r;
+        xsh[r] = p.x_off + min(b0 + 8u * (u / 2u), p.batch - 1u) * p.cols + 4u * (u % 2u);
+    }
+    var wr: array<u32, BR>;
     for (var j = 0u; j < BR; j++) {
         wr[j] = min(r0 + 8u * j, p.rows - 1u);
     }
 //#if AFFINE
     let nc = p.cols / 32u;
     for (var c = 0u; c < nc; c++) {
-        var s: array<vec2<f32>, 16>;
+        var s: array<vec2<f32>, BR>;
         for (var j = 0u; j < BR; j++) {
             s[j] = scale_bias(0u, wr[j] * p.groups + (c * 32u) / GROUP);
         }
         for (var h = 0u; h < 4u; h++) {
-            let x = load_x8(&xo, c * 32u + 8u * h);
+            let x = load_x8(&xo, &xsh, sbase, c * 32u + 8u * h);
             let bit0 = 8u * h * BITS;
             let wi = bit0 / 32u;
             let sh = bit0 % 32u;
@@ -180,7 +229,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 //#else
     let n8 = p.cols / 8u;
     for (var c = 0u; c < n8; c++) {
-        let x = load_x8(&xo, 8u * c);
+        let x = load_x8(&xo, &xsh, sbase, 8u * c);
         for (var j = 0u; j < BR; j++) {
             let w = load_w8(wr[j] * p.cols, 8u * c);
             for (var i = 0u; i < BA; i++) {
@@ -189,7 +238,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
     for (var k = 8u * n8; k < p.cols; k++) {
-        var xk: array<f32, 4>;
+        var xk: array<f32, BA>;
         for (var i = 0u; i < BA; i++) {
             let o = xo[i] + k;
 //#if XVEC

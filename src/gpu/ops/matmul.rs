@@ -27,30 +27,49 @@ pub fn param_layout() -> ParamLayout {
     Params::layout()
 }
 
-/// Weight rows of one workgroup's output tile (8 invocations x 16 rows each).
-const MATMUL_TILE_ROWS: usize = 128;
-/// Batch rows of one workgroup's output tile (8 invocations x 4 rows each).
-const MATMUL_TILE_BATCH: usize = 32;
+/// The register block `(batch rows, weight rows)` of one invocation: 4 x 16 on the portable
+/// path, 8 x 8 on the subgroup path (whose x loads are shared by 8 invocations). A workgroup's
+/// output tile is 8 blocks by 8.
+fn block(subgroups: bool) -> (usize, usize) {
+    if subgroups { (8, 8) } else { (4, 16) }
+}
 
 /// The register-blocked matmul specialisation, `xvec`: x bound as `vec4<f32>` (its element
-/// offset and width are multiples of 4). No subgroups: one kernel for both paths.
-pub fn matmul_spec(format: WeightFormat, xvec: bool) -> KernelSpec {
+/// offset and width are multiples of 4); `subgroups`: groups of 8 invocations share their x
+/// values by shuffle (see [`matmul_subgroups`]).
+pub fn matmul_spec(format: WeightFormat, xvec: bool, subgroups: bool) -> KernelSpec {
+    let (ba, br) = block(subgroups);
     format.define_in(
         KernelSpec::new(
             "matmul",
             "main",
             &format.bindings_then(&[Access::Read, Access::ReadWrite]),
         )
-        .define("XVEC", u8::from(xvec)),
+        .define("XVEC", u8::from(xvec))
+        .define("BA", ba)
+        .define("BR", br)
+        .with_subgroups(subgroups),
     )
+}
+
+/// Whether the matmul (and `attention_rows`) take their subgroup paths on this device:
+/// subgroups whose size is known to lie in 8..=64, so that 8 consecutive invocations of a
+/// 64-invocation workgroup share one.
+pub fn matmul_subgroups(caps: &crate::gpu::Capabilities) -> bool {
+    caps.subgroups && caps.subgroup_min_size >= 8 && caps.subgroup_max_size <= 64
 }
 
 /// All specialisations (for shader validation).
 pub fn all_specs() -> Vec<KernelSpec> {
-    WeightFormat::all()
-        .into_iter()
-        .flat_map(|f| [matmul_spec(f, false), matmul_spec(f, true)])
-        .collect()
+    let mut v = Vec::new();
+    for f in WeightFormat::all() {
+        for xvec in [false, true] {
+            for sg in [false, true] {
+                v.push(matmul_spec(f, xvec, sg));
+            }
+        }
+    }
+    v
 }
 
 /// Records `y[b, col0 + r] = W[r] . x[b]` for `batch` rows of `x` (`[batch, cols]`), the rows of
@@ -66,7 +85,9 @@ pub(super) fn matmul(
 ) -> Result<(), GpuError> {
     let (row_words, groups) = w.affine_dims();
     let xvec = x.elem_offset().is_multiple_of(4) && w.cols.is_multiple_of(4);
-    let kernel = rec.ctx().kernel(&matmul_spec(w.format, xvec))?;
+    let sg = matmul_subgroups(rec.ctx().caps());
+    let kernel = rec.ctx().kernel(&matmul_spec(w.format, xvec, sg))?;
+    let (ba, br) = block(sg);
     for win in &w.windows {
         if win.rows == 0 {
             continue;
@@ -85,8 +106,8 @@ pub(super) fn matmul(
         bufs.push((&x.buffer).into());
         bufs.push((&y.buffer).into());
         let grid = [
-            win.rows.div_ceil(MATMUL_TILE_ROWS) as u32,
-            batch.div_ceil(MATMUL_TILE_BATCH) as u32,
+            win.rows.div_ceil(8 * br) as u32,
+            batch.div_ceil(8 * ba) as u32,
             1,
         ];
         rec.dispatch(&kernel, &params, &bufs, grid)?;
