@@ -12,16 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::channel::{self, Flow, Notify, Receiver};
 
 use super::sampler::Sampler;
 use super::state::{Buffers, State, bufs};
-use super::step::{Generation, Turn};
+use super::step::{Generation, PendingTurn, Turn};
 use super::{CancelToken, Reply, Request};
 use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
 use crate::model::Model;
+use crate::model::media;
+use crate::model::vision::ImagePatches;
+use crate::prompt::render::prepare_image;
 use crate::model::text::{BatchSeq, Workspace};
 
 /// The id [`Batch::submit`] gives a request; its reply comes back with it.
@@ -180,9 +184,10 @@ impl Batch {
         all
     }
 
-    /// One round: queued requests start in the free slots (image encoding and prefill, each
-    /// in its own submits, and the first token), then one batched decode step advances every
-    /// running request by a token. Finished requests move to the replies.
+    /// One round: queued requests start in the free slots (their images encoded together,
+    /// then each prompt's prefill in its own submits, and its first token), then one batched
+    /// decode step advances every running request by a token. Finished requests move to the
+    /// replies.
     pub fn step(&mut self) {
         self.admit();
         self.decode();
@@ -191,25 +196,82 @@ impl Batch {
 
     /// Starts queued requests while slots are free.
     fn admit(&mut self) {
-        while self.active.len() < self.max {
+        let mut starting: Vec<(RequestId, CancelToken, PendingTurn)> = Vec::new();
+        while self.active.len() + starting.len() < self.max {
             let Some((id, req, cancel)) = self.queue.pop_front() else {
-                return;
+                break;
             };
             if cancel.take() {
                 self.done.push_back((id, Err(cancelled_before_start())));
                 continue;
             }
-            match self.start(req, cancel.clone()) {
+            match PendingTurn::new(&self.model, req) {
+                Ok(p) => starting.push((id, cancel, p)),
+                Err(e) => self.done.push_back((id, Err(e))),
+            }
+        }
+        let features = self.encode_together(&mut starting);
+        for ((id, cancel, pending), features) in starting.into_iter().zip(features) {
+            let started = features.and_then(|(f, encode_s)| {
+                let turn = pending.finish(&self.model, None, &[], &[], f, encode_s)?;
+                self.start(turn, cancel.clone())
+            });
+            match started {
                 Ok((st, g)) => self.active.push(Slot { id, st, g, cancel }),
                 Err(e) => self.done.push_back((id, Err(e))),
             }
         }
     }
 
-    /// Sets up a request on a fresh state sized for it and selects its first token.
-    fn start(&self, req: Request, cancel: CancelToken) -> Result<(State, Generation)> {
+    /// Encodes the images of the requests starting in this round together (one pass of the
+    /// tower per [`MAX_PATCHES_TOGETHER`](crate::model::media::MAX_PATCHES_TOGETHER) patches
+    /// across requests), giving each request its features and the time of the encode its images
+    /// took part in. An image that cannot be read or prepared fails only its request; if the
+    /// joint encode itself fails, each request is encoded alone so that it gets its own result.
+    #[allow(clippy::type_complexity)]
+    fn encode_together(
+        &self,
+        starting: &mut [(RequestId, CancelToken, PendingTurn)],
+    ) -> Vec<Result<(Vec<GpuTensor>, f64)>> {
         let model = &self.model;
-        let turn = Turn::prepare(model, None, &[], &[], req)?;
+        let t0 = Instant::now();
+        let prepared: Vec<Result<Vec<ImagePatches>>> = starting
+            .iter_mut()
+            .map(|(_, _, p)| {
+                let images = p.take_images();
+                images.iter().map(|img| prepare_image(model, img)).collect()
+            })
+            .collect();
+        let all: Vec<&ImagePatches> = prepared.iter().flatten().flatten().collect();
+        let joint = media::encode_each(model.vision(), all, Ok);
+        let elapsed = t0.elapsed().as_secs_f64();
+        match joint {
+            Ok(features) => {
+                let mut features = features.into_iter();
+                prepared
+                    .into_iter()
+                    .map(|p| {
+                        let p = p?;
+                        let s = if p.is_empty() { 0.0 } else { elapsed };
+                        Ok((features.by_ref().take(p.len()).collect(), s))
+                    })
+                    .collect()
+            }
+            Err(_) => prepared
+                .into_iter()
+                .map(|p| {
+                    let p = p?;
+                    let t = Instant::now();
+                    let f = media::encode_each(model.vision(), &p, Ok)?;
+                    Ok((f, t.elapsed().as_secs_f64()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Sets up a request on a fresh state sized for it and selects its first token.
+    fn start(&self, turn: Turn, cancel: CancelToken) -> Result<(State, Generation)> {
+        let model = &self.model;
         let n = turn.ids.len();
         let max_context = (n + turn.opts.max_new_tokens + 1).min(model.options().max_context);
         let mut st = State::new(model, max_context.max(n + 1))?;

@@ -19,8 +19,8 @@ use std::time::Instant;
 use super::sampler::Sampler;
 use super::state::{Buffers, State, bufs};
 use super::{
-    CancelToken, Detokenizer, FinishReason, GenerationOptions, GenerationStats, Reply, Request,
-    StopMatcher,
+    CancelToken, Detokenizer, FinishReason, GenerationOptions, GenerationStats, ImageInput, Reply,
+    Request, StopMatcher,
 };
 use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
@@ -42,6 +42,76 @@ pub(crate) struct Turn {
     counters0: (u64, u64),
 }
 
+/// A request validated against the model (health, options), its images not yet encoded: the
+/// first half of [`Turn::prepare`], so that a batch can encode the images of the requests it
+/// starts together before finishing each.
+pub(crate) struct PendingTurn {
+    text: String,
+    images: Vec<ImageInput>,
+    n_images: usize,
+    opts: GenerationOptions,
+    counters0: (u64, u64),
+}
+
+impl PendingTurn {
+    /// Validates `req` (the model's default options when it has none).
+    pub(crate) fn new(model: &Model, req: Request) -> Result<PendingTurn> {
+        model.context().check_health()?;
+        let (text, images, opts) = req.into_parts();
+        let opts = opts.unwrap_or_else(|| model.generation_defaults().clone());
+        opts.validate()?;
+        Ok(PendingTurn {
+            text,
+            n_images: images.len(),
+            images,
+            opts,
+            counters0: model.context().counters().snapshot(),
+        })
+    }
+
+    /// The request's images, for the caller to encode (left empty).
+    pub(crate) fn take_images(&mut self) -> Vec<ImageInput> {
+        std::mem::take(&mut self.images)
+    }
+
+    /// Renders the conversation `messages` / `images` with the new user message, whose images'
+    /// features are `new_features` (encoded in `encode_s` seconds).
+    pub(crate) fn finish(
+        self,
+        model: &Model,
+        system: Option<&str>,
+        messages: &[Message],
+        images: &[GpuTensor],
+        new_features: Vec<GpuTensor>,
+        encode_s: f64,
+    ) -> Result<Turn> {
+        if new_features.len() != self.n_images {
+            return Err(Error::InvalidArgument(format!(
+                "{} image features for a request with {} images",
+                new_features.len(),
+                self.n_images
+            )));
+        }
+        let stats = GenerationStats {
+            image_encode_s: encode_s,
+            ..GenerationStats::default()
+        };
+        let mut messages = messages.to_vec();
+        messages.push(Message::user_with_images(self.n_images, self.text));
+        let mut all_images = images.to_vec();
+        all_images.extend(new_features);
+        let ids = prompt_ids(model, system, &messages, &all_images)?;
+        Ok(Turn {
+            messages,
+            images: all_images,
+            ids,
+            opts: self.opts,
+            stats,
+            counters0: self.counters0,
+        })
+    }
+}
+
 impl Turn {
     /// Sets up `req` after the conversation `messages` / `images` (empty for a one-shot
     /// request): validates the options (the model's defaults when the request has none),
@@ -54,31 +124,11 @@ impl Turn {
         images: &[GpuTensor],
         req: Request,
     ) -> Result<Turn> {
-        model.context().check_health()?;
-        let (text, new_images, opts) = req.into_parts();
-        let opts = opts.unwrap_or_else(|| model.generation_defaults().clone());
-        opts.validate()?;
-        let counters0 = model.context().counters().snapshot();
-        let mut stats = GenerationStats::default();
-
+        let mut pending = PendingTurn::new(model, req)?;
         let t0 = Instant::now();
-        let user = Message::user_with_images(new_images.len(), text);
-        let new_features = encode_images(model, new_images)?;
-        stats.image_encode_s = t0.elapsed().as_secs_f64();
-
-        let mut messages = messages.to_vec();
-        messages.push(user);
-        let mut all_images = images.to_vec();
-        all_images.extend(new_features);
-        let ids = prompt_ids(model, system, &messages, &all_images)?;
-        Ok(Turn {
-            messages,
-            images: all_images,
-            ids,
-            opts,
-            stats,
-            counters0,
-        })
+        let new_features = encode_images(model, pending.take_images())?;
+        let encode_s = t0.elapsed().as_secs_f64();
+        pending.finish(model, system, messages, images, new_features, encode_s)
     }
 }
 

@@ -8,17 +8,22 @@ use crate::generate::{ImageInput, ImageSource};
 use crate::gpu::GpuTensor;
 use crate::model::Model;
 use crate::model::media;
+use crate::model::vision::ImagePatches;
 use crate::prompt::Message;
 
-/// Encodes images into per-image soft-token features (each prepared just before its encode).
+/// Encodes images into per-image soft-token features (each prepared just before its group's
+/// encode, see [`media::encode_each`]).
 pub(crate) fn encode_images(model: &Model, images: Vec<ImageInput>) -> Result<Vec<GpuTensor>> {
-    media::encode_each(model.vision(), images, |img| {
-        let budget = img.max_soft_tokens();
-        match img.source() {
-            ImageSource::Path(p) => model.prepare_image_file_with(p, budget),
-            ImageSource::Dynamic(d) => model.prepare_image_with(d, budget),
-        }
-    })
+    media::encode_each(model.vision(), images, |img| prepare_image(model, &img))
+}
+
+/// Decodes and preprocesses one image into its patches at its own budget (or the model's).
+pub(crate) fn prepare_image(model: &Model, img: &ImageInput) -> Result<ImagePatches> {
+    let budget = img.max_soft_tokens();
+    match img.source() {
+        ImageSource::Path(p) => model.prepare_image_file_with(p, budget),
+        ImageSource::Dynamic(d) => model.prepare_image_with(d, budget),
+    }
 }
 
 /// Renders `system` + `messages` (+ generation prompt), tokenizes, expands images.

@@ -112,6 +112,29 @@ fn full(case: &str, chunk: usize) {
             &g.f32("image_features"),
             TOL,
         );
+        // The images encoded together, the first once more at the end (so that a one-image
+        // golden runs a joint pass too): every image gets the bits of its encode alone.
+        if let Some(tower) = vision.tower() {
+            let mut refs: Vec<&ImagePatches> = images.iter().collect();
+            refs.push(&images[0]);
+            let together = tower.encode_many(&refs, true).unwrap();
+            assert_eq!(together.len(), refs.len(), "{case}: one result per image");
+            let (mut tf, mut tp) = (Vec::new(), Vec::new());
+            for (f, p) in &together[..images.len()] {
+                tf.extend(f.to_f32(&ctx).unwrap());
+                tp.extend(p.as_ref().unwrap().to_f32(&ctx).unwrap());
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&tf), bits(&feats), "{case}: features encoded together");
+            assert_eq!(bits(&tp), bits(&pooled), "{case}: pooled encoded together");
+            let (f0, _) = vision.encode(&images[0], false).unwrap();
+            let last = &together[images.len()].0;
+            assert_eq!(
+                bits(&last.to_f32(&ctx).unwrap()),
+                bits(&f0.to_f32(&ctx).unwrap()),
+                "{case}: the repeated first image"
+            );
+        }
     }
     let out = model.logits_and_greedy(&prompt, &images, 16).unwrap();
     let r = compare(

@@ -9,7 +9,7 @@
 use super::clipped::ClippedLinear;
 use crate::config::VisionConfig;
 use crate::error::Result;
-use crate::gpu::ops::{self, AttnShape, BLayout, Elementwise, elementwise_inplace};
+use crate::gpu::ops::{self, AttnMask, AttnShape, BLayout, Elementwise, elementwise_inplace};
 use crate::gpu::{DType, GpuContext, GpuTensor, Matrix, Recorder};
 use crate::checkpoint::var_builder::VarBuilder;
 use crate::checkpoint::{LoadError, Sink};
@@ -184,8 +184,10 @@ pub(crate) struct LayerInputs<'a> {
     pub n: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
-    /// Attention shape (heads, scale 1.0, bidirectional over the `n` patches).
+    /// Attention shape (heads, scale 1.0); each image's call sets its own key count.
     pub attn: AttnShape,
+    /// `(first patch, patches)` of each image: a patch attends to its own image's patches.
+    pub images: &'a [(usize, usize)],
     /// `(x, y)` patch positions `[n, 2]` u32 (2-D RoPE).
     pub positions: &'a GpuTensor,
     /// 2-D RoPE inverse frequencies.
@@ -251,14 +253,23 @@ impl VisionAttention {
         ops::rms_norm(rec, &vh, None, &vh, eps)?;
         let q = s.q.view(0, &[n, nh, hd]);
         let k = s.k.view(0, &[n, nkv, hd]);
-        let v = s.v.view(0, &[n, nkv, hd]);
         ops::rope_2d(rec, &q, f.positions, f.inv_freq)?;
         ops::rope_2d(rec, &k, f.positions, f.inv_freq)?;
-        let out = s.attn.view(0, &[n, nh, hd]);
-        if ops::rows_supported(&f.attn) {
-            ops::attention_rows(rec, &q, &k, &v, &out, &f.attn, 0)?;
-        } else {
-            ops::attention_prefill(rec, &q, &k, &v, &out, &f.attn, 0)?;
+        for &(p0, np) in f.images {
+            let shape = AttnShape {
+                cap: np as u32,
+                mask: AttnMask::Bidirectional { n_keys: np as u32 },
+                ..f.attn
+            };
+            let q = s.q.view(p0 * nh * hd, &[np, nh, hd]);
+            let k = s.k.view(p0 * nkv * hd, &[np, nkv, hd]);
+            let v = s.v.view(p0 * nkv * hd, &[np, nkv, hd]);
+            let out = s.attn.view(p0 * nh * hd, &[np, nh, hd]);
+            if ops::rows_supported(&shape) {
+                ops::attention_rows(rec, &q, &k, &v, &out, &shape, 0)?;
+            } else {
+                ops::attention_prefill(rec, &q, &k, &v, &out, &shape, 0)?;
+            }
         }
         self.o_proj.record(rec, &s.attn, &s.o, &s.clip_in)
     }

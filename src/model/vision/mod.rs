@@ -57,6 +57,29 @@ impl VisionModel {
         }
     }
 
+    /// Encodes several images together ([`VisionEncoder::encode_many`] on the tower: one
+    /// submit, every row-wise op over all their patches at once; the embedder encodes them one
+    /// after another). Returns each image's features `[n_i, H]`, in order.
+    pub fn encode_many(&self, imgs: &[&ImagePatches]) -> Result<Vec<GpuTensor>> {
+        match self {
+            VisionModel::Tower(t) => Ok(t
+                .encode_many(imgs, false)?
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()),
+            VisionModel::Embedder(e) => imgs.iter().map(|i| Ok(e.encode(i, false)?.0)).collect(),
+        }
+    }
+
+    /// The most patches [`encode_many`](Self::encode_many) should take at once (the tower's
+    /// [`VisionEncoder::max_patches_together`]; the embedder encodes one image at a time).
+    pub fn max_patches_together(&self) -> usize {
+        match self {
+            VisionModel::Tower(t) => t.max_patches_together(),
+            VisionModel::Embedder(_) => 0,
+        }
+    }
+
     /// The tower, if this is one.
     pub fn tower(&self) -> Option<&VisionEncoder> {
         match self {

@@ -108,19 +108,63 @@ impl VisionEncoder {
         img: &ImagePatches,
         keep_pooled: bool,
     ) -> Result<(GpuTensor, Option<GpuTensor>)> {
+        let mut out = self.encode_many(&[img], keep_pooled)?;
+        out.pop().ok_or_else(|| unreachable_empty())
+    }
+
+    /// The most patches [`encode_many`](Self::encode_many) should take at once: at most
+    /// [`MAX_PATCHES_TOGETHER`](crate::model::media::MAX_PATCHES_TOGETHER), and no more than
+    /// the rows of the widest activation (the MLP's) that fit one storage binding, so that
+    /// grouping never needs a binding that each image alone would not.
+    pub fn max_patches_together(&self) -> usize {
+        let row_bytes = 4 * self.cfg.intermediate_size.max(self.cfg.hidden_size).max(1) as u64;
+        let fit = self.ctx.caps().max_binding_size / row_bytes;
+        crate::model::media::MAX_PATCHES_TOGETHER.min(fit as usize)
+    }
+
+    /// Encodes several images together, in one submit: their patches go through the tower as
+    /// one sequence (every linear, norm and MLP over all rows at once: fewer, fuller
+    /// dispatches), while attention, RoPE positions and pooling stay per image (each image's
+    /// patches attend only to each other). Returns per image what [`encode`](Self::encode)
+    /// returns for it alone (the same values: every op computes a row from that row alone).
+    pub fn encode_many(
+        &self,
+        imgs: &[&ImagePatches],
+        keep_pooled: bool,
+    ) -> Result<Vec<(GpuTensor, Option<GpuTensor>)>> {
         let c = &self.cfg;
-        img.check(c)?;
-        let (n, hv, k) = (img.len(), c.hidden_size, c.pooling_kernel_size as u32);
+        for img in imgs {
+            img.check(c)?;
+        }
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (hv, k) = (c.hidden_size, c.pooling_kernel_size as u32);
+        // (first patch, patches) and (first soft token, soft tokens) of each image
+        let mut ranges = Vec::with_capacity(imgs.len());
+        let mut soft_ranges = Vec::with_capacity(imgs.len());
+        let (mut n, mut soft) = (0usize, 0usize);
+        for img in imgs {
+            ranges.push((n, img.len()));
+            soft_ranges.push((soft, img.soft_tokens(k)));
+            n += img.len();
+            soft += img.soft_tokens(k);
+        }
         let ctx = &self.ctx;
         let z = |shape: &[usize]| GpuTensor::zeros(ctx, shape, DType::F32);
         let scratch = LayerScratch::new(ctx, c, n)?;
-        let flat: Vec<u32> = img.positions.iter().flat_map(|p| [p[0], p[1]]).collect();
+        let all_pos: Vec<[u32; 2]> = imgs.iter().flat_map(|i| i.positions.iter().copied()).collect();
+        let flat: Vec<u32> = all_pos.iter().flat_map(|p| [p[0], p[1]]).collect();
         let positions = GpuTensor::from_u32(ctx, &[n, 2], &flat)?;
-        let ids = patch_embed::table_ids(&img.positions, c.position_embedding_size);
+        let ids = patch_embed::table_ids(&all_pos, c.position_embedding_size);
         let ids = GpuTensor::from_u32(ctx, &[2 * n], &ids)?;
-        let pixels = GpuTensor::from_f32(ctx, &[n, c.patch_values()], &img.pixel_values)?;
+        let mut pixel_values = Vec::with_capacity(n * c.patch_values());
+        for img in imgs {
+            pixel_values.extend_from_slice(&img.pixel_values);
+        }
+        let pixels = GpuTensor::from_f32(ctx, &[n, c.patch_values()], &pixel_values)?;
+        drop(pixel_values);
         let pe = z(&[2 * n, hv])?;
-        let soft = img.soft_tokens(k);
         let pooled = z(&[soft, hv])?;
         let normed = z(&[soft, hv])?;
         let features = z(&[soft, self.text_hidden])?;
@@ -136,6 +180,7 @@ impl VisionEncoder {
                 layout: KvLayout::TokenMajor,
                 mask: AttnMask::Bidirectional { n_keys: n as u32 },
             },
+            images: &ranges,
             positions: &positions,
             inv_freq: &self.inv_freq,
         };
@@ -147,11 +192,37 @@ impl VisionEncoder {
         for layer in &w.layers {
             layer.record(&mut rec, &scratch, &inputs)?;
         }
-        w.pooler
-            .record(&mut rec, &scratch.x, &pooled, img.grid, k)?;
+        for (img, (&(p0, np), &(s0, ns))) in imgs.iter().zip(ranges.iter().zip(&soft_ranges)) {
+            let x = scratch.x.view(p0 * hv, &[np, hv]);
+            let pooled = pooled.view(s0 * hv, &[ns, hv]);
+            w.pooler.record(&mut rec, &x, &pooled, img.grid, k)?;
+        }
         w.embed_vision
             .record(&mut rec, &pooled, &normed, &features, inputs.eps)?;
+        if let [_] = imgs {
+            rec.submit()?;
+            return Ok(vec![(features, keep_pooled.then_some(pooled))]);
+        }
+        // each image's rows in a tensor of its own (a conversation keeps them one by one)
+        let mut out = Vec::with_capacity(imgs.len());
+        for &(s0, ns) in &soft_ranges {
+            let f = z(&[ns, self.text_hidden])?;
+            rec.copy_rows(&features, s0, &f, 0, ns)?;
+            let p = if keep_pooled {
+                let p = z(&[ns, hv])?;
+                rec.copy_rows(&pooled, s0, &p, 0, ns)?;
+                Some(p)
+            } else {
+                None
+            };
+            out.push((f, p));
+        }
         rec.submit()?;
-        Ok((features, keep_pooled.then_some(pooled)))
+        Ok(out)
     }
+}
+
+/// `encode_many` of one image returned nothing (cannot happen).
+fn unreachable_empty() -> crate::error::Error {
+    crate::error::Error::InvalidArgument("vision encode of one image returned no features".into())
 }
