@@ -308,7 +308,7 @@ fn fma_gflops(ctx: &GpuContext) -> Result<f64, BoxErr> {
     Ok(fma_probe::fma_probe_flops(threads, iters) / best / 1e9)
 }
 
-/// GFLOP/s of the tiled matmul on the first layer's MLP gate projection over `rows` rows
+/// GFLOP/s of the register-blocked matmul on the first layer's MLP gate projection over `rows` rows
 /// (best of 3 after a warm-up); `None` without layers.
 fn gemm_gflops(
     ctx: &GpuContext,
@@ -574,7 +574,7 @@ fn main() -> Result<(), failure::Failure> {
     // shared CPU adapter the load of the machine changes over minutes).
     let (stream, stream_bytes) = stream_gbs(&ctx, args.stream_mib)?;
     eprintln!("streaming read: {stream:.2} GB/s");
-    // Arithmetic yardstick and the prefill/vision GEMM (tiled matmul) in the same run.
+    // Arithmetic yardstick and the prefill/vision GEMM (register-blocked matmul) in the same run.
     let fma = fma_gflops(&ctx)?;
     let gemm = gemm_gflops(&ctx, &model, args.gemm_rows)?;
     if let Some((what, g)) = &gemm {
@@ -823,7 +823,7 @@ fn main() -> Result<(), failure::Failure> {
         ),
         ("FMA-loop kernel".into(), format!("{fma:.2} GFLOP/s")),
         (
-            "GEMM (tiled matmul) / FMA loop".into(),
+            "GEMM (register-blocked matmul) / FMA loop".into(),
             gemm.as_ref().map_or_else(na, |(what, g)| {
                 format!(
                     "{g:.2} GFLOP/s ({what}) = {:.1}%",

@@ -19,7 +19,13 @@
 // key costs each query hd/2 vec4 operations.
 //
 // Defines: HD4 = hd / 4 (1 ..= 32, i.e. hd <= 128). Workgroup memory: 2 * KT * HD4 vec4s
-// (at most 16 KiB). Two barriers per tile. All f32; no subgroups (identical on every backend).
+// (at most 16 KiB). Two barriers per tile. All f32.
+// SUBGROUP (subgroup sizes 8..64): no workgroup memory or barriers; every invocation needs the
+// same key and value rows, so each group of 8 invocations of a subgroup loads a row together
+// (invocation t the vec4s t, t + 8, ...) and every invocation takes the others by
+// subgroupShuffle: a row costs an invocation HD4 / 8 loads instead of HD4 reads of workgroup
+// memory (on CPU adapters a load costs far more than a register move). The same arithmetic in
+// the same order (an invisible key adds exact zeros), so both paths agree.
 
 struct Params {
     n_heads: u32,
@@ -50,8 +56,33 @@ const HD4: u32 = {{HD4}}u;
 // keys per tile
 const KT: u32 = 16u;
 
+//#if SUBGROUP
+// row vec4s each invocation loads for its group of 8
+const NL: u32 = (HD4 + 7u) / 8u;
+
+// vec4 d of the row at vec4 offset base, loaded by the group of 8 starting at subgroup lane
+// sbase (invocation t loaded vec4s t + 8 r into mine[r]).
+fn row_vec(mine: ptr<function, array<vec4<f32>, NL>>, sbase: u32, d: u32) -> vec4<f32> {
+    return subgroupShuffle((*mine)[d / 8u], sbase + d % 8u);
+}
+
+// This invocation's share of the row at vec4 offset base: vec4s t + 8 r (clamped to the row).
+fn row_share(buf: u32, base: u32, t: u32) -> array<vec4<f32>, NL> {
+    var mine: array<vec4<f32>, NL>;
+    for (var r = 0u; r < NL; r++) {
+        let d = min(t + 8u * r, HD4 - 1u);
+        if (buf == 0u) {
+            mine[r] = k_buf[base + d];
+        } else {
+            mine[r] = v_buf[base + d];
+        }
+    }
+    return mine;
+}
+//#else
 var<workgroup> k_sh: array<vec4<f32>, 512>; // [KT][HD4]
 var<workgroup> v_sh: array<vec4<f32>, 512>; // [KT][HD4]
+//#endif
 
 // exp with the argument clamped (see attention.wgsl)
 fn exp_c(x: f32) -> f32 {
@@ -72,7 +103,17 @@ fn visible(qpos: u32) -> vec2<u32> {
 }
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+//#if SUBGROUP
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+//#endif
+) {
+//#if SUBGROUP
+    let t8 = sg_lane % 8u;
+    let sbase = sg_lane - t8;
+//#endif
     let h = wid.y;
     let q0 = wid.x * WG;
     let qi = q0 + lid;
@@ -104,6 +145,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     for (var t0 = w_lo; t0 < w_hi; t0 += KT) {
         let n = min(KT, w_hi - t0);
+//#ifnot SUBGROUP
         workgroupBarrier();
         for (var e = lid; e < n * HD4; e += WG) {
             let j = e / HD4;
@@ -113,12 +155,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             v_sh[e] = v_buf[p.v_off4 + kv_head + row + d];
         }
         workgroupBarrier();
+//#endif
 
         // scores of the tile; invisible keys are flagged, not given a sentinel score
         var s: array<f32, KT>;
         var mt = m;
         for (var j = 0u; j < KT; j++) {
             let key = t0 + j;
+//#if SUBGROUP
+            // every invocation takes part in the shuffles (a key past the tile: its last row)
+            let row = (min(key, w_hi - 1u) % p.cap) * p.row_stride4;
+            var kr = row_share(0u, p.k_off4 + kv_head + row, t8);
+            var dot4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HD4; d++) {
+                dot4 += q[d] * row_vec(&kr, sbase, d);
+            }
+            if (j < n && key >= mine.x && key < mine.y) {
+                s[j] = (dot4.x + dot4.y) + (dot4.z + dot4.w);
+                mt = max(mt, s[j]);
+            }
+//#else
             if (j < n && key >= mine.x && key < mine.y) {
                 var dot4 = vec4<f32>(0.0);
                 for (var d = 0u; d < HD4; d++) {
@@ -127,6 +183,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 s[j] = (dot4.x + dot4.y) + (dot4.z + dot4.w);
                 mt = max(mt, s[j]);
             }
+//#endif
         }
         let alpha = exp_c(m - mt);
         l *= alpha;
@@ -136,6 +193,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         m = mt;
         for (var j = 0u; j < KT; j++) {
             let key = t0 + j;
+//#if SUBGROUP
+            let row = (min(key, w_hi - 1u) % p.cap) * p.row_stride4;
+            var vr = row_share(1u, p.v_off4 + kv_head + row, t8);
+            // the shuffles in uniform control flow: an invisible key adds exact zeros
+            let pj = select(0.0, exp_c(s[j] - m), j < n && key >= mine.x && key < mine.y);
+            l += pj;
+            for (var d = 0u; d < HD4; d++) {
+                acc[d] += pj * row_vec(&vr, sbase, d);
+            }
+//#else
             if (j < n && key >= mine.x && key < mine.y) {
                 let pj = exp_c(s[j] - m);
                 l += pj;
@@ -143,6 +210,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     acc[d] += pj * v_sh[j * HD4 + d];
                 }
             }
+//#endif
         }
     }
 

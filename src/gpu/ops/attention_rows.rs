@@ -44,15 +44,19 @@ pub fn param_layout() -> ParamLayout {
     Params::layout()
 }
 
-fn spec(hd4: u32) -> KernelSpec {
+fn spec(hd4: u32, subgroups: bool) -> KernelSpec {
     let r = Access::Read;
-    KernelSpec::new("attention_rows", "main", &[r, r, r, Access::ReadWrite]).define("HD4", hd4)
+    KernelSpec::new("attention_rows", "main", &[r, r, r, Access::ReadWrite])
+        .define("HD4", hd4)
+        .with_subgroups(subgroups)
 }
 
 /// All specialisations (for shader validation): one per supported head dim (multiples of 4 up
 /// to [`MAX_ROWS_HEAD_DIM`]). Portable path only: nothing is reduced across invocations.
 pub fn all_specs() -> Vec<KernelSpec> {
-    (1..=MAX_ROWS_HEAD_DIM / 4).map(spec).collect()
+    (1..=MAX_ROWS_HEAD_DIM / 4)
+        .flat_map(|hd4| [spec(hd4, false), spec(hd4, true)])
+        .collect()
 }
 
 /// Whether [`attention_rows`] takes `shape` (head dim a multiple of 4, at most
@@ -164,7 +168,8 @@ pub fn attention_rows(
         causal,
         scale: shape.scale,
     };
-    let kernel = rec.ctx().kernel(&spec(shape.head_dim / 4))?;
+    let sg = super::matmul::matmul_subgroups(rec.ctx().caps());
+    let kernel = rec.ctx().kernel(&spec(shape.head_dim / 4, sg))?;
     rec.dispatch(
         &kernel,
         &params,

@@ -1,8 +1,8 @@
 //! The decode matvec (`wgsl/matvec.wgsl`) and the linear layers built on it: [`linear`]
 //! (`y = x @ W^T` over a [`Matrix`] in any [`WeightFormat`]; up to [`MATVEC_MAX_ROWS`] rows run
-//! the matvec, more the tiled matmul of [`super::matmul`]) and the fused forms — one dispatch
-//! over up to three matrices ([`linear_multi`]) or with a GELU epilogue ([`linear_gelu_gate`],
-//! [`linear_gelu_mul`]). Row windows are handled transparently: one dispatch per window.
+//! the matvec, more the register-blocked matmul of [`super::matmul`]) and the fused forms — one
+//! dispatch over up to three matrices ([`linear_multi`]) or with a GELU epilogue
+//! ([`linear_gelu_gate`], [`linear_gelu_mul`]). Row windows are handled transparently: one dispatch per window.
 
 use bytemuck::Zeroable;
 
@@ -42,8 +42,8 @@ pub fn param_layout() -> ParamLayout {
 const MATVEC_RPW: usize = 32;
 
 /// The most x rows a linear layer runs through the matvec (one dispatch per row window for
-/// all of them); more rows run the tiled matmul. A batched decode of up to this many sequences
-/// therefore computes every sequence's outputs with exactly the instructions of a
+/// all of them); more rows run the register-blocked matmul. A batched decode of up to this many
+/// sequences therefore computes every sequence's outputs with exactly the instructions of a
 /// single-sequence decode: the same bits.
 pub const MATVEC_MAX_ROWS: usize = 16;
 
@@ -160,7 +160,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
 /// batch 1), `y` is `[batch, rows]` f32. Up to [`MATVEC_MAX_ROWS`] rows run the decode matvec
 /// (subgroup reduction when the context has subgroups, a one-barrier workgroup-memory reduction
 /// otherwise; each row's result is bit-identical to running that row alone); a larger batch
-/// runs the tiled matmul.
+/// runs the register-blocked matmul.
 /// Each row window of `w` is one dispatch writing its columns of `y`. `y` must not share a
 /// buffer with `x`.
 pub fn linear(
