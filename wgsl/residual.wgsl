@@ -2,8 +2,11 @@
 //   h   = (h + RMSNorm_w(o)) * scale
 //   xn  = RMSNorm_w2(h)            (when p.next == 1)
 // per row of `dim` values, RMSNorm(x) = x * inverseSqrt(mean(x^2) + eps) * w. One workgroup of
-// 256 invocations per row (2-D grid); each reduction goes through workgroup memory with one
-// barrier, none in loops. Every invocation re-reads only the elements it wrote itself.
+// 64 invocations per row (2-D grid); each reduction goes through workgroup memory with one
+// barrier, none in loops: SUBGROUP = subgroupAdd, then one value per subgroup; portable = every
+// invocation's partial (each invocation then reads the partials: 64 rather than the former
+// 256, which made this kernel ~1 ms per dispatch on lavapipe). Every invocation re-reads only
+// the elements it wrote itself.
 
 struct Params {
     rows: u32,
@@ -27,28 +30,37 @@ struct Params {
 @group(0) @binding(4) var<storage, read> w2: array<f32>;
 @group(0) @binding(5) var<storage, read_write> xn: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> part_o: array<f32, 256>;
-var<workgroup> part_h: array<f32, 256>;
+const WG: u32 = 64u;
+var<workgroup> part_o: array<f32, 64>;
+var<workgroup> part_h: array<f32, 64>;
 
-fn total(which: u32) -> f32 {
-    // Eight independent partial sums, then combined (shorter dependency chains).
+// Sum of the 64 partials in `part` (portable path): eight independent partial sums, combined.
+fn total64(which: u32) -> f32 {
     var acc = vec4<f32>(0.0);
-    for (var i = 0u; i < WG; i += 4u) {
+    var acc2 = vec4<f32>(0.0);
+    for (var i = 0u; i < WG; i += 8u) {
         if (which == 0u) {
             acc += vec4<f32>(part_o[i], part_o[i + 1u], part_o[i + 2u], part_o[i + 3u]);
+            acc2 += vec4<f32>(part_o[i + 4u], part_o[i + 5u], part_o[i + 6u], part_o[i + 7u]);
         } else {
             acc += vec4<f32>(part_h[i], part_h[i + 1u], part_h[i + 2u], part_h[i + 3u]);
+            acc2 += vec4<f32>(part_h[i + 4u], part_h[i + 5u], part_h[i + 6u], part_h[i + 7u]);
         }
     }
-    return acc.x + acc.y + acc.z + acc.w;
+    let a = acc + acc2;
+    return (a.x + a.y) + (a.z + a.w);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
+//#if SUBGROUP
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) n_sg: u32,
+//#endif
 ) {
     let row = wid.x + wid.y * nwg.x;
     // `row` is uniform over the workgroup, so this early exit keeps the barriers uniform.
@@ -62,9 +74,22 @@ fn main(
         let v = o[ob + i];
         so += v * v;
     }
+//#if SUBGROUP
+    let to = subgroupAdd(so);
+    if (sg_lane == 0u) {
+        part_o[sg_id] = to;
+    }
+    workgroupBarrier();
+    var tot_o = 0.0;
+    for (var k = 0u; k < n_sg; k++) {
+        tot_o += part_o[k];
+    }
+//#else
     part_o[lid] = so;
     workgroupBarrier();
-    let ro = inverseSqrt(total(0u) / f32(p.dim) + p.eps);
+    let tot_o = total64(0u);
+//#endif
+    let ro = inverseSqrt(tot_o / f32(p.dim) + p.eps);
     var sh = 0.0;
     for (var i = lid; i < p.dim; i += WG) {
         let v = (h[hb + i] + o[ob + i] * ro * w[p.w_off + i]) * p.scale;
@@ -74,9 +99,22 @@ fn main(
     if (p.next == 0u) {
         return;
     }
+//#if SUBGROUP
+    let th = subgroupAdd(sh);
+    if (sg_lane == 0u) {
+        part_h[sg_id] = th;
+    }
+    workgroupBarrier();
+    var tot_h = 0.0;
+    for (var k = 0u; k < n_sg; k++) {
+        tot_h += part_h[k];
+    }
+//#else
     part_h[lid] = sh;
     workgroupBarrier();
-    let rh = inverseSqrt(total(1u) / f32(p.dim) + p.eps);
+    let tot_h = total64(1u);
+//#endif
+    let rh = inverseSqrt(tot_h / f32(p.dim) + p.eps);
     let xb = p.xn_off + row * p.dim;
     for (var i = lid; i < p.dim; i += WG) {
         xn[xb + i] = h[hb + i] * rh * w2[p.w2_off + i];

@@ -34,7 +34,7 @@ pub fn param_layout() -> ParamLayout {
     Params::layout()
 }
 
-fn spec() -> KernelSpec {
+fn spec(subgroups: bool) -> KernelSpec {
     KernelSpec::new(
         "residual",
         "main",
@@ -46,11 +46,12 @@ fn spec() -> KernelSpec {
             Access::ReadWrite,
         ],
     )
+    .with_subgroups(subgroups)
 }
 
 /// All specialisations (for shader validation).
 pub fn all_specs() -> Vec<KernelSpec> {
-    vec![spec()]
+    vec![spec(false), spec(true)]
 }
 
 /// Records, for every row of `h` (`[rows, dim]`): `h = (h + RMSNorm_{post}(o)) * scale`, then,
@@ -113,7 +114,7 @@ pub fn residual_norm(
         _p0: 0,
         _p1: 0,
     };
-    let kernel = rec.ctx().kernel(&spec())?;
+    let kernel = rec.ctx().kernel(&spec(rec.ctx().caps().subgroups))?;
     // Without a next norm nothing is written to the xn binding; bind a read_write buffer other
     // than o's read-only one (h's, already bound read_write).
     let xn_buf = if next.is_some() {
