@@ -418,7 +418,13 @@ fn main() -> Result<(), failure::Failure> {
 
     // Load.
     let decode_ctx = args.ttft_prompt + args.decode_tokens + args.profile_tokens + 8;
-    let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);
+    let max_prefill = args
+        .prefill
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(args.profile_prefill);
     let max_context = decode_ctx.max(max_prefill + 8).next_multiple_of(256);
     let chunk = args.prefill_chunk;
     let opts = ModelOptions {

@@ -31,24 +31,45 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> xn: array<f32>;
 
 const WG: u32 = 64u;
-var<workgroup> part_o: array<f32, 64>;
-var<workgroup> part_h: array<f32, 64>;
+// partials of the two reductions: [0, 64) o's, [64, 128) h's (separate, so the second
+// reduction's writes never race the first's reads)
+var<workgroup> part: array<f32, 128>;
 
-// Sum of the 64 partials in `part` (portable path): eight independent partial sums, combined.
-fn total64(which: u32) -> f32 {
+// Which invocation this is, for the row reductions.
+struct Lanes {
+    lid: u32,
+    sg_lane: u32,
+    sg_id: u32,
+    n_sg: u32,
+}
+
+// The workgroup's total of v (one value per invocation), through part[base ..]; one barrier.
+fn row_total(v: f32, base: u32, ln: Lanes) -> f32 {
+//#if SUBGROUP
+    let t = subgroupAdd(v);
+    if (ln.sg_lane == 0u) {
+        part[base + ln.sg_id] = t;
+    }
+    workgroupBarrier();
+    var tot = 0.0;
+    for (var k = 0u; k < ln.n_sg; k++) {
+        tot += part[base + k];
+    }
+    return tot;
+//#else
+    part[base + ln.lid] = v;
+    workgroupBarrier();
+    // eight independent partial sums, combined
     var acc = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     for (var i = 0u; i < WG; i += 8u) {
-        if (which == 0u) {
-            acc += vec4<f32>(part_o[i], part_o[i + 1u], part_o[i + 2u], part_o[i + 3u]);
-            acc2 += vec4<f32>(part_o[i + 4u], part_o[i + 5u], part_o[i + 6u], part_o[i + 7u]);
-        } else {
-            acc += vec4<f32>(part_h[i], part_h[i + 1u], part_h[i + 2u], part_h[i + 3u]);
-            acc2 += vec4<f32>(part_h[i + 4u], part_h[i + 5u], part_h[i + 6u], part_h[i + 7u]);
-        }
+        let j = base + i;
+        acc += vec4<f32>(part[j], part[j + 1u], part[j + 2u], part[j + 3u]);
+        acc2 += vec4<f32>(part[j + 4u], part[j + 5u], part[j + 6u], part[j + 7u]);
     }
     let a = acc + acc2;
     return (a.x + a.y) + (a.z + a.w);
+//#endif
 }
 
 @compute @workgroup_size(64)
@@ -62,6 +83,11 @@ fn main(
     @builtin(num_subgroups) n_sg: u32,
 //#endif
 ) {
+//#if SUBGROUP
+    let ln = Lanes(lid, sg_lane, sg_id, n_sg);
+//#else
+    let ln = Lanes(lid, 0u, 0u, 1u);
+//#endif
     let row = wid.x + wid.y * nwg.x;
     // `row` is uniform over the workgroup, so this early exit keeps the barriers uniform.
     if (row >= p.rows) {
@@ -74,21 +100,7 @@ fn main(
         let v = o[ob + i];
         so += v * v;
     }
-//#if SUBGROUP
-    let to = subgroupAdd(so);
-    if (sg_lane == 0u) {
-        part_o[sg_id] = to;
-    }
-    workgroupBarrier();
-    var tot_o = 0.0;
-    for (var k = 0u; k < n_sg; k++) {
-        tot_o += part_o[k];
-    }
-//#else
-    part_o[lid] = so;
-    workgroupBarrier();
-    let tot_o = total64(0u);
-//#endif
+    let tot_o = row_total(so, 0u, ln);
     let ro = inverseSqrt(tot_o / f32(p.dim) + p.eps);
     var sh = 0.0;
     for (var i = lid; i < p.dim; i += WG) {
@@ -99,21 +111,7 @@ fn main(
     if (p.next == 0u) {
         return;
     }
-//#if SUBGROUP
-    let th = subgroupAdd(sh);
-    if (sg_lane == 0u) {
-        part_h[sg_id] = th;
-    }
-    workgroupBarrier();
-    var tot_h = 0.0;
-    for (var k = 0u; k < n_sg; k++) {
-        tot_h += part_h[k];
-    }
-//#else
-    part_h[lid] = sh;
-    workgroupBarrier();
-    let tot_h = total64(1u);
-//#endif
+    let tot_h = row_total(sh, 64u, ln);
     let rh = inverseSqrt(tot_h / f32(p.dim) + p.eps);
     let xb = p.xn_off + row * p.dim;
     for (var i = lid; i < p.dim; i += WG) {
