@@ -109,7 +109,9 @@ impl VisionEncoder {
         keep_pooled: bool,
     ) -> Result<(GpuTensor, Option<GpuTensor>)> {
         let mut out = self.encode_many(&[img], keep_pooled)?;
-        out.pop().ok_or_else(|| unreachable_empty())
+        out.pop().ok_or_else(|| {
+            crate::error::Error::InvalidArgument("the encode of one image returned nothing".into())
+        })
     }
 
     /// The most patches [`encode_many`](Self::encode_many) should take at once: at most
@@ -222,7 +224,3 @@ impl VisionEncoder {
     }
 }
 
-/// `encode_many` of one image returned nothing (cannot happen).
-fn unreachable_empty() -> crate::error::Error {
-    crate::error::Error::InvalidArgument("vision encode of one image returned no features".into())
-}
