@@ -243,7 +243,13 @@ impl Batch {
             })
             .collect();
         let all: Vec<&ImagePatches> = prepared.iter().flatten().flatten().collect();
-        let joint = media::encode_each(model.vision(), all, Ok);
+        let joint = media::encode_each(model.vision(), all, Ok).and_then(|f| {
+            // the encode's GPU time belongs to it, not to the prefills that would wait for it
+            if !f.is_empty() {
+                model.context().wait_idle()?;
+            }
+            Ok(f)
+        });
         let elapsed = t0.elapsed().as_secs_f64();
         match joint {
             Ok(features) => {
@@ -263,6 +269,9 @@ impl Batch {
                     let p = p?;
                     let t = Instant::now();
                     let f = media::encode_each(model.vision(), &p, Ok)?;
+                    if !f.is_empty() {
+                        model.context().wait_idle()?;
+                    }
                     Ok((f, t.elapsed().as_secs_f64()))
                 })
                 .collect(),

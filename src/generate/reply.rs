@@ -23,7 +23,8 @@ pub struct GenerationStats {
     pub prefill_tok_per_s: f64,
     /// Generated tokens per second after the first token.
     pub decode_tok_per_s: f64,
-    /// Seconds spent encoding images.
+    /// Seconds spent encoding images (preparing them and the tower's GPU work; in a
+    /// [`Batch`](crate::Batch), the encode this request's images took part in).
     pub image_encode_s: f64,
     /// Seconds spent prefilling.
     pub prefill_s: f64,

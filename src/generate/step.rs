@@ -127,6 +127,10 @@ impl Turn {
         let mut pending = PendingTurn::new(model, req)?;
         let t0 = Instant::now();
         let new_features = encode_images(model, pending.take_images())?;
+        if !new_features.is_empty() {
+            // the encode's GPU time belongs to it, not to the prefill that would wait for it
+            model.context().wait_idle()?;
+        }
         let encode_s = t0.elapsed().as_secs_f64();
         pending.finish(model, system, messages, images, new_features, encode_s)
     }
