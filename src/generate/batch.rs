@@ -18,7 +18,7 @@ use super::channel::{self, Flow, Notify, Receiver};
 
 use super::sampler::Sampler;
 use super::state::{Buffers, State, bufs};
-use super::step::{Generation, PendingTurn, Turn};
+use super::step::{Generation, PendingTurn, Turn, encode_done};
 use super::{CancelToken, Reply, Request};
 use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
@@ -243,16 +243,9 @@ impl Batch {
             })
             .collect();
         let all: Vec<&ImagePatches> = prepared.iter().flatten().flatten().collect();
-        let joint = media::encode_each(model.vision(), all, Ok).and_then(|f| {
-            // the encode's GPU time belongs to it, not to the prefills that would wait for it
-            if !f.is_empty() {
-                model.context().wait_idle()?;
-            }
-            Ok(f)
-        });
-        let elapsed = t0.elapsed().as_secs_f64();
+        let joint = encode_done(model, t0, media::encode_each(model.vision(), all, Ok));
         match joint {
-            Ok(features) => {
+            Ok((features, elapsed)) => {
                 let mut features = features.into_iter();
                 prepared
                     .into_iter()
@@ -268,11 +261,7 @@ impl Batch {
                 .map(|p| {
                     let p = p?;
                     let t = Instant::now();
-                    let f = media::encode_each(model.vision(), &p, Ok)?;
-                    if !f.is_empty() {
-                        model.context().wait_idle()?;
-                    }
-                    Ok((f, t.elapsed().as_secs_f64()))
+                    encode_done(model, t, media::encode_each(model.vision(), &p, Ok))
                 })
                 .collect(),
         }

@@ -126,14 +126,25 @@ impl Turn {
     ) -> Result<Turn> {
         let mut pending = PendingTurn::new(model, req)?;
         let t0 = Instant::now();
-        let new_features = encode_images(model, pending.take_images())?;
-        if !new_features.is_empty() {
-            // the encode's GPU time belongs to it, not to the prefill that would wait for it
-            model.context().wait_idle()?;
-        }
-        let encode_s = t0.elapsed().as_secs_f64();
+        let encoded = encode_images(model, pending.take_images());
+        let (new_features, encode_s) = encode_done(model, t0, encoded)?;
         pending.finish(model, system, messages, images, new_features, encode_s)
     }
+}
+
+/// Ends an image encode begun at `t0`: waits for its GPU work when there were images (its time
+/// belongs to the encode, not to the prefill that would otherwise wait for it) and returns the
+/// features with the seconds since `t0`.
+pub(crate) fn encode_done(
+    model: &Model,
+    t0: Instant,
+    features: Result<Vec<GpuTensor>>,
+) -> Result<(Vec<GpuTensor>, f64)> {
+    let features = features?;
+    if !features.is_empty() {
+        model.context().wait_idle()?;
+    }
+    Ok((features, t0.elapsed().as_secs_f64()))
 }
 
 /// One running generation (the step machine behind every API form). It borrows nothing; each

@@ -10,7 +10,7 @@ use super::pool::Pooler;
 use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::gpu::ops::{self, AttnMask, AttnShape, KvLayout};
-use crate::gpu::{DType, GpuContext, GpuTensor, Matrix};
+use crate::gpu::{DType, GpuContext, GpuTensor, Matrix, Recorder};
 use crate::model::embed::MultimodalEmbedder;
 use crate::checkpoint::var_builder::VarBuilder;
 use crate::checkpoint::{LoadError, MatrixRole, Sink};
@@ -142,30 +142,12 @@ impl VisionEncoder {
             return Ok(Vec::new());
         }
         let (hv, k) = (c.hidden_size, c.pooling_kernel_size as u32);
-        // (first patch, patches) and (first soft token, soft tokens) of each image
-        let mut ranges = Vec::with_capacity(imgs.len());
-        let mut soft_ranges = Vec::with_capacity(imgs.len());
-        let (mut n, mut soft) = (0usize, 0usize);
-        for img in imgs {
-            ranges.push((n, img.len()));
-            soft_ranges.push((soft, img.soft_tokens(k)));
-            n += img.len();
-            soft += img.soft_tokens(k);
-        }
+        let b = self.upload(imgs)?;
+        let n = b.patches.last().map_or(0, |&(p0, np)| p0 + np);
+        let soft = b.soft.last().map_or(0, |&(s0, ns)| s0 + ns);
         let ctx = &self.ctx;
         let z = |shape: &[usize]| GpuTensor::zeros(ctx, shape, DType::F32);
         let scratch = LayerScratch::new(ctx, c, n)?;
-        let all_pos: Vec<[u32; 2]> = imgs.iter().flat_map(|i| i.positions.iter().copied()).collect();
-        let flat: Vec<u32> = all_pos.iter().flat_map(|p| [p[0], p[1]]).collect();
-        let positions = GpuTensor::from_u32(ctx, &[n, 2], &flat)?;
-        let ids = patch_embed::table_ids(&all_pos, c.position_embedding_size);
-        let ids = GpuTensor::from_u32(ctx, &[2 * n], &ids)?;
-        let mut pixel_values = Vec::with_capacity(n * c.patch_values());
-        for img in imgs {
-            pixel_values.extend_from_slice(&img.pixel_values);
-        }
-        let pixels = GpuTensor::from_f32(ctx, &[n, c.patch_values()], &pixel_values)?;
-        drop(pixel_values);
         let pe = z(&[2 * n, hv])?;
         let pooled = z(&[soft, hv])?;
         let normed = z(&[soft, hv])?;
@@ -182,45 +164,90 @@ impl VisionEncoder {
                 layout: KvLayout::TokenMajor,
                 mask: AttnMask::Bidirectional { n_keys: n as u32 },
             },
-            images: &ranges,
-            positions: &positions,
+            images: &b.patches,
+            positions: &b.positions,
             inv_freq: &self.inv_freq,
         };
 
         let mut rec = ctx.recorder();
         let w = &*self.w;
         w.patch_embedder
-            .record(&mut rec, &pixels, &ids, &pe, &scratch.x)?;
+            .record(&mut rec, &b.pixels, &b.ids, &pe, &scratch.x)?;
         for layer in &w.layers {
             layer.record(&mut rec, &scratch, &inputs)?;
         }
-        for (img, (&(p0, np), &(s0, ns))) in imgs.iter().zip(ranges.iter().zip(&soft_ranges)) {
+        for (img, (&(p0, np), &(s0, ns))) in imgs.iter().zip(b.patches.iter().zip(&b.soft)) {
             let x = scratch.x.view(p0 * hv, &[np, hv]);
             let pooled = pooled.view(s0 * hv, &[ns, hv]);
             w.pooler.record(&mut rec, &x, &pooled, img.grid, k)?;
         }
         w.embed_vision
             .record(&mut rec, &pooled, &normed, &features, inputs.eps)?;
-        if let [_] = imgs {
-            rec.submit()?;
-            return Ok(vec![(features, keep_pooled.then_some(pooled))]);
-        }
-        // each image's rows in a tensor of its own (a conversation keeps them one by one)
-        let mut out = Vec::with_capacity(imgs.len());
-        for &(s0, ns) in &soft_ranges {
-            let f = z(&[ns, self.text_hidden])?;
-            rec.copy_rows(&features, s0, &f, 0, ns)?;
-            let p = if keep_pooled {
-                let p = z(&[ns, hv])?;
-                rec.copy_rows(&pooled, s0, &p, 0, ns)?;
-                Some(p)
-            } else {
-                None
-            };
-            out.push((f, p));
-        }
+        let out = if let [_] = imgs {
+            vec![(features, keep_pooled.then_some(pooled))]
+        } else {
+            // each image's rows in a tensor of its own (a conversation keeps them one by one)
+            let pooled = keep_pooled.then_some(&pooled);
+            let mut out = Vec::with_capacity(imgs.len());
+            for &(s0, ns) in &b.soft {
+                let f = rows_of(&mut rec, &features, s0, ns)?;
+                let p = pooled.map(|p| rows_of(&mut rec, p, s0, ns)).transpose()?;
+                out.push((f, p));
+            }
+            out
+        };
         rec.submit()?;
         Ok(out)
     }
+
+    /// Uploads the patches of `imgs` as one sequence: pixels, patch positions, position-table
+    /// ids, and each image's patch and soft-token ranges.
+    fn upload(&self, imgs: &[&ImagePatches]) -> Result<PatchBatch> {
+        let c = &self.cfg;
+        let k = c.pooling_kernel_size as u32;
+        let (mut patches, mut soft) = (Vec::new(), Vec::new());
+        let (mut n, mut s) = (0usize, 0usize);
+        for img in imgs {
+            patches.push((n, img.len()));
+            soft.push((s, img.soft_tokens(k)));
+            n += img.len();
+            s += img.soft_tokens(k);
+        }
+        let ctx = &self.ctx;
+        let pos: Vec<[u32; 2]> = imgs.iter().flat_map(|i| i.positions.iter().copied()).collect();
+        let flat: Vec<u32> = pos.iter().flat_map(|p| [p[0], p[1]]).collect();
+        let ids = patch_embed::table_ids(&pos, c.position_embedding_size);
+        let values: Vec<f32> = imgs.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+        Ok(PatchBatch {
+            patches,
+            soft,
+            positions: GpuTensor::from_u32(ctx, &[n, 2], &flat)?,
+            ids: GpuTensor::from_u32(ctx, &[2 * n], &ids)?,
+            pixels: GpuTensor::from_f32(ctx, &[n, c.patch_values()], &values)?,
+        })
+    }
 }
 
+
+/// The patches of several images as one sequence on the GPU ([`VisionEncoder::encode_many`]).
+struct PatchBatch {
+    /// `(first patch, patches)` per image.
+    patches: Vec<(usize, usize)>,
+    /// `(first soft token, soft tokens)` per image.
+    soft: Vec<(usize, usize)>,
+    /// `(x, y)` per patch `[n, 2]`.
+    positions: GpuTensor,
+    /// Position-table ids `[2n]`.
+    ids: GpuTensor,
+    /// Pixel values `[n, 3 p p]`.
+    pixels: GpuTensor,
+}
+
+/// A new tensor holding rows `r0 .. r0 + n` of `src` (recorded on `rec`).
+fn rows_of(rec: &mut Recorder, src: &GpuTensor, r0: usize, n: usize) -> Result<GpuTensor> {
+    let mut shape = src.shape.clone();
+    shape[0] = n;
+    let t = GpuTensor::zeros(rec.ctx(), &shape, DType::F32)?;
+    rec.copy_rows(src, r0, &t, 0, n)?;
+    Ok(t)
+}
